@@ -1,0 +1,210 @@
+"""Structured configs of hpo and the composition of the Hydra config tree.
+
+The YAML files under ``conf/`` extend the dataclasses registered here (each file names its
+schema in its ``defaults:`` list), so OmegaConf checks every key and type when the config is
+composed. Semantic checks that types cannot express live in :func:`validate`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from hpo.errors import ConfigError
+
+
+@dataclass
+class ParamConf:
+    """One dimension of the search space (an Optuna distribution)."""
+
+    type: str = MISSING  # categorical | int | float
+    choices: Optional[List[Any]] = None  # categorical only
+    low: Optional[float] = None  # int/float: lower bound (inclusive)
+    high: Optional[float] = None  # int/float: upper bound (inclusive)
+    log: bool = False  # int/float: sample on a log scale
+    step: Optional[float] = None  # int/float: discretisation step (not with log)
+
+
+@dataclass
+class DataLoaderConf:
+    """torch DataLoader settings passed through to the objective."""
+
+    num_workers: int = 0  # DataLoader worker processes per trial
+    persistent_workers: bool = False  # keep DataLoader workers alive between epochs
+    prefetch_factor: Optional[int] = None  # batches prefetched per DataLoader worker
+
+
+@dataclass
+class StudyConf:
+    """A study: what to optimise, over which space, for how long."""
+
+    name: str = MISSING  # study name; also the SQLite file name _optuna/<name>.db
+    objective: str = MISSING  # "package.module:function" called as objective(trial, cfg)
+    direction: str = "maximize"  # maximize | minimize
+    n_trials: int = 20  # COMPLETE + PRUNED trials to reach, across workers and runs
+    epochs: int = 12  # the pruner's resource: epochs of a trial that is never pruned
+    device: str = "auto"  # auto (cuda when available, else cpu) | cpu | cuda
+    space: Dict[str, ParamConf] = field(default_factory=dict)  # declared search space
+    loader: DataLoaderConf = field(default_factory=DataLoaderConf)
+    extra: Dict[str, Any] = field(default_factory=dict)  # free settings for user objectives
+
+
+@dataclass
+class PatientHyperbandConf:
+    """Hyperband whose decisions wait until a trial stops improving."""
+
+    _target_: str = "hpo.pruners.PatientHyperbandPruner"
+    min_resource: int = 3  # epochs before the first rung
+    max_resource: int = MISSING  # epochs of a full trial (the study's epochs)
+    reduction_factor: int = 3  # keep the top 1/reduction_factor at each rung
+    patience: int = 4  # epochs without improvement before Hyperband may prune
+    min_delta: float = 0.0  # smallest change that counts as an improvement
+
+
+@dataclass
+class StorageConf:
+    """Where the study lives: an SQLite file per study, or any SQLAlchemy URL."""
+
+    url: Optional[str] = None  # SQLAlchemy URL; null = SQLite file <dir>/<study name>.db
+    dir: str = "_optuna"  # directory of the SQLite files, relative to the working directory
+    busy_timeout_s: float = 60.0  # SQLite: seconds a writer waits for the lock
+
+
+@dataclass
+class HpoConf:
+    """Top-level config of ``hpo tune``."""
+
+    study: Any = MISSING  # a StudyConf (or a subclass)
+    pruner: Any = MISSING  # a node with _target_ (an optuna BasePruner)
+    sampler: Any = MISSING  # a node with _target_ (an optuna BaseSampler)
+    storage: StorageConf = MISSING
+    par: int = 2  # worker processes (parallel trials)
+    max_failures_in_a_row: int = 10  # stop the study after this many consecutive FAIL trials
+    log_level: str = "INFO"  # DEBUG | INFO | WARNING
+
+
+def register_configs() -> None:
+    """Register the schemas with Hydra's ConfigStore (the YAML files extend them).
+
+    Called by :func:`compose`, not at import: study modules import :class:`StudyConf` from here.
+    """
+    from hpo.studies.criteria.config import CriteriaStudyConf
+    from hpo.studies.toy import ToyStudyConf
+
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=HpoConf)
+    cs.store(group="study", name="base_study", node=StudyConf)
+    cs.store(group="study", name="base_criteria", node=CriteriaStudyConf)
+    cs.store(group="study", name="base_toy", node=ToyStudyConf)
+    cs.store(group="pruner", name="base_patient_hyperband", node=PatientHyperbandConf)
+    cs.store(group="storage", name="base_storage", node=StorageConf)
+
+
+def find_config_dir(explicit: str | None = None) -> Path:
+    """Locate the ``conf/`` tree: explicit path, $HPO_CONFIG_DIR, ./conf, or the source tree."""
+    if explicit:
+        if not (Path(explicit) / "config.yaml").is_file():
+            raise ConfigError(f"--config-dir {explicit!r} holds no config.yaml")
+        return Path(explicit).resolve()
+    candidates = [os.environ.get("HPO_CONFIG_DIR"), "conf"]
+    candidates.append(str(Path(__file__).resolve().parents[1] / "conf"))
+    for cand in candidates:
+        if cand and (Path(cand) / "config.yaml").is_file():
+            return Path(cand).resolve()
+    raise ConfigError("no conf/config.yaml found: run from the project root or pass --config-dir")
+
+
+def compose(overrides: list[str], config_dir: str | None = None) -> DictConfig:
+    """Compose ``conf/config.yaml`` with Hydra overrides and validate the result."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    directory = find_config_dir(config_dir)
+    register_configs()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(directory), version_base="1.3"):
+            cfg = hydra_compose(config_name="config", overrides=list(overrides))
+        OmegaConf.resolve(cfg)
+    except (HydraException, OmegaConfBaseException, ValueError) as e:
+        raise ConfigError(_describe_compose_error(e)) from e
+    finally:
+        GlobalHydra.instance().clear()
+    validate(cfg)
+    return cfg
+
+
+def _describe_compose_error(e: BaseException) -> str:
+    """One line for a Hydra/OmegaConf composition error: what failed and why."""
+    from hydra.errors import MissingConfigException
+
+    if isinstance(e, MissingConfigException) and e.missing_cfg_file and e.options is not None:
+        group, _, option = e.missing_cfg_file.rpartition("/")
+        options = [o for o in e.options if not o.startswith("base_")]
+        return f"unknown {group or 'config'} {option!r} (options: {', '.join(options)})"
+    text = _first_line(e)
+    if e.__cause__ is not None:
+        text = f"{text.rstrip('.')}: {_first_line(e.__cause__)}"
+    return text
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check what the types cannot: ranges, names, the search space, the pruner's arguments."""
+    from hpo.space import build_space
+
+    if cfg.par < 1:
+        raise ConfigError(f"par must be >= 1, got {cfg.par}")
+    study = cfg.study
+    if study.n_trials < 0:
+        raise ConfigError(f"study.n_trials must be >= 0, got {study.n_trials}")
+    if study.epochs < 1:
+        raise ConfigError(f"study.epochs must be >= 1, got {study.epochs}")
+    if study.direction not in ("maximize", "minimize"):
+        raise ConfigError(f"study.direction must be maximize or minimize, got {study.direction!r}")
+    if study.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"study.device must be auto, cpu or cuda, got {study.device!r}")
+    if not study.name or "/" in study.name or study.name.startswith("."):
+        raise ConfigError(f"study.name must be a plain file name, got {study.name!r}")
+    if ":" not in study.objective:
+        raise ConfigError(f"study.objective must be 'module:function', got {study.objective!r}")
+    if cfg.max_failures_in_a_row < 1:
+        raise ConfigError(f"max_failures_in_a_row must be >= 1, got {cfg.max_failures_in_a_row}")
+    if study.loader.num_workers < 0:
+        raise ConfigError(f"study.loader.num_workers must be >= 0, got {study.loader.num_workers}")
+    build_space(study.space)
+    instantiate_pruner(cfg)
+    instantiate_sampler(cfg)
+
+
+def instantiate_pruner(cfg: DictConfig) -> Any:
+    """Build the configured pruner; bad arguments become a ConfigError."""
+    return _instantiate(cfg.pruner, "pruner")
+
+
+def instantiate_sampler(cfg: DictConfig) -> Any:
+    """Build the configured sampler; bad arguments become a ConfigError."""
+    return _instantiate(cfg.sampler, "sampler")
+
+
+def _instantiate(node: Any, what: str) -> Any:
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node)
+    except InstantiationException as e:
+        cause = e.__cause__ if e.__cause__ is not None else e
+        raise ConfigError(f"{what}: {_first_line(cause)}") from e

@@ -1,0 +1,159 @@
+"""A fixed number of spawned worker processes, their pipes, and their deaths."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from hpo.errors import ConfigError
+from hpo.outcome import Assignment, Fatal, Ready
+from hpo.procs import kill_tree
+from hpo.worker import WorkerSpec
+from hpo.worker import main as worker_main
+
+logger = logging.getLogger(__name__)
+
+DIED = object()  # event payload: the worker process exited
+
+
+@dataclass(eq=False)
+class WorkerHandle:
+    """One worker process as the supervisor sees it."""
+
+    slot: int
+    process: BaseProcess
+    conn: Connection
+    ready: bool = False
+    assignment: Assignment | None = None  # the trial it runs, if any
+    started_at: float = 0.0  # monotonic time the assignment was sent
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        assert self.process.pid is not None
+        return self.process.pid
+
+    @property
+    def idle(self) -> bool:
+        return self.ready and self.assignment is None
+
+
+class WorkerPool:
+    """``size`` worker processes started with the spawn method (safe with CUDA and threads)."""
+
+    def __init__(self, size: int, spec: WorkerSpec) -> None:
+        self._ctx = mp.get_context("spawn")
+        self._spec = spec
+        self.workers: list[WorkerHandle] = []
+        self._size = size
+
+    def start(self) -> None:
+        self.workers = [self._spawn(slot) for slot in range(self._size)]
+
+    def _spawn(self, slot: int) -> WorkerHandle:
+        parent_end, child_end = self._ctx.Pipe()
+        process = self._ctx.Process(
+            target=worker_main, args=(child_end, self._spec), name=f"hpo-worker-{slot}"
+        )
+        process.start()
+        child_end.close()
+        return WorkerHandle(slot=slot, process=process, conn=parent_end)
+
+    def wait_ready(self, timeout_s: float = 300.0) -> None:
+        """Wait until every worker imported the objective; a failure is the user's to fix."""
+        deadline = time.monotonic() + timeout_s
+        while not all(w.ready for w in self.workers):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ConfigError(f"workers did not start within {timeout_s:.0f} s")
+            for worker, payload in self.poll(min(remaining, 1.0)):
+                if payload is DIED:
+                    code = worker.process.exitcode
+                    raise ConfigError(f"worker {worker.slot} exited while starting (code {code})")
+                if isinstance(payload, Fatal):
+                    raise ConfigError(payload.message)
+
+    def poll(self, timeout_s: float) -> list[tuple[WorkerHandle, Any]]:
+        """Messages and deaths of workers, waiting up to ``timeout_s`` for the first one.
+
+        Returns ``(worker, message)`` pairs; a worker that exited yields ``(worker, DIED)``
+        after any message it sent before dying. ``Ready`` messages are consumed here.
+        """
+        by_conn = {w.conn: w for w in self.workers}
+        by_sentinel = {w.process.sentinel: w for w in self.workers}
+        ready = wait([*by_conn, *by_sentinel], timeout=timeout_s)
+        events: list[tuple[WorkerHandle, Any]] = []
+        dead: list[WorkerHandle] = []
+        for obj in ready:
+            if obj in by_sentinel:
+                dead.append(by_sentinel[obj])
+                continue
+            worker = by_conn[obj]  # type: ignore[index]
+            events.extend((worker, msg) for msg in _drain(worker.conn))
+        for worker in dead:
+            events.extend((worker, msg) for msg in _drain(worker.conn))
+            worker.process.join()
+            events.append((worker, DIED))
+        out = []
+        for worker, payload in events:
+            if isinstance(payload, Ready):
+                worker.ready = True
+            else:
+                out.append((worker, payload))
+        return out
+
+    def assign(self, worker: WorkerHandle, assignment: Assignment) -> bool:
+        """Send a trial to an idle worker; False if the worker is already gone."""
+        worker.assignment = assignment
+        worker.started_at = time.monotonic()
+        try:
+            worker.conn.send(assignment)
+        except (BrokenPipeError, OSError):
+            return False
+        return True
+
+    def replace(self, worker: WorkerHandle) -> WorkerHandle:
+        """Start a new process in a dead worker's slot."""
+        worker.conn.close()
+        new = self._spawn(worker.slot)
+        self.workers[self.workers.index(worker)] = new
+        return new
+
+    def remove(self, worker: WorkerHandle) -> None:
+        """Forget a dead worker without replacing it."""
+        worker.conn.close()
+        self.workers.remove(worker)
+
+    def shutdown(self, grace_s: float = 5.0) -> None:
+        """Stop idle workers politely; kill busy or stuck ones (children before parents)."""
+        for worker in self.workers:
+            if worker.process.is_alive() and worker.assignment is None:
+                try:
+                    worker.conn.send(None)
+                except (BrokenPipeError, OSError):
+                    pass
+        deadline = time.monotonic() + grace_s
+        for worker in self.workers:
+            if worker.assignment is None:
+                worker.process.join(max(0.0, deadline - time.monotonic()))
+        for worker in self.workers:
+            if worker.process.is_alive():
+                kill_tree(worker.pid)
+            worker.process.join()
+            worker.conn.close()
+        self.workers = []
+
+
+def _drain(conn: Connection) -> list[Any]:
+    messages = []
+    try:
+        while conn.poll():
+            messages.append(conn.recv())
+    except (EOFError, OSError):
+        pass
+    return messages

@@ -1,0 +1,83 @@
+"""The trial runner: runs the objective on one trial inside a worker and measures it."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import traceback
+from typing import TYPE_CHECKING, Any, Callable
+
+import optuna
+
+from hpo.outcome import Assignment, EndReason, Outcome
+from hpo.probe import MemoryProbe
+from hpo.runtime import TrialContext, trial_context
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+Objective = Callable[[optuna.Trial, "DictConfig"], float]
+
+_TRACEBACK_LINES = 12  # last lines of a traceback stored on a failed trial
+
+
+class TrialRunner:
+    """Runs trials of one objective against one study, in the worker's process."""
+
+    def __init__(
+        self, study: optuna.Study, objective: Objective, cfg: DictConfig, device: str
+    ) -> None:
+        self._study = study
+        self._objective = objective
+        self._cfg = cfg
+        self._device = device
+
+    def run(self, assignment: Assignment) -> Outcome:
+        """Run one trial to its end; never raises for a failure of the objective."""
+        trial = optuna.Trial(self._study, assignment.trial_id)
+        ctx = TrialContext(device=self._device, trial_number=assignment.trial_number)
+        start = time.monotonic()
+        with MemoryProbe() as probe, trial_context(ctx):
+            reason, value, message = self._call(trial)
+        attrs: dict[str, Any] = {
+            **probe.attrs(),
+            "duration_s": round(time.monotonic() - start, 3),
+            "worker_pid": os.getpid(),
+            "device": self._device,
+        }
+        if message is not None and reason is not EndReason.COMPLETE:
+            attrs["error"] = message
+        return Outcome(assignment.trial_number, reason, value, attrs, _last_line(message))
+
+    def _call(self, trial: optuna.Trial) -> tuple[EndReason, float | None, str | None]:
+        try:
+            value = self._objective(trial, self._cfg)
+        except optuna.TrialPruned:
+            return EndReason.PRUNED, None, None
+        except Exception as e:
+            tail = traceback.format_exc().rstrip().splitlines()[-_TRACEBACK_LINES:]
+            return classify_exception(e), None, "\n".join(tail)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return EndReason.ERROR, None, f"objective returned {value!r}, expected a float"
+        if not math.isfinite(value):
+            return EndReason.ERROR, None, f"objective returned {value!r}, expected a finite float"
+        return EndReason.COMPLETE, float(value), None
+
+
+def classify_exception(e: BaseException) -> EndReason:
+    """Map an exception from the objective to an end reason (no torch import needed)."""
+    name = type(e).__name__
+    text = str(e).lower()
+    if name == "OutOfMemoryError" or isinstance(e, MemoryError) or "out of memory" in text:
+        return EndReason.OOM
+    cuda_markers = ("cuda error", "device-side assert", "cudnn_status", "cublas_status")
+    if name == "AcceleratorError" or any(marker in text for marker in cuda_markers):
+        return EndReason.CUDA_ERROR
+    return EndReason.ERROR
+
+
+def _last_line(message: str | None) -> str | None:
+    if not message:
+        return None
+    return message.strip().splitlines()[-1][:300]

@@ -1,0 +1,46 @@
+"""What the trial runner tells the objective about the trial it runs.
+
+The objective keeps the plain ``objective(trial, cfg)`` signature; anything the runner decides
+for it (the device, later a checkpoint directory) is read with :func:`current_context`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """Facts about the running trial that the runner chose."""
+
+    device: str  # "cpu" or "cuda:N" (N counts the devices visible to this worker)
+    trial_number: int
+    checkpoint_dir: Path | None = None  # per-trial directory, None when checkpoints are off
+
+
+_current: contextvars.ContextVar[TrialContext | None] = contextvars.ContextVar(
+    "hpo_trial_context", default=None
+)
+
+
+def current_context() -> TrialContext:
+    """Return the context of the running trial, or a CPU context outside the runner.
+
+    Outside the runner (a notebook, a unit test) the objective still runs, on the CPU.
+    """
+    ctx = _current.get()
+    return ctx if ctx is not None else TrialContext(device="cpu", trial_number=-1)
+
+
+@contextlib.contextmanager
+def trial_context(ctx: TrialContext) -> Iterator[TrialContext]:
+    """Make ``ctx`` the current context for the duration of the block."""
+    token = _current.set(ctx)
+    try:
+        yield ctx
+    finally:
+        _current.reset(token)

@@ -1,0 +1,152 @@
+"""Worker process entry point: import the objective, then run trials the supervisor assigns.
+
+Workers ignore SIGINT (the supervisor decides how a Ctrl-C ends running trials), exit when
+the supervisor's end of the pipe closes, and exit on their own if the supervisor vanishes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from hpo.outcome import Assignment, Fatal, Ready
+
+logger = logging.getLogger(__name__)
+
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs; pickled to the spawned process."""
+
+    cfg: dict[str, Any]  # the composed, resolved config as plain containers
+    storage_url: str
+    busy_timeout_s: float
+    threads: int  # CPU threads for numeric libraries in this worker
+    log_level: str
+
+
+def load_objective(path: str) -> Any:
+    """Import ``module:function`` and return the callable."""
+    module_name, _, attr = path.partition(":")
+    module = importlib.import_module(module_name)
+    try:
+        obj = getattr(module, attr)
+    except AttributeError as e:
+        raise ImportError(f"module {module_name!r} has no attribute {attr!r}") from e
+    if not callable(obj):
+        raise ImportError(f"{path!r} is not callable")
+    return obj
+
+
+def resolve_device(setting: str) -> str:
+    """``auto`` → ``cuda:0`` when NVML sees a visible GPU, else ``cpu``."""
+    if setting == "cpu":
+        return "cpu"
+    if setting == "cuda" or _gpu_visible():
+        return "cuda:0"
+    return "cpu"
+
+
+def _gpu_visible() -> bool:
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return bool(pynvml.nvmlDeviceGetCount() > 0)
+    except Exception:
+        return False
+
+
+def main(conn: Connection, spec: WorkerSpec) -> None:
+    """Process target of a worker."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for var in _THREAD_VARS:
+        os.environ.setdefault(var, str(spec.threads))
+    logging.basicConfig(level=spec.log_level, format="[hpo worker %(process)d] %(message)s")
+    _exit_with_parent()
+    objective_path = spec.cfg["study"]["objective"]
+    try:
+        objective = load_objective(objective_path)
+    except Exception as e:
+        conn.send(Fatal(f"cannot import objective {objective_path!r}: {type(e).__name__}: {e}"))
+        return
+    conn.send(Ready(os.getpid()))
+    _serve(conn, spec, objective)
+
+
+def _serve(conn: Connection, spec: WorkerSpec, objective: Any) -> None:
+    runner = None
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if not isinstance(msg, Assignment):
+            return
+        if runner is None:
+            runner = _make_runner(spec, objective)
+        outcome = runner.run(msg)
+        try:
+            conn.send(outcome)
+        except (BrokenPipeError, OSError):
+            return
+        if outcome.end_reason.poisons_worker:
+            return
+
+
+def _make_runner(spec: WorkerSpec, objective: Any) -> Any:
+    import optuna
+    from omegaconf import OmegaConf
+
+    from hpo.config import instantiate_pruner, instantiate_sampler
+    from hpo.runner import TrialRunner
+    from hpo.storage import open_storage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    cfg = OmegaConf.create(spec.cfg)
+    sampler = instantiate_sampler(cfg)
+    sampler.reseed_rng()  # parameters suggested define-by-run differ between workers
+    study = optuna.load_study(
+        study_name=cfg.study.name,
+        storage=open_storage(spec.storage_url, spec.busy_timeout_s),
+        sampler=sampler,
+        pruner=instantiate_pruner(cfg),
+    )
+    return TrialRunner(study, objective, cfg, resolve_device(cfg.study.device))
+
+
+def _exit_with_parent() -> None:
+    """Exit (with the trial's children) if the supervisor disappears without telling us."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                from hpo.procs import kill_tree
+
+                for child in _children():
+                    kill_tree(child)
+                os._exit(3)
+
+    threading.Thread(target=watch, name="hpo-parent-watch", daemon=True).start()
+
+
+def _children() -> list[int]:
+    import psutil
+
+    try:
+        return [p.pid for p in psutil.Process().children()]
+    except psutil.Error:
+        return []

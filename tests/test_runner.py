@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+import pytest
+from omegaconf import DictConfig
+
+from hpo.config import compose
+from hpo.outcome import Assignment, EndReason
+from hpo.runner import TrialRunner, classify_exception
+from hpo.runtime import current_context
+from hpo.studies import toy
+from tests.conftest import CONF
+
+VRAM_KEYS = {"peak_vram_allocated_mib", "peak_vram_reserved_mib", "peak_vram_mib"}
+
+
+def _toy_cfg(*overrides: str) -> DictConfig:
+    return compose(["study=toy", "study.epoch_s=0", *overrides], str(CONF))
+
+
+def _run(objective: Any, cfg: DictConfig) -> tuple[optuna.Study, Any]:
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner())
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0.5, 0.5),
+                       "family": optuna.distributions.CategoricalDistribution(["b"]),
+                       "width": optuna.distributions.IntDistribution(8, 8)})
+    outcome = TrialRunner(study, objective, cfg, "cpu").run(Assignment(trial._trial_id, trial.number))
+    return study, outcome
+
+
+def test_complete_trial_has_value_and_bookkeeping() -> None:
+    _, outcome = _run(toy.objective, _toy_cfg())
+    assert outcome.end_reason is EndReason.COMPLETE
+    assert outcome.value == pytest.approx(max(toy.curve({"x": 0.5, "family": "b", "width": 8}, e)
+                                              for e in range(1, 13)))
+    assert outcome.attrs["device"] == "cpu"
+    assert outcome.attrs["duration_s"] >= 0
+    assert outcome.attrs["peak_rss_mib"] > 10
+    assert VRAM_KEYS.isdisjoint(outcome.attrs), "no VRAM keys without CUDA"
+
+
+def test_peak_rss_includes_the_worker_and_its_children() -> None:
+    _, alone = _run(toy.objective, _toy_cfg())
+    _, ballast = _run(toy.objective, _toy_cfg("study.rss_mib=200"))
+    _, child = _run(toy.objective, _toy_cfg("study.child_rss_mib=150"))
+    assert ballast.attrs["peak_rss_mib"] >= alone.attrs["peak_rss_mib"] + 190
+    assert child.attrs["peak_rss_mib"] >= alone.attrs["peak_rss_mib"] + 140
+
+
+def test_pruned_trial() -> None:
+    def objective(trial: optuna.Trial, cfg: DictConfig) -> float:
+        trial.report(0.1, 1)
+        raise optuna.TrialPruned()
+
+    _, outcome = _run(objective, _toy_cfg())
+    assert outcome.end_reason is EndReason.PRUNED
+    assert outcome.value is None
+
+
+def test_error_keeps_the_traceback_tail() -> None:
+    def objective(trial: optuna.Trial, cfg: DictConfig) -> float:
+        raise ValueError("bad learning rate 42")
+
+    _, outcome = _run(objective, _toy_cfg())
+    assert outcome.end_reason is EndReason.ERROR
+    assert outcome.message == "ValueError: bad learning rate 42"
+    assert "Traceback" in outcome.attrs["error"] or "line" in outcome.attrs["error"]
+    assert outcome.attrs["error"].endswith("ValueError: bad learning rate 42")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), None, "0.5", True])
+def test_non_finite_or_non_numeric_value_is_an_error(value: Any) -> None:
+    _, outcome = _run(lambda trial, cfg: value, _toy_cfg())
+    assert outcome.end_reason is EndReason.ERROR
+    assert "expected a" in outcome.attrs["error"]
+
+
+def test_objective_sees_the_runner_context() -> None:
+    seen: list[Any] = []
+
+    def objective(trial: optuna.Trial, cfg: DictConfig) -> float:
+        seen.append(current_context())
+        return 1.0
+
+    _, outcome = _run(objective, _toy_cfg())
+    assert outcome.end_reason is EndReason.COMPLETE
+    assert seen[0].device == "cpu" and seen[0].trial_number == outcome.trial_number
+    assert current_context().trial_number == -1  # reset after the trial
+
+
+class OutOfMemoryError(RuntimeError):
+    """Stands in for torch.cuda.OutOfMemoryError (matched by name)."""
+
+
+class AcceleratorError(RuntimeError):
+    """Stands in for torch.AcceleratorError (matched by name)."""
+
+
+@pytest.mark.parametrize(
+    ("exc", "reason"),
+    [
+        (OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), EndReason.OOM),
+        (RuntimeError("CUDA out of memory."), EndReason.OOM),
+        (MemoryError(), EndReason.OOM),
+        (RuntimeError("CUDA error: device-side assert triggered"), EndReason.CUDA_ERROR),
+        (AcceleratorError("CUDA error: an illegal memory access"), EndReason.CUDA_ERROR),
+        (RuntimeError("cuDNN error: CUDNN_STATUS_INTERNAL_ERROR"), EndReason.CUDA_ERROR),
+        (ValueError("shapes do not match"), EndReason.ERROR),
+        (KeyError("lr"), EndReason.ERROR),
+    ],
+)
+def test_classify_exception(exc: BaseException, reason: EndReason) -> None:
+    assert classify_exception(exc) is reason
