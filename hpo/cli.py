@@ -24,7 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune = sub.add_parser("tune", help="run a study to its n_trials with par worker processes")
     tune.add_argument("--config-dir", help="directory holding config.yaml (default: ./conf)")
     tune.add_argument(
-        "overrides", nargs="*", metavar="KEY=VALUE",
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
         help="Hydra overrides, e.g. study=criteria par=2 study.n_trials=20 pruner.patience=4",
     )
     return parser
@@ -89,7 +91,9 @@ def _tune(args: argparse.Namespace) -> int:
         from hpo.space import describe
 
         best = summary.best
-        print(f"best trial {best.number}: value {best.value:.4f} | {describe(best.params)}")
+        held_out = best.user_attrs.get("test_accuracy")
+        extra = f" (test_accuracy {held_out:.4f})" if isinstance(held_out, float) else ""
+        print(f"best trial {best.number}: value {best.value:.4f}{extra} | {describe(best.params)}")
     return EXIT_INTERRUPTED if summary.interrupted else EXIT_OK
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -23,11 +23,11 @@ class ParamConf:
     """One dimension of the search space (an Optuna distribution)."""
 
     type: str = MISSING  # categorical | int | float
-    choices: Optional[List[Any]] = None  # categorical only
-    low: Optional[float] = None  # int/float: lower bound (inclusive)
-    high: Optional[float] = None  # int/float: upper bound (inclusive)
+    choices: list[Any] | None = None  # categorical only
+    low: float | None = None  # int/float: lower bound (inclusive)
+    high: float | None = None  # int/float: upper bound (inclusive)
     log: bool = False  # int/float: sample on a log scale
-    step: Optional[float] = None  # int/float: discretisation step (not with log)
+    step: float | None = None  # int/float: discretisation step (not with log)
 
 
 @dataclass
@@ -36,7 +36,7 @@ class DataLoaderConf:
 
     num_workers: int = 0  # DataLoader worker processes per trial
     persistent_workers: bool = False  # keep DataLoader workers alive between epochs
-    prefetch_factor: Optional[int] = None  # batches prefetched per DataLoader worker
+    prefetch_factor: int | None = None  # batches prefetched per DataLoader worker
 
 
 @dataclass
@@ -49,9 +49,9 @@ class StudyConf:
     n_trials: int = 20  # COMPLETE + PRUNED trials to reach, across workers and runs
     epochs: int = 12  # the pruner's resource: epochs of a trial that is never pruned
     device: str = "auto"  # auto (cuda when available, else cpu) | cpu | cuda
-    space: Dict[str, ParamConf] = field(default_factory=dict)  # declared search space
+    space: dict[str, ParamConf] = field(default_factory=dict)  # declared search space
     loader: DataLoaderConf = field(default_factory=DataLoaderConf)
-    extra: Dict[str, Any] = field(default_factory=dict)  # free settings for user objectives
+    extra: dict[str, Any] = field(default_factory=dict)  # free settings for user objectives
 
 
 @dataclass
@@ -70,7 +70,7 @@ class PatientHyperbandConf:
 class StorageConf:
     """Where the study lives: an SQLite file per study, or any SQLAlchemy URL."""
 
-    url: Optional[str] = None  # SQLAlchemy URL; null = SQLite file <dir>/<study name>.db
+    url: str | None = None  # SQLAlchemy URL; null = SQLite file <dir>/<study name>.db
     dir: str = "_optuna"  # directory of the SQLite files, relative to the working directory
     busy_timeout_s: float = 60.0  # SQLite: seconds a writer waits for the lock
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -31,7 +31,6 @@ class WorkerHandle:
     ready: bool = False
     assignment: Assignment | None = None  # the trial it runs, if any
     started_at: float = 0.0  # monotonic time the assignment was sent
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def pid(self) -> int:

@@ -108,8 +108,12 @@ class Supervisor:
         start = time.monotonic()
         self._done = self._finished_before()
         if self._done >= self._target:
-            logger.info("study %r already has %d/%d finished trials: nothing to do",
-                        self._cfg.study.name, self._done, self._target)
+            logger.info(
+                "study %r already has %d/%d finished trials: nothing to do",
+                self._cfg.study.name,
+                self._done,
+                self._target,
+            )
         else:
             self._run_workers()
         self._summary.elapsed_s = time.monotonic() - start
@@ -140,8 +144,14 @@ class Supervisor:
             pool.start()
             pool.wait_ready()
             study = self._open_study()
-            logger.info("study %r: %d/%d finished, running with par=%d on %s",
-                        study.study_name, self._done, self._target, par, self._url)
+            logger.info(
+                "study %r: %d/%d finished, running with par=%d on %s",
+                study.study_name,
+                self._done,
+                self._target,
+                par,
+                self._url,
+            )
             self._signals.install()
             self._loop(study, pool)
         finally:
@@ -159,7 +169,7 @@ class Supervisor:
         container = OmegaConf.to_container(self._cfg, resolve=True)
         assert isinstance(container, dict)
         return WorkerSpec(
-            cfg=container,
+            cfg={str(key): value for key, value in container.items()},
             storage_url=self._url,
             busy_timeout_s=float(self._cfg.storage.busy_timeout_s),
             threads=max(1, available_cpus() // par),
@@ -205,22 +215,24 @@ class Supervisor:
         assignment = worker.assignment
         worker.assignment = None
         if assignment is None or assignment.trial_number != outcome.trial_number:
-            logger.error("worker %d reported an unexpected trial %d", worker.pid,
-                         outcome.trial_number)
+            logger.error(
+                "worker %d reported an unexpected trial %d", worker.pid, outcome.trial_number
+            )
             return
-        self._record(study, assignment, outcome.end_reason, outcome.value, outcome.attrs,
-                     outcome.message)
+        self._record(
+            study, assignment, outcome.end_reason, outcome.value, outcome.attrs, outcome.message
+        )
 
     def _on_died(self, study: optuna.Study, pool: WorkerPool, worker: WorkerHandle) -> None:
         code = worker.process.exitcode
         if worker.assignment is not None:
+            error = f"worker process {describe_exit(code)} while running the trial"
             attrs = {
                 "worker_pid": worker.pid,
                 "duration_s": round(time.monotonic() - worker.started_at, 3),
-                "error": f"worker process {describe_exit(code)} while running the trial",
+                "error": error,
             }
-            self._record(study, worker.assignment, EndReason.WORKER_DIED, None, attrs,
-                         attrs["error"])
+            self._record(study, worker.assignment, EndReason.WORKER_DIED, None, attrs, error)
             worker.assignment = None
         elif not worker.ready:
             self._count_failure(f"worker {describe_exit(code)} while starting")
@@ -242,8 +254,9 @@ class Supervisor:
         for key, item in {"end_reason": reason.value, **attrs}.items():
             storage.set_trial_user_attr(assignment.trial_id, key, item)
         values = value if reason is EndReason.COMPLETE else None
-        frozen = study.tell(assignment.trial_number, values, state=reason.state,
-                            skip_if_finished=True)
+        frozen = study.tell(
+            assignment.trial_number, values, state=reason.state, skip_if_finished=True
+        )
         self._summary.end_reasons[reason.value] += 1
         if frozen.state in FINISHED:
             self._done += 1
@@ -260,17 +273,26 @@ class Supervisor:
 
     def _record_interrupted(self, study: optuna.Study, worker: WorkerHandle) -> None:
         assert worker.assignment is not None
-        attrs = {"worker_pid": worker.pid,
-                 "duration_s": round(time.monotonic() - worker.started_at, 3)}
+        attrs = {
+            "worker_pid": worker.pid,
+            "duration_s": round(time.monotonic() - worker.started_at, 3),
+        }
         try:
-            self._record(study, worker.assignment, EndReason.INTERRUPTED, None, attrs,
-                         "stopped by the user")
+            self._record(
+                study, worker.assignment, EndReason.INTERRUPTED, None, attrs, "stopped by the user"
+            )
         except Exception as e:  # the study is being torn down; say what was left
-            logger.error("could not record trial %d as interrupted: %s",
-                         worker.assignment.trial_number, e)
+            logger.error(
+                "could not record trial %d as interrupted: %s", worker.assignment.trial_number, e
+            )
 
-    def _progress_line(self, trial: optuna.trial.FrozenTrial, reason: EndReason,
-                       attrs: dict[str, Any], message: str | None) -> str:
+    def _progress_line(
+        self,
+        trial: optuna.trial.FrozenTrial,
+        reason: EndReason,
+        attrs: dict[str, Any],
+        message: str | None,
+    ) -> str:
         head = f"[{self._done:>{len(str(self._target))}}/{self._target}] trial {trial.number}"
         state = trial.state.name
         if trial.state == TrialState.COMPLETE:

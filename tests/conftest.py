@@ -32,7 +32,11 @@ def run_hpo(cwd: Path, *args: str, timeout: float = 240) -> subprocess.Completed
 def start_hpo(cwd: Path, *args: str) -> subprocess.Popen[str]:
     """Start ``hpo tune`` in the background (stderr merged into stdout)."""
     return subprocess.Popen(
-        hpo_cmd(*args), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        hpo_cmd(*args),
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         env=_env(),
     )
 

@@ -16,10 +16,14 @@ from tests.conftest import hpo_cmd, run_hpo
         (["study=nope"], "unknown study 'nope'"),
         (["pruner=nope"], "unknown pruner 'nope'"),
         (["study=toy", "par=0"], "par must be >= 1, got 0"),
-        (["study=toy", "study.objective=hpo.no_such_module:objective"],
-         "cannot import objective 'hpo.no_such_module:objective'"),
-        (["study=toy", "study.objective=hpo.studies.toy:no_such_function"],
-         "has no attribute 'no_such_function'"),
+        (
+            ["study=toy", "study.objective=hpo.no_such_module:objective"],
+            "cannot import objective 'hpo.no_such_module:objective'",
+        ),
+        (
+            ["study=toy", "study.objective=hpo.studies.toy:no_such_function"],
+            "has no attribute 'no_such_function'",
+        ),
         (["study=toy", "study.space.x.low=10"], "study.space.x: low must be <= high"),
         (["study=toy", "study.space.family.choices=[]"], "study.space.family.choices"),
         (["study=toy", "study.space.x.type=gauss"], "study.space.x.type must be one of"),
@@ -34,7 +38,9 @@ def test_user_mistake_exits_2_with_one_line(tmp_path: Path, args: list[str], exp
     assert not (tmp_path / "db").exists()
 
 
-def test_bad_objective_leaves_an_existing_database_untouched(tmp_path: Path, toy_args: list[str]) -> None:
+def test_bad_objective_leaves_an_existing_database_untouched(
+    tmp_path: Path, toy_args: list[str]
+) -> None:
     assert run_hpo(tmp_path, *toy_args, "study.n_trials=2").returncode == 0
     db = tmp_path / "_optuna" / "toy.db"
     before = db.read_bytes()

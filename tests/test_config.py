@@ -21,9 +21,7 @@ def test_defaults_compose_the_criteria_study() -> None:
 
 
 def test_issue_overrides_reach_the_config() -> None:
-    cfg = compose(
-        ["study=criteria", "par=2", "study.n_trials=20", "pruner.patience=4"], str(CONF)
-    )
+    cfg = compose(["study=criteria", "par=2", "study.n_trials=20", "pruner.patience=4"], str(CONF))
     assert (cfg.par, cfg.study.n_trials, cfg.pruner.patience) == (2, 20, 4)
     pruner = instantiate_pruner(cfg)
     assert isinstance(pruner, PatientHyperbandPruner)

@@ -53,7 +53,9 @@ def _should_prune(pruner: BasePruner, values: list[float]) -> bool:
         ([float("nan"), 0.2], 1, False),
     ],
 )
-def test_stalled_counts_reports_since_best(values: list[float], patience: int, stalled: bool) -> None:
+def test_stalled_counts_reports_since_best(
+    values: list[float], patience: int, stalled: bool
+) -> None:
     pruner = PatientHyperbandPruner(patience=patience, **ONE_BRACKET)
     assert pruner.stalled(values, StudyDirection.MAXIMIZE) is stalled
 

@@ -22,18 +22,25 @@ def _toy_cfg(*overrides: str) -> DictConfig:
 
 def _run(objective: Any, cfg: DictConfig) -> tuple[optuna.Study, Any]:
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner())
-    trial = study.ask({"x": optuna.distributions.FloatDistribution(0.5, 0.5),
-                       "family": optuna.distributions.CategoricalDistribution(["b"]),
-                       "width": optuna.distributions.IntDistribution(8, 8)})
-    outcome = TrialRunner(study, objective, cfg, "cpu").run(Assignment(trial._trial_id, trial.number))
+    trial = study.ask(
+        {
+            "x": optuna.distributions.FloatDistribution(0.5, 0.5),
+            "family": optuna.distributions.CategoricalDistribution(["b"]),
+            "width": optuna.distributions.IntDistribution(8, 8),
+        }
+    )
+    outcome = TrialRunner(study, objective, cfg, "cpu").run(
+        Assignment(trial._trial_id, trial.number)
+    )
     return study, outcome
 
 
 def test_complete_trial_has_value_and_bookkeeping() -> None:
     _, outcome = _run(toy.objective, _toy_cfg())
     assert outcome.end_reason is EndReason.COMPLETE
-    assert outcome.value == pytest.approx(max(toy.curve({"x": 0.5, "family": "b", "width": 8}, e)
-                                              for e in range(1, 13)))
+    assert outcome.value == pytest.approx(
+        max(toy.curve({"x": 0.5, "family": "b", "width": 8}, e) for e in range(1, 13))
+    )
     assert outcome.attrs["device"] == "cpu"
     assert outcome.attrs["duration_s"] >= 0
     assert outcome.attrs["peak_rss_mib"] > 10
@@ -65,7 +72,7 @@ def test_error_keeps_the_traceback_tail() -> None:
     _, outcome = _run(objective, _toy_cfg())
     assert outcome.end_reason is EndReason.ERROR
     assert outcome.message == "ValueError: bad learning rate 42"
-    assert "Traceback" in outcome.attrs["error"] or "line" in outcome.attrs["error"]
+    assert "line" in outcome.attrs["error"]  # a frame of the traceback
     assert outcome.attrs["error"].endswith("ValueError: bad learning rate 42")
 
 

@@ -1,1 +1,1 @@
-"""Built-in studies: ``criteria`` (a torch text classifier) and ``toy`` (no torch, for smoke runs)."""
+"""Built-in studies: ``criteria`` (torch text classifier) and ``toy`` (no torch, smoke runs)."""

@@ -11,10 +11,10 @@ from hpo.config import StudyConf
 class CriteriaDataConf:
     """The generated text-classification data set (identical for every trial of a study)."""
 
-    n_train: int = 4096  # training examples
-    n_val: int = 1024  # validation examples: the objective's value is accuracy on them
-    n_test: int = 2048  # held-out test examples, reported as user attribute test_accuracy
-    seq_len: int = 48  # tokens per example
+    n_train: int = 1024  # training examples
+    n_val: int = 512  # validation examples: the objective's value is accuracy on them
+    n_test: int = 1024  # held-out test examples, reported as user attribute test_accuracy
+    seq_len: int = 32  # tokens per example (at most)
     vocab_size: int = 1024  # distinct token ids
     n_classes: int = 4  # criteria (labels)
     label_noise: float = 0.05  # fraction of training labels replaced at random
@@ -23,8 +23,8 @@ class CriteriaDataConf:
 
 @dataclass
 class CriteriaStudyConf(StudyConf):
-    """``criteria``: which transformer preset, batch size, learning rate and dropout classify best."""
+    """``criteria``: which transformer preset, batch size, lr and dropout classify best."""
 
     data: CriteriaDataConf = field(default_factory=CriteriaDataConf)
-    threads: int = 0  # torch CPU threads per worker; 0 = available cores // par
+    threads: int = 0  # torch CPU threads per worker; 0 = as the supervisor sets (cores // par)
     weight_decay: float = 0.01  # AdamW weight decay

@@ -1,0 +1,175 @@
+"""The objective of the ``criteria`` study: train the classifier, report validation accuracy.
+
+The search space (``model``, ``batch_size``, ``lr``, ``dropout``) is declared in the config and
+sampled before the trial starts, so the objective only reads ``trial.params``. After every epoch
+it reports the validation accuracy and lets the pruner stop the trial; a trial that completes
+returns its best validation accuracy and records the test accuracy of that epoch's weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import optuna
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from hpo.runtime import current_context
+from hpo.studies.criteria.data import load_splits
+from hpo.studies.criteria.model import build_model, count_parameters
+
+log = logging.getLogger(__name__)
+
+REQUIRED_PARAMS = ("model", "batch_size", "lr", "dropout")
+EVAL_BATCH_SIZE = 512  # evaluation batches (no gradients, so larger than training batches)
+
+StateDict = dict[str, torch.Tensor]
+
+
+def objective(trial: optuna.Trial, cfg: DictConfig) -> float:
+    """Train one configuration; return the best validation accuracy over the epochs."""
+    params = read_params(trial)
+    study = cfg.study
+    device = torch.device(current_context().device)
+    if study.threads > 0:
+        torch.set_num_threads(int(study.threads))
+    torch.manual_seed(trial.number)
+    splits = load_splits(study.data)
+    model = _build(params, study.data).to(device)
+    trial.set_user_attr("n_params", count_parameters(model))
+    loader = make_train_loader(
+        splits.train, params["batch_size"], study.loader, device, seed=trial.number
+    )
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=params["lr"], weight_decay=float(study.weight_decay)
+    )
+    epochs = int(study.epochs)
+    best_acc, best_state = _fit(trial, model, optimizer, loader, splits.val, epochs, device)
+    model.load_state_dict(best_state)
+    test_acc = evaluate(model, splits.test, device)
+    trial.set_user_attr("test_accuracy", test_acc)
+    log.debug("trial %d: best val %.4f, test %.4f", trial.number, best_acc, test_acc)
+    return best_acc
+
+
+def read_params(trial: optuna.Trial) -> dict[str, Any]:
+    """The sampled hyperparameters, typed; ValueError naming any that were not sampled."""
+    missing = [name for name in REQUIRED_PARAMS if name not in trial.params]
+    if missing:
+        raise ValueError(
+            f"trial {trial.number} lacks params {missing} (has {sorted(trial.params)}); "
+            f"the criteria study's space must declare {list(REQUIRED_PARAMS)}"
+        )
+    p = trial.params
+    batch_size = int(p["batch_size"])
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {p['batch_size']!r}")
+    return {
+        "model": str(p["model"]),
+        "batch_size": batch_size,
+        "lr": float(p["lr"]),
+        "dropout": float(p["dropout"]),
+    }
+
+
+def _build(params: dict[str, Any], data: Any) -> nn.Module:
+    vocab_size, seq_len, n_classes = int(data.vocab_size), int(data.seq_len), int(data.n_classes)
+    return build_model(params["model"], vocab_size, seq_len, n_classes, params["dropout"])
+
+
+def make_train_loader(
+    dataset: Dataset, batch_size: int, loader_cfg: Any, device: torch.device, seed: int
+) -> DataLoader:
+    """A shuffling DataLoader configured from ``study.loader``."""
+    kwargs: dict[str, Any] = {"num_workers": int(loader_cfg.num_workers)}
+    if kwargs["num_workers"] > 0:
+        kwargs["persistent_workers"] = bool(loader_cfg.persistent_workers)
+        if loader_cfg.prefetch_factor is not None:
+            kwargs["prefetch_factor"] = int(loader_cfg.prefetch_factor)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=False,
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(seed),
+        **kwargs,
+    )
+
+
+def _fit(
+    trial: optuna.Trial,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: DataLoader,
+    val: Dataset,
+    epochs: int,
+    device: torch.device,
+) -> tuple[float, StateDict]:
+    """Train for ``epochs`` epochs with pruning; the best accuracy and a CPU copy of its weights."""
+    best_acc, best_state = -1.0, _cpu_state(model)
+    for epoch in range(1, epochs + 1):
+        start = time.perf_counter()
+        loss = train_epoch(model, optimizer, loader, device)
+        val_acc = evaluate(model, val, device)
+        log.debug(
+            "trial %d epoch %d: loss %.4f, val %.4f (%.2fs)",
+            trial.number,
+            epoch,
+            loss,
+            val_acc,
+            time.perf_counter() - start,
+        )
+        trial.report(val_acc, epoch)
+        if val_acc > best_acc:
+            best_acc, best_state = val_acc, _cpu_state(model)
+        if epoch < epochs and trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after epoch {epoch} at val accuracy {val_acc:.4f}")
+    return best_acc, best_state
+
+
+def train_epoch(
+    model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader, device: torch.device
+) -> float:
+    """One pass over ``loader``; the mean training loss."""
+    model.train()
+    total, count = torch.zeros((), device=device), 0
+    for tokens, labels in loader:
+        tokens = tokens.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        with _autocast(device):
+            loss = nn.functional.cross_entropy(model(tokens), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.detach() * len(labels)
+        count += len(labels)
+    return float(total) / max(count, 1)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset: Dataset, device: torch.device) -> float:
+    """Accuracy of ``model`` on ``dataset``."""
+    model.eval()
+    correct, count = 0, 0
+    for tokens, labels in DataLoader(dataset, batch_size=EVAL_BATCH_SIZE):
+        tokens, labels = tokens.to(device), labels.to(device)
+        with _autocast(device):
+            predicted = model(tokens).argmax(dim=-1)
+        correct += int((predicted == labels).sum())
+        count += len(labels)
+    return correct / max(count, 1)
+
+
+def _autocast(device: torch.device) -> torch.autocast:
+    """bfloat16 autocast on GPUs that support it; a disabled context elsewhere."""
+    enabled = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def _cpu_state(model: nn.Module) -> StateDict:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
