@@ -119,6 +119,7 @@ def test_sampler_sees_only_trials_of_the_same_bracket() -> None:
     assert any(len(seen) < number for number, seen in sampler.seen.items())
 
 
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 def test_wrapping_hyperband_loses_the_bracket_filter() -> None:
     """Why the pruner is one class: the obvious wrapper shows the sampler every trial."""
     wrapped = PatientPruner(HyperbandPruner(min_resource=1, max_resource=27), patience=4)

@@ -14,7 +14,7 @@ class CriteriaDataConf:
     n_train: int = 1024  # training examples
     n_val: int = 512  # validation examples: the objective's value is accuracy on them
     n_test: int = 1024  # held-out test examples, reported as user attribute test_accuracy
-    seq_len: int = 32  # tokens per example (at most)
+    seq_len: int = 24  # tokens per example (at most)
     vocab_size: int = 1024  # distinct token ids
     n_classes: int = 4  # criteria (labels)
     label_noise: float = 0.05  # fraction of training labels replaced at random
