@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -12,7 +14,7 @@ import optuna
 import psutil
 import pytest
 
-from tests.conftest import query, run_hpo, start_hpo, user_attrs, wait_for
+from tests.conftest import CONF, query, run_hpo, start_hpo, user_attrs, wait_for
 
 REQUIRED_ATTRS = {"end_reason", "duration_s", "peak_rss_mib", "worker_pid", "device"}
 
@@ -196,3 +198,15 @@ def test_postgres_storage_runs_a_study(tmp_path: Path, toy_args: list[str]) -> N
             os.environ.pop("HPO_POSTGRES_URL", None)
         else:
             os.environ["HPO_POSTGRES_URL"] = old
+
+
+def test_supervisor_import_path_never_imports_torch() -> None:
+    """DESIGN: heavy imports stay in the workers; the supervisor composes and runs without torch."""
+    code = (
+        "import sys; from hpo.config import compose; import hpo.cli, hpo.supervisor; "
+        "from hpo.supervisor import Supervisor; "
+        f"Supervisor(compose(['study=criteria'], {str(CONF)!r})); "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
