@@ -7,14 +7,6 @@ import os
 import psutil
 
 
-def pid_alive(pid: int) -> bool:
-    """True while a process with this PID exists and is not a zombie."""
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
 def kill_tree(pid: int, timeout_s: float = 3.0) -> None:
     """SIGKILL a process's descendants, then the process itself (children before parents)."""
     try:

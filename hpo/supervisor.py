@@ -30,6 +30,7 @@ from hpo.worker import WorkerSpec
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
+    from optuna.storages import RDBStorage
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ class Supervisor:
         self._failures_in_a_row = 0
         self._done = 0
         self._summary = RunSummary(cfg.study.name, self._url, self._target, 0, 0.0)
+        self._storage: RDBStorage | None = None  # opened once, by the first step that needs it
 
     def run(self) -> RunSummary:
         """Run until the target is reached, the user stops it, or failures pile up."""
@@ -123,9 +125,8 @@ class Supervisor:
         """Finished trials of an existing study (the storage is not created for this)."""
         if not storage_exists(self._url):
             return 0
-        storage = open_storage(self._url, self._cfg.storage.busy_timeout_s)
         try:
-            study = optuna.load_study(study_name=self._cfg.study.name, storage=storage)
+            study = optuna.load_study(study_name=self._cfg.study.name, storage=self._open_storage())
         except KeyError:
             return 0
         if study.direction.name.lower() != self._cfg.study.direction:
@@ -180,12 +181,17 @@ class Supervisor:
         prepare_storage(self._url)
         return optuna.create_study(
             study_name=self._cfg.study.name,
-            storage=open_storage(self._url, self._cfg.storage.busy_timeout_s),
+            storage=self._open_storage(),
             sampler=instantiate_sampler(self._cfg),
             pruner=instantiate_pruner(self._cfg),
             direction=self._cfg.study.direction,
             load_if_exists=True,
         )
+
+    def _open_storage(self) -> RDBStorage:
+        if self._storage is None:
+            self._storage = open_storage(self._url, self._cfg.storage.busy_timeout_s)
+        return self._storage
 
     def _loop(self, study: optuna.Study, pool: WorkerPool) -> None:
         while not self._signals.stop_now:
