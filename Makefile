@@ -9,11 +9,14 @@ PAR ?= 2
 N_TRIALS ?=
 ARGS ?=
 PYTEST_ARGS ?=
+# make status / dashboard / stats / report: which study (plus ARGS overrides), and the port
+STUDY ?= criteria
+PORT ?= 8080
 
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install tune-criteria tune test clean-studies
+.PHONY: install tune-criteria tune test clean-studies status dashboard stats report browser
 
 install: $(STAMP)
 
@@ -37,8 +40,37 @@ tune-criteria: $(STAMP)
 tune: $(STAMP)
 	$(BIN)/hpo tune par=$(PAR) $(if $(N_TRIALS),study.n_trials=$(N_TRIALS)) $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The dashboard's browser test drives Debian's headless Chromium through /usr/bin/chromedriver;
+# install both when missing and we are root (the test tool never downloads a browser).
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing chromium and chromium-driver for the dashboard's browser test"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    { apt-get install -y -q chromium chromium-driver || \
+	      { apt-get update -q && apt-get install -y -q chromium chromium-driver; }; } \
+	      >/tmp/hpo-apt-chromium.log 2>&1 || \
+	      { tail -5 /tmp/hpo-apt-chromium.log; echo "chromium install failed (see above)"; }; \
+	  else echo "no /usr/bin/chromium and not root: the dashboard's browser test will skip"; fi; \
+	fi
+
+# Live view of a study (another terminal while make tune-criteria runs): make status STUDY=toy
+status: $(STAMP)
+	$(BIN)/hpo status study=$(STUDY) $(ARGS)
+
+# optuna-dashboard on the study's storage at http://127.0.0.1:$(PORT)
+dashboard: $(STAMP)
+	$(BIN)/hpo dashboard --port $(PORT) study=$(STUDY) $(ARGS)
+
+stats: $(STAMP)
+	$(BIN)/hpo stats study=$(STUDY) $(ARGS)
+
+# HTML report and memory PNG under reports/<study>/
+report: $(STAMP)
+	$(BIN)/hpo report study=$(STUDY) $(ARGS)
 
 # Delete the study databases in _optuna/ (the folder stays).
 clean-studies:

@@ -1,4 +1,4 @@
-"""The ``hpo`` command line: ``hpo tune [overrides]``.
+"""The ``hpo`` command line: ``hpo tune [overrides]``, and stats, status, dashboard, report.
 
 User mistakes end as one line on stderr and exit code 2; tracebacks only with ``--debug``.
 """
@@ -10,6 +10,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from hpo.cli_look import LOOK_COMMANDS, add_look_commands
 from hpo.errors import ConfigError, HpoError, StudyAborted
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="Hydra overrides, e.g. study=criteria par=2 study.n_trials=20 pruner.patience=4",
     )
+    add_look_commands(sub)
     return parser
 
 
@@ -37,6 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "tune":
             return _tune(args)
+        if args.command in LOOK_COMMANDS:
+            return LOOK_COMMANDS[args.command](args)
     except ConfigError as e:
         return _fail(args, e, EXIT_USAGE)
     except StudyAborted as e:
