@@ -67,10 +67,15 @@ def _with_study(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def _study_ref(args: argparse.Namespace) -> Any:
-    from hpo.config import compose
     from hpo.studydb import StudyRef
 
-    return StudyRef.from_config(compose(args.overrides, args.config_dir))
+    return StudyRef.from_config(_compose(args))
+
+
+def _compose(args: argparse.Namespace) -> Any:
+    from hpo.config import compose
+
+    return compose(args.overrides, args.config_dir)
 
 
 def _quiet_logging(debug: bool) -> None:
@@ -107,16 +112,19 @@ def _status(args: argparse.Namespace) -> int:
 
     if args.interval <= 0:
         raise ConfigError(f"--interval must be > 0, got {args.interval:g}")
+    from hpo.studydb import StudyRef
+
     _quiet_logging(args.debug)
-    watch(_study_ref(args), once=args.once, interval_s=args.interval)
+    cfg = _compose(args)
+    watch(StudyRef.from_config(cfg), cfg, once=args.once, interval_s=args.interval)
     return 0
 
 
 def _dashboard(args: argparse.Namespace) -> int:
     from hpo.dashboard import serve
 
-    if not 0 < args.port < 65536:
-        raise ConfigError(f"--port must be in 1..65535, got {args.port}")
+    if not 0 <= args.port < 65536:
+        raise ConfigError(f"--port must be in 0..65535 (0: any free port), got {args.port}")
     _quiet_logging(args.debug)
     serve(_study_ref(args), host=args.host, port=args.port)
     return 0

@@ -211,6 +211,14 @@ FROM trials t JOIN studies s ON s.study_id = t.study_id
 WHERE s.study_name = :study AND t.state = 'RUNNING'
 ORDER BY t.number;"""
 
+RECENT_TRIALS = """\
+SELECT t.trial_id, t.number, t.state, v.value
+FROM trials t JOIN studies s ON s.study_id = t.study_id
+LEFT JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0
+WHERE s.study_name = :study AND t.state IN ('COMPLETE', 'PRUNED', 'FAIL')
+ORDER BY t.datetime_complete DESC, t.number DESC
+LIMIT :limit;"""
+
 TRIAL_PARAMS = f"""\
 SELECT p.param_name AS name,
        CASE WHEN p.distribution_json LIKE '{{"name": "CategoricalDistribution"%'
