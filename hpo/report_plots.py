@@ -114,7 +114,7 @@ def memory_png(data: MemoryData, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     values, positions = _x_positions(data)
-    where = dict(zip(values, positions))
+    where = dict(zip(values, positions, strict=True))
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
     try:
         for state in sorted({p.state for p in data.points}):

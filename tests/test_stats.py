@@ -81,7 +81,7 @@ def sqlite3_cli(db: Path, sql: str, binds: dict[str, Any]) -> list[dict[str, Any
 
 def assert_rows_equal(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> None:
     assert [list(r) for r in got] == [list(r) for r in want]
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         for key in w:
             if isinstance(w[key], float):
                 assert g[key] == pytest.approx(w[key], rel=1e-12), key
@@ -157,7 +157,10 @@ def test_stats_text_prints_every_section(study_db: Path) -> None:
         (["storage.dir=missing"], "does not exist"),
         (["--vram-threshold-mib", "-1"], "--vram-threshold-mib must be >= 0, got -1"),
         (["--group-by", "a,b,c"], "--group-by takes one or two parameter names, got 'a,b,c'"),
-        (["study.name=nope", "storage.url=sqlite:///{db}"], r"no study .nope. in .*\(studies there: toy\)"),
+        (
+            ["study.name=nope", "storage.url=sqlite:///{db}"],
+            r"no study .nope. in .*\(studies there: toy\)",
+        ),
     ],
 )
 def test_stats_user_mistakes_exit_2_and_create_nothing(
