@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import _env
+from tests.conftest import _env, query
 from tests.look import look_cmd, make_toy_study, run_look
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -87,8 +87,12 @@ def test_dashboard_shows_trials_and_memory_attrs_in_chromium(
         browser.get(url)  # type: ignore[attr-defined]
         body_text_with(browser, "toy", "History")
         browser.save_screenshot(str(tmp_path / "study.png"))  # type: ignore[attr-defined]
-        browser.get(f"{url}/trials")  # type: ignore[attr-defined]
-        text = body_text_with(browser, "Trial 0", "User Attributes", "peak_rss_mib", "end_reason")
+        number = query(db, "select min(number) from trials where state = 'COMPLETE'")[0][0]
+        browser.get(f"{url}/trials?numbers={number}")  # type: ignore[attr-defined]
+        text = body_text_with(
+            browser, f"Trial {number} (trial_id", "User Attributes", "peak_rss_mib",
+            "end_reason complete",
+        )
         browser.save_screenshot(str(tmp_path / "trials.png"))  # type: ignore[attr-defined]
     finally:
         assert stop(proc) == 0
