@@ -1,5 +1,7 @@
 """Peak memory of a trial: RSS of the worker and its children, and on CUDA the VRAM peaks.
 
+On a simulated card the VRAM peaks are the card's own record of this process.
+
 A sampling thread adds up the RSS of the worker and every descendant (DataLoader workers) and,
 once the trial has touched CUDA, asks NVML for the per-process device memory. The kernel's own
 high-water mark of the worker (``VmHWM``, reset at the start of each trial) catches spikes of
@@ -17,6 +19,8 @@ from types import TracebackType
 from typing import Any
 
 import psutil
+
+from hpo.devices import simulated
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +41,9 @@ class MemoryProbe:
 
     def __enter__(self) -> MemoryProbe:
         _reset_high_water_mark()
+        sim = simulated.active()
+        if sim is not None:
+            sim.reset_peak()
         torch = _cuda_torch()
         if torch is not None:
             torch.cuda.reset_peak_memory_stats()
@@ -84,6 +91,13 @@ class MemoryProbe:
         """User attributes of DESIGN.md: ``peak_rss_mib`` always, VRAM keys only on CUDA."""
         peak_rss = max(self._rss_peak, _high_water_mark() or 0)
         out: dict[str, Any] = {"peak_rss_mib": round(peak_rss / MIB, 1)}
+        sim = simulated.active()
+        peaks = sim.peaks() if sim is not None else None
+        if peaks is not None:  # a simulated card: its ledger is the device's own count
+            out["peak_vram_allocated_mib"] = round(peaks["allocated"], 1)
+            out["peak_vram_reserved_mib"] = round(peaks["allocated"], 1)
+            out["peak_vram_mib"] = round(peaks["footprint"], 1)
+            return out
         torch = _cuda_torch()
         if torch is not None:
             reserved = torch.cuda.max_memory_reserved()

@@ -1,0 +1,1 @@
+"""Reproducible benchmarks of hpo (see docs/benchmarks.md)."""

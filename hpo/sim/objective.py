@@ -1,0 +1,71 @@
+"""The simulated objective: a trial that holds, waits and learns as its workload file says.
+
+It runs on a simulated card (``study.device=sim``): it allocates its true peak (with the
+workload's run-to-run noise) in two steps, like weights then the first batch's activations, so
+an OOM comes from the card exactly as a CUDA OOM would. Each epoch takes the family's time,
+scaled by ``study.time_scale`` and stretched by contention on the card, then reports the
+family's learning curve to the pruner.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import optuna
+
+from hpo.config import StudyConf
+from hpo.devices import simulated
+from hpo.sim.workload import load_workload
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+_SLICE_S = 0.005  # contention is re-read this often while an epoch runs
+
+
+@dataclass
+class SimulatedStudyConf(StudyConf):
+    """A study of a simulated workload on a simulated card (``device: sim``)."""
+
+    workload: str = "bench/workloads/criteria24.yaml"  # workload spec file (docs/workloads.md)
+    time_scale: float = 0.01  # wall seconds per simulated second (0.01: 100× faster)
+
+
+def objective(trial: optuna.Trial, cfg: DictConfig) -> float:
+    """Hold the trial's memory, run its epochs, report its curve; return the best value."""
+    study = cfg.study
+    gpu = simulated.active()
+    if gpu is None:
+        raise RuntimeError(f"the simulated objective needs study.device=sim, got {study.device!r}")
+    wl = load_workload(str(study.workload))
+    params = trial.params
+    family = wl.family(params)
+    peak = wl.peak_bytes(params, seed=trial.number)
+    try:
+        gpu.allocate(peak // 3)  # weights, gradients and optimizer state
+        gpu.set_demand(family.demand.value(params))
+        gpu.allocate(peak - peak // 3)  # activations of the first batch: the peak
+        best = 0.0
+        for epoch in range(1, int(study.epochs) + 1):
+            _run_epoch(gpu, family.epoch_s * float(study.time_scale))
+            value = family.curve.value(params, epoch)
+            best = max(best, value)
+            trial.report(value, epoch)
+            if epoch < study.epochs and trial.should_prune():
+                raise optuna.TrialPruned()
+        return best
+    finally:
+        gpu.set_demand(0.0)
+        gpu.release()
+
+
+def _run_epoch(gpu: simulated.SimulatedGpu, work_s: float) -> None:
+    """Do ``work_s`` seconds of work, slowed down while the card is oversubscribed."""
+    done = 0.0
+    while done < work_s:
+        slowdown = gpu.slowdown()
+        step = min(_SLICE_S, (work_s - done) * slowdown)
+        time.sleep(step)
+        done += step / slowdown

@@ -1,0 +1,207 @@
+"""Workload spec files: a simulated device and the ground truth of a study's trials on it.
+
+A workload file (YAML) says what a simulated card is (capacity, context per process) and how
+each model family behaves on it: peak memory as a sum of terms of the parameters, time per
+epoch, GPU utilisation demand, and a learning curve. The simulated objective follows it; the
+estimator never reads it (it learns from what trials measure). See ``docs/workloads.md``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hpo.devices._base import GIB
+from hpo.devices.simulated import SimulatedGpuSpec
+from hpo.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Term:
+    """``coef`` × Π param^power (GiB for memory terms)."""
+
+    coef: float
+    powers: Mapping[str, float] = field(default_factory=dict)
+
+    def value(self, params: Mapping[str, Any]) -> float:
+        out = self.coef
+        for name, power in self.powers.items():
+            out *= float(params[name]) ** power
+        return out
+
+
+@dataclass(frozen=True)
+class Demand:
+    """GPU utilisation demand: ``base`` at the reference params, × (p/ref)^exponent, ≤ max."""
+
+    base: float
+    ref: Mapping[str, float] = field(default_factory=dict)
+    exponent: float = 0.5
+    max: float = 1.0
+
+    def value(self, params: Mapping[str, Any]) -> float:
+        out = self.base
+        for name, ref in self.ref.items():
+            out *= (float(params[name]) / ref) ** self.exponent
+        return min(self.max, out)
+
+
+@dataclass(frozen=True)
+class Curve:
+    """Validation accuracy after ``epoch`` epochs: ceiling × lr fit × (1 − e^(−rate·epoch))."""
+
+    ceiling: float
+    rate: float = 0.3
+    best_lr: float = 1e-3
+    lr_width: float = 1.0  # decades of lr away from best_lr that cost a factor e^(-1/2)
+
+    def value(self, params: Mapping[str, Any], epoch: int) -> float:
+        fit = 1.0
+        if "lr" in params:
+            decades = math.log10(float(params["lr"]) / self.best_lr)
+            fit = math.exp(-(decades**2) / (2 * self.lr_width**2))
+        return round(self.ceiling * fit * (1.0 - math.exp(-self.rate * epoch)), 4)
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family's ground truth."""
+
+    peak_gib: tuple[Term, ...]  # trial peak without the process context
+    epoch_s: float  # seconds of one epoch alone on the card, before time scaling
+    demand: Demand
+    curve: Curve
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A simulated card and the families of a study that runs on it."""
+
+    name: str
+    device: SimulatedGpuSpec
+    device_count: int
+    family_param: str  # the parameter that names the family
+    families: Mapping[str, Family]
+    space: Mapping[str, Any]  # the study's search space (hpo ParamConf mappings)
+    epochs: int
+    noise_frac: float  # measured peaks vary by up to ± this fraction around the terms
+
+    def family(self, params: Mapping[str, Any]) -> Family:
+        return self.families[str(params[self.family_param])]
+
+    def peak_bytes(self, params: Mapping[str, Any], seed: int | None = None) -> int:
+        """The trial's peak without context; with ``seed``, the run-to-run noise too."""
+        gib = sum(t.value(params) for t in self.family(params).peak_gib)
+        if seed is not None and self.noise_frac > 0:
+            gib *= 1.0 + random.Random(seed).uniform(-self.noise_frac, self.noise_frac)
+        return int(gib * GIB)
+
+    def footprint_bytes(self, params: Mapping[str, Any]) -> int:
+        """True device footprint of the trial (peak + context), without noise."""
+        return self.peak_bytes(params) + int(self.device.context_gib * GIB)
+
+    def fits_alone(self, params: Mapping[str, Any], capacity_bytes: int | None = None) -> bool:
+        """Whether the trial could run on an empty card (with the most noise it can have)."""
+        cap = capacity_bytes or int(self.device.capacity_gib * GIB)
+        worst = self.peak_bytes(params) * (1.0 + self.noise_frac)
+        return worst + self.device.context_gib * GIB <= cap
+
+
+@functools.lru_cache(maxsize=16)
+def load_workload(path: str) -> Workload:
+    """Read and check a workload file; ConfigError (one line) for any mistake in it."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except OSError as e:
+        raise ConfigError(f"workload file {path!r} cannot be read: {e.strerror}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"workload file {path!r} is not valid YAML: {e}") from e
+    try:
+        return _parse(raw, Path(path).stem)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConfigError(f"workload file {path!r}: {_describe(e)}") from e
+
+
+def _parse(raw: Any, name: str) -> Workload:
+    if not isinstance(raw, dict):
+        raise TypeError("top level must be a mapping")
+    dev = _mapping(raw, "device")
+    families = {str(k): _family(str(k), v) for k, v in _mapping(raw, "families").items()}
+    if not families:
+        raise ValueError("families must name at least one family")
+    wl = Workload(
+        name=str(raw.get("name", name)),
+        device=SimulatedGpuSpec(float(dev["capacity_gib"]), float(dev.get("context_gib", 0.5))),
+        device_count=int(dev.get("count", 1)),
+        family_param=str(raw.get("family_param", "model")),
+        families=families,
+        space=_mapping(raw, "space"),
+        epochs=int(raw.get("epochs", 12)),
+        noise_frac=float(raw.get("noise_frac", 0.0)),
+    )
+    _check(wl)
+    return wl
+
+
+def _family(name: str, raw: Any) -> Family:
+    if not isinstance(raw, dict):
+        raise TypeError(f"families.{name} must be a mapping")
+    terms = tuple(
+        Term(float(t["coef"]), {str(k): float(v) for k, v in (t.get("powers") or {}).items()})
+        for t in raw["peak_gib"]
+    )
+    d = raw["demand"]
+    demand = Demand(
+        float(d["base"]),
+        {str(k): float(v) for k, v in (d.get("ref") or {}).items()},
+        float(d.get("exponent", 0.5)),
+        float(d.get("max", 1.0)),
+    )
+    c = raw["curve"]
+    curve = Curve(
+        float(c["ceiling"]),
+        float(c.get("rate", 0.3)),
+        float(c.get("best_lr", 1e-3)),
+        float(c.get("lr_width", 1.0)),
+    )
+    return Family(terms, float(raw.get("epoch_s", 1.0)), demand, curve)
+
+
+def _check(wl: Workload) -> None:
+    if wl.device_count < 1:
+        raise ValueError(f"device.count must be >= 1, got {wl.device_count}")
+    if not 0 <= wl.noise_frac < 0.5:
+        raise ValueError(f"noise_frac must be in [0, 0.5), got {wl.noise_frac}")
+    if wl.family_param not in wl.space:
+        raise ValueError(f"family_param {wl.family_param!r} is not in space")
+    choices = wl.space[wl.family_param].get("choices") or []
+    unknown = [c for c in choices if str(c) not in wl.families]
+    if unknown:
+        raise ValueError(f"space.{wl.family_param} has choices without a family: {unknown}")
+    for fname, fam in wl.families.items():
+        if fam.epoch_s <= 0:
+            raise ValueError(f"families.{fname}.epoch_s must be > 0, got {fam.epoch_s}")
+        for term in fam.peak_gib:
+            missing = [p for p in term.powers if p not in wl.space]
+            if missing:
+                raise ValueError(f"families.{fname}.peak_gib uses params not in space: {missing}")
+
+
+def _mapping(raw: dict[str, Any], key: str) -> dict[str, Any]:
+    value = raw[key]
+    if not isinstance(value, dict):
+        raise TypeError(f"{key} must be a mapping, got {type(value).__name__}")
+    return value
+
+
+def _describe(e: Exception) -> str:
+    if isinstance(e, KeyError):
+        return f"missing key {e.args[0]!r}"
+    return str(e)

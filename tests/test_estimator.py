@@ -1,0 +1,124 @@
+"""The memory estimator: learning from measurements, censored OOMs, monotonicity, the prior."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from hpo.memory import MemoryEstimator, Observation, Prior
+from hpo.memory.oom import needed_lower_bound, requested_bytes
+
+MIB = 2**20
+
+
+def truth(model: str, bs: int) -> float:
+    base = {"small": 1500, "large": 6000}[model]
+    per = {"small": 60, "large": 420}[model]
+    return (base + per * bs) * MIB
+
+
+def _estimator(prior: Prior | None = None) -> MemoryEstimator:
+    return MemoryEstimator(["batch_size"], ["model"], prior, context_bytes=512 * MIB)
+
+
+def test_nothing_known_gives_no_estimate() -> None:
+    assert _estimator().predict({"model": "small", "batch_size": 8}) is None
+
+
+def test_learns_an_affine_family_from_two_sizes() -> None:
+    est = _estimator()
+    for bs in (8, 16, 8, 16):
+        est.observe(Observation({"model": "large", "batch_size": bs}, truth("large", bs)))
+    e = est.predict({"model": "large", "batch_size": 32})
+    assert e is not None and e.source == "fit" and e.n_measured == 4
+    assert e.point_bytes == pytest.approx(truth("large", 32), rel=1e-6)
+    assert e.upper_bytes > e.point_bytes  # extrapolating: a margin above the fit
+    assert est.predict({"model": "small", "batch_size": 8}) is None  # other group unknown
+
+
+def test_one_measurement_extrapolates_on_the_safe_side() -> None:
+    est = _estimator()
+    est.observe(Observation({"model": "small", "batch_size": 16}, truth("small", 16)))
+    e = est.predict({"model": "small", "batch_size": 64})
+    assert e is not None and e.source == "one-point"
+    assert e.point_bytes >= truth("small", 64)
+
+
+def test_oom_is_a_lower_bound_for_that_size_and_every_larger_one() -> None:
+    est = _estimator()
+    est.observe(Observation({"model": "large", "batch_size": 8}, truth("large", 8)))
+    bound = 30000 * MIB
+    est.observe(Observation({"model": "large", "batch_size": 32}, bound, censored=True))
+    for bs in (32, 64):
+        e = est.predict({"model": "large", "batch_size": bs})
+        assert e is not None and e.point_bytes >= bound and e.upper_bytes > bound
+    e16 = est.predict({"model": "large", "batch_size": 16})
+    assert e16 is not None and e16.point_bytes < bound
+
+
+def test_estimates_are_monotonic_in_the_scaling_parameter() -> None:
+    prior = Prior(("model",), {("small",): [(8, 10 * MIB), (64, 40 * MIB)]})
+    est = _estimator(prior)
+    observations = [("small", 8, 1900), ("small", 64, 5400), ("small", 16, 2500)]
+    steps = [[]] + [observations[:i] for i in range(1, 4)]
+    for seen in steps:
+        for model, bs, mib in seen:
+            est.observe(Observation({"model": model, "batch_size": bs}, mib * MIB))
+        points = [est.predict({"model": "small", "batch_size": bs}) for bs in (8, 16, 32, 64)]
+        uppers = [p.upper_bytes for p in points if p is not None]
+        assert uppers == sorted(uppers), f"not monotonic after {len(seen)} observations"
+
+
+def test_cold_prior_adds_context_and_calibration_learns_factor_and_overhead() -> None:
+    traced = {
+        ("small",): [(8, 100 * MIB), (64, 400 * MIB)],
+        ("large",): [(8, 1000 * MIB), (64, 3000 * MIB)],
+    }
+    est = _estimator(Prior(("model",), traced))
+    cold = est.predict({"model": "large", "batch_size": 8})
+    assert cold is not None and cold.source == "cold-prior"
+    assert cold.point_bytes == pytest.approx(1512 * MIB)
+    # measured = 300 MiB + 0.5 × traced on this device (fused kernels, another context)
+    for bs, tr in ((8, 100), (64, 400)):
+        est.observe(Observation({"model": "small", "batch_size": bs}, (300 + 0.5 * tr) * MIB))
+    warm_prior = est.predict({"model": "large", "batch_size": 64})
+    assert warm_prior is not None and warm_prior.source == "calibrated-prior"
+    assert warm_prior.point_bytes == pytest.approx((300 + 1500) * MIB, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ("CUDA out of memory. Tried to allocate 20.00 MiB (GPU 0; 79.19 GiB total)", 20 * MIB),
+        ("CUDA out of memory. Tried to allocate 2.50 GiB. GPU 0 has", int(2.5 * 2**30)),
+        (
+            "CUDA out of memory (simulated sim:0). Tried to allocate 3118.75 MiB; …",
+            int(3118.75 * MIB),
+        ),
+        ("some other error", None),
+        (None, None),
+    ],
+)
+def test_oom_messages_give_the_failed_request(message: str | None, expected: int | None) -> None:
+    assert requested_bytes(message) == expected
+
+
+def test_oom_bound_is_peak_plus_request() -> None:
+    assert needed_lower_bound(1000.0, "Tried to allocate 1.00 KiB") == 2024.0
+    assert needed_lower_bound(None, "Tried to allocate 1.00 KiB") is None
+
+
+def test_grid_of_the_prior_covers_every_group_at_both_corners() -> None:
+    from hpo.memory.prior import grid_points
+
+    space = {
+        "model": {"type": "categorical", "choices": ["a", "b"]},
+        "batch_size": {"type": "categorical", "choices": [16, 8, 64]},
+        "lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+    }
+    points = grid_points(space, ["batch_size"], ["model"])
+    assert {(p["model"], p["batch_size"]) for p in points} == set(
+        itertools.product(["a", "b"], [8, 64])
+    )
+    assert all(p["lr"] == pytest.approx(1e-3) for p in points)
