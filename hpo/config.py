@@ -76,6 +76,26 @@ class StorageConf:
 
 
 @dataclass
+class FaultConf:
+    """Surviving failures: trial time limit, retries, worker recycling, stale-trial reaping."""
+
+    trial_timeout_s: float = 0.0  # wall-clock seconds a trial may run (then killed); 0 = no limit
+    max_retries: int = 2  # retries (same parameters) of one trial after infrastructure failures
+    retry_on: list[str] = field(  # end reasons retried: worker_died, cuda_error, timeout
+        default_factory=lambda: ["worker_died", "cuda_error"]
+    )
+    recycle_after: int = 50  # trials a worker runs before it is replaced; 0 = never
+    heartbeat_interval_s: int = 10  # seconds between heartbeats of each running trial
+    grace_period_s: int = 60  # seconds without a heartbeat before another node's trial is stale
+    checkpoints: bool = True  # give each trial a checkpoint directory; retries resume from it
+    checkpoint_dir: str | None = None  # root of the trial directories; null = <dir>/<study>.ckpt
+    keep_best_checkpoint: bool = True  # keep the best trial's directory when cleaning up
+
+
+RETRYABLE = ("worker_died", "cuda_error", "timeout")  # infrastructure end reasons
+
+
+@dataclass
 class HpoConf:
     """Top-level config of ``hpo tune``."""
 
@@ -83,6 +103,7 @@ class HpoConf:
     pruner: Any = MISSING  # a node with _target_ (an optuna BasePruner)
     sampler: Any = MISSING  # a node with _target_ (an optuna BaseSampler)
     storage: StorageConf = MISSING
+    faults: FaultConf = field(default_factory=FaultConf)
     par: int = 2  # worker processes (parallel trials)
     max_failures_in_a_row: int = 10  # stop the study after this many consecutive FAIL trials
     log_level: str = "INFO"  # DEBUG | INFO | WARNING
@@ -185,8 +206,30 @@ def validate(cfg: DictConfig) -> None:
     if study.loader.num_workers < 0:
         raise ConfigError(f"study.loader.num_workers must be >= 0, got {study.loader.num_workers}")
     build_space(study.space)
+    validate_faults(cfg.faults)
     instantiate_pruner(cfg)
     instantiate_sampler(cfg)
+
+
+def validate_faults(faults: DictConfig) -> None:
+    """Ranges of ``faults.*`` and the end reasons it may retry."""
+    for key in ("trial_timeout_s", "max_retries", "recycle_after"):
+        if faults[key] < 0:
+            raise ConfigError(f"faults.{key} must be >= 0, got {faults[key]}")
+    for key in ("heartbeat_interval_s", "grace_period_s"):
+        if faults[key] < 1:
+            raise ConfigError(f"faults.{key} must be >= 1, got {faults[key]}")
+    if faults.grace_period_s <= faults.heartbeat_interval_s:
+        raise ConfigError(
+            f"faults.grace_period_s must exceed faults.heartbeat_interval_s "
+            f"({faults.heartbeat_interval_s}), got {faults.grace_period_s}"
+        )
+    for reason in faults.retry_on:
+        if reason not in RETRYABLE:
+            raise ConfigError(
+                f"faults.retry_on may hold {', '.join(RETRYABLE)}, got {reason!r} "
+                "(oom and error come from the parameters: retrying them repeats the failure)"
+            )
 
 
 def instantiate_pruner(cfg: DictConfig) -> Any:

@@ -42,6 +42,7 @@ class Assignment:
 
     trial_id: int
     trial_number: int
+    checkpoint_dir: str | None = None  # the trial's checkpoint directory (a retry's is inherited)
 
 
 @dataclass

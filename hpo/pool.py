@@ -1,4 +1,9 @@
-"""A fixed number of spawned worker processes, their pipes, and their deaths."""
+"""A fixed number of spawned worker processes, their pipes, their deaths and replacements.
+
+A slot's process is replaced when it dies, when the supervisor kills it (a trial past its time
+limit) and when it is recycled (after ``faults.recycle_after`` trials): a recycled worker is
+asked to exit, and the pool reaps it in the background while its successor starts.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from typing import Any
 
 from hpo.errors import ConfigError
 from hpo.outcome import Assignment, Fatal, Ready
-from hpo.procs import kill_tree
+from hpo.procs import kill_process_tree
 from hpo.worker import WorkerSpec
 from hpo.worker import main as worker_main
 
@@ -31,6 +36,7 @@ class WorkerHandle:
     ready: bool = False
     assignment: Assignment | None = None  # the trial it runs, if any
     started_at: float = 0.0  # monotonic time the assignment was sent
+    trials_done: int = 0  # trials this process finished (for recycling)
 
     @property
     def pid(self) -> int:
@@ -50,6 +56,7 @@ class WorkerPool:
         self._spec = spec
         self.workers: list[WorkerHandle] = []
         self._size = size
+        self._retiring: list[tuple[WorkerHandle, float]] = []  # (worker, kill-after monotonic)
 
     def start(self) -> None:
         self.workers = [self._spawn(slot) for slot in range(self._size)]
@@ -83,6 +90,7 @@ class WorkerPool:
         Returns ``(worker, message)`` pairs; a worker that exited yields ``(worker, DIED)``
         after any message it sent before dying. ``Ready`` messages are consumed here.
         """
+        self._reap_retiring()
         by_conn = {w.conn: w for w in self.workers}
         by_sentinel = {w.process.sentinel: w for w in self.workers}
         ready = wait([*by_conn, *by_sentinel], timeout=timeout_s)
@@ -123,6 +131,33 @@ class WorkerPool:
         self.workers[self.workers.index(worker)] = new
         return new
 
+    def kill(self, worker: WorkerHandle) -> None:
+        """SIGKILL a worker and everything it started (a trial past its time limit)."""
+        kill_process_tree(worker.process)
+
+    def retire(self, worker: WorkerHandle, grace_s: float = 30.0) -> WorkerHandle:
+        """Ask an idle worker to exit and start its successor now (worker recycling)."""
+        try:
+            worker.conn.send(None)
+        except (BrokenPipeError, OSError):
+            pass
+        self._retiring.append((worker, time.monotonic() + grace_s))
+        new = self._spawn(worker.slot)
+        self.workers[self.workers.index(worker)] = new
+        return new
+
+    def _reap_retiring(self, force: bool = False) -> None:
+        keep = []
+        for worker, kill_after in self._retiring:
+            if worker.process.is_alive() and (force or time.monotonic() > kill_after):
+                kill_process_tree(worker.process)
+            if worker.process.is_alive():
+                keep.append((worker, kill_after))
+                continue
+            worker.process.join()
+            worker.conn.close()
+        self._retiring = keep
+
     def remove(self, worker: WorkerHandle) -> None:
         """Forget a dead worker without replacing it."""
         worker.conn.close()
@@ -141,11 +176,15 @@ class WorkerPool:
             if worker.assignment is None:
                 worker.process.join(max(0.0, deadline - time.monotonic()))
         for worker in self.workers:
-            if worker.process.is_alive():
-                kill_tree(worker.pid)
+            kill_process_tree(worker.process)
             worker.process.join()
             worker.conn.close()
         self.workers = []
+        deadline = time.monotonic() + grace_s
+        while self._retiring and time.monotonic() < deadline:
+            self._reap_retiring()
+            time.sleep(0.05)
+        self._reap_retiring(force=True)
 
 
 def _drain(conn: Connection) -> list[Any]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -17,6 +19,8 @@ from hpo.runtime import TrialContext, trial_context
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
+
+logger = logging.getLogger(__name__)
 
 Objective = Callable[[optuna.Trial, "DictConfig"], float]
 
@@ -37,7 +41,11 @@ class TrialRunner:
     def run(self, assignment: Assignment) -> Outcome:
         """Run one trial to its end; never raises for a failure of the objective."""
         trial = optuna.Trial(self._study, assignment.trial_id)
-        ctx = TrialContext(device=self._device, trial_number=assignment.trial_number)
+        ctx = TrialContext(
+            device=self._device,
+            trial_number=assignment.trial_number,
+            checkpoint_dir=_make_dir(assignment.checkpoint_dir),
+        )
         start = time.monotonic()
         with MemoryProbe() as probe, trial_context(ctx):
             reason, value, message = self._call(trial)
@@ -76,6 +84,19 @@ def classify_exception(e: BaseException) -> EndReason:
     if name == "AcceleratorError" or any(marker in text for marker in cuda_markers):
         return EndReason.CUDA_ERROR
     return EndReason.ERROR
+
+
+def _make_dir(path: str | None) -> Path | None:
+    """The trial's checkpoint directory, created (a retry finds its original's files there)."""
+    if path is None:
+        return None
+    directory = Path(path)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        logger.warning("no checkpoint directory for this trial: %s", e)
+        return None
+    return directory
 
 
 def _last_line(message: str | None) -> str | None:

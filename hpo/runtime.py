@@ -1,7 +1,7 @@
 """What the trial runner tells the objective about the trial it runs.
 
 The objective keeps the plain ``objective(trial, cfg)`` signature; anything the runner decides
-for it (the device, later a checkpoint directory) is read with :func:`current_context`.
+for it (the device, the trial's checkpoint directory) is read with :func:`current_context`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ class TrialContext:
 
     device: str  # "cpu" or "cuda:N" (N counts the devices visible to this worker)
     trial_number: int
-    checkpoint_dir: Path | None = None  # per-trial directory, None when checkpoints are off
+    # Per-trial directory (a retry gets its original's), None when checkpoints are off. Save
+    # with hpo.checkpoint.atomic_write; record a resume as user attribute resumed_from_epoch.
+    checkpoint_dir: Path | None = None
 
 
 _current: contextvars.ContextVar[TrialContext | None] = contextvars.ContextVar(

@@ -62,8 +62,27 @@ def engine_kwargs(url: str, busy_timeout_s: float) -> dict[str, object]:
     return {"pool_pre_ping": True}
 
 
-def open_storage(url: str, busy_timeout_s: float) -> RDBStorage:
-    """Open (creating the schema if needed) the RDB storage at ``url``."""
+def open_storage(
+    url: str,
+    busy_timeout_s: float,
+    heartbeat_interval_s: int | None = None,
+    grace_period_s: int | None = None,
+) -> RDBStorage:
+    """Open (creating the schema if needed) the RDB storage at ``url``.
+
+    The supervisor passes a heartbeat interval and grace period (it records heartbeats of the
+    trials it runs and reaps stale ones); workers open the storage without them.
+    """
+    import warnings
+
+    from optuna.exceptions import ExperimentalWarning
     from optuna.storages import RDBStorage
 
-    return RDBStorage(url, engine_kwargs=engine_kwargs(url, busy_timeout_s))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeat_interval, grace_period
+        return RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs(url, busy_timeout_s),
+            heartbeat_interval=heartbeat_interval_s,
+            grace_period=grace_period_s,
+        )

@@ -2,28 +2,33 @@
 
 It owns the trial lifecycle and never imports torch: parameters come from the declared search
 space, results and measurements come back from the workers as :class:`~hpo.outcome.Outcome`
-messages, and a worker that dies fails its trial with ``end_reason=worker_died``.
+messages. A worker that dies fails its trial with ``end_reason=worker_died`` and is replaced at
+once (the pool waits on the process sentinels, so a death is seen within one poll); a trial past
+``faults.trial_timeout_s`` is killed with its worker (``timeout``); infrastructure failures are
+retried with the same parameters; workers are recycled after ``faults.recycle_after`` trials.
+The supervisor records an RDB heartbeat for every trial it runs and reaps RUNNING trials that a
+vanished supervisor left behind (see :mod:`hpo.reaper`).
 """
 
 from __future__ import annotations
 
-import collections
 import logging
-import signal
-import threading
 import time
-from dataclasses import dataclass, field
-from types import FrameType
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import optuna
-from optuna.trial import TrialState
 
+from hpo.checkpoint import DIR_ATTR, CheckpointStore, checkpoint_root
 from hpo.config import instantiate_pruner, instantiate_sampler
-from hpo.errors import ConfigError, StudyAborted
+from hpo.errors import ConfigError
 from hpo.outcome import Assignment, EndReason, Outcome
 from hpo.pool import DIED, WorkerHandle, WorkerPool
 from hpo.procs import available_cpus
+from hpo.reaper import Heartbeats, Reaper, owner_attrs
+from hpo.recorder import FINISHED, RunSummary, TrialRecorder
+from hpo.retry import RetryPolicy
+from hpo.signals import StopSignals, describe_exit
 from hpo.space import build_space, describe
 from hpo.storage import open_storage, prepare_storage, storage_exists, storage_url
 from hpo.worker import WorkerSpec
@@ -34,60 +39,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what counts towards n_trials
-
-
-@dataclass
-class RunSummary:
-    """What one ``hpo tune`` run did."""
-
-    study_name: str
-    storage_url: str
-    target: int
-    finished: int  # COMPLETE + PRUNED trials in the study at the end
-    elapsed_s: float
-    end_reasons: collections.Counter[str] = field(default_factory=collections.Counter)
-    interrupted: bool = False
-    best: optuna.trial.FrozenTrial | None = None
-
-
-class _StopSignals:
-    """Ctrl-C once: finish running trials, start no more. Twice, or SIGTERM: stop now."""
-
-    def __init__(self) -> None:
-        self.interrupts = 0
-        self.terminated = False
-        self._previous: dict[int, Any] = {}
-
-    @property
-    def draining(self) -> bool:
-        return self.interrupts >= 1
-
-    @property
-    def stop_now(self) -> bool:
-        return self.terminated or self.interrupts >= 2
-
-    def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig, handler in ((signal.SIGINT, self._on_int), (signal.SIGTERM, self._on_term)):
-            self._previous[sig] = signal.signal(sig, handler)
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
-
-    def _on_int(self, signum: int, frame: FrameType | None) -> None:
-        self.interrupts += 1
-        if self.interrupts == 1:
-            logger.warning("interrupted: finishing running trials (Ctrl-C again to stop now)")
-        else:
-            logger.warning("interrupted again: stopping now")
-
-    def _on_term(self, signum: int, frame: FrameType | None) -> None:
-        self.terminated = True
-        logger.warning("terminated: stopping now")
+__all__ = ["FINISHED", "RunSummary", "Supervisor", "describe_exit"]
 
 
 class Supervisor:
@@ -99,21 +51,33 @@ class Supervisor:
         self._url = storage_url(cfg)
         self._target = int(cfg.study.n_trials)
         self._poll_s = poll_s
-        self._signals = _StopSignals()
-        self._failures_in_a_row = 0
-        self._done = 0
+        self._signals = StopSignals()
+        faults = cfg.faults
+        self._timeout_s = float(faults.trial_timeout_s)  # 0 = no limit
+        self._recycle_after = int(faults.recycle_after)  # 0 = never
+        self._reap_every_s = float(faults.heartbeat_interval_s)
+        self._next_reap = 0.0
         self._summary = RunSummary(cfg.study.name, self._url, self._target, 0, 0.0)
+        self._checkpoints = CheckpointStore(checkpoint_root(cfg), bool(faults.keep_best_checkpoint))
+        self._recorder = TrialRecorder(
+            self._summary,
+            RetryPolicy.from_conf(faults),
+            self._checkpoints,
+            int(cfg.max_failures_in_a_row),
+        )
         self._storage: RDBStorage | None = None  # opened once, by the first step that needs it
+        self._beats: Heartbeats | None = None
+        self._reaper: Reaper | None = None
 
     def run(self) -> RunSummary:
         """Run until the target is reached, the user stops it, or failures pile up."""
         start = time.monotonic()
-        self._done = self._finished_before()
-        if self._done >= self._target:
+        self._recorder.done = self._finished_before()
+        if self._recorder.done >= self._target:
             logger.info(
                 "study %r already has %d/%d finished trials: nothing to do",
                 self._cfg.study.name,
-                self._done,
+                self._recorder.done,
                 self._target,
             )
         else:
@@ -141,27 +105,32 @@ class Supervisor:
         par = int(self._cfg.par)
         pool = WorkerPool(par, self._worker_spec(par))
         study: optuna.Study | None = None
+        stopped_by = "stopped by the user"
         try:
             pool.start()
-            pool.wait_ready()
+            pool.wait_ready()  # a broken objective is a ConfigError before the storage is touched
             study = self._open_study()
+            self._reap(study, exclude=set())  # what a killed supervisor left RUNNING
             logger.info(
                 "study %r: %d/%d finished, running with par=%d on %s",
                 study.study_name,
-                self._done,
+                self._recorder.done,
                 self._target,
                 par,
                 self._url,
             )
             self._signals.install()
             self._loop(study, pool)
+        except BaseException as e:
+            stopped_by = f"the supervisor stopped: {type(e).__name__}: {e}"
+            raise
         finally:
             self._signals.restore()
             in_flight = [w for w in pool.workers if w.assignment is not None]
             pool.shutdown()
             if study is not None:
                 for worker in in_flight:
-                    self._record_interrupted(study, worker)
+                    self._record_interrupted(study, worker, stopped_by)
                 self._finish_summary(study)
 
     def _worker_spec(self, par: int) -> WorkerSpec:
@@ -179,9 +148,12 @@ class Supervisor:
 
     def _open_study(self) -> optuna.Study:
         prepare_storage(self._url)
+        storage = self._open_storage()
+        self._beats = Heartbeats(storage, float(self._cfg.faults.heartbeat_interval_s))
+        self._reaper = Reaper(storage, float(self._cfg.faults.grace_period_s))
         return optuna.create_study(
             study_name=self._cfg.study.name,
-            storage=self._open_storage(),
+            storage=storage,
             sampler=instantiate_sampler(self._cfg),
             pruner=instantiate_pruner(self._cfg),
             direction=self._cfg.study.direction,
@@ -190,34 +162,72 @@ class Supervisor:
 
     def _open_storage(self) -> RDBStorage:
         if self._storage is None:
-            self._storage = open_storage(self._url, self._cfg.storage.busy_timeout_s)
+            faults = self._cfg.faults
+            self._storage = open_storage(
+                self._url,
+                self._cfg.storage.busy_timeout_s,
+                heartbeat_interval_s=int(faults.heartbeat_interval_s),
+                grace_period_s=int(faults.grace_period_s),
+            )
         return self._storage
 
     def _loop(self, study: optuna.Study, pool: WorkerPool) -> None:
+        rec = self._recorder
         while not self._signals.stop_now:
             busy = sum(w.assignment is not None for w in pool.workers)
             idle = [w for w in pool.workers if w.idle]
-            if not self._signals.draining and idle and self._done + busy < self._target:
-                self._done = max(self._done, study._storage.get_n_trials(study._study_id, FINISHED))
-                for worker in idle[: max(0, self._target - self._done - busy)]:
+            if not self._signals.draining and idle and rec.done + busy < self._target:
+                rec.done = max(rec.done, study._storage.get_n_trials(study._study_id, FINISHED))
+                for worker in idle[: max(0, self._target - rec.done - busy)]:
                     self._launch(study, pool, worker)
-            elif busy == 0 and (self._signals.draining or self._done >= self._target):
+            elif busy == 0 and (self._signals.draining or rec.done >= self._target):
                 self._summary.interrupted = self._signals.draining
                 return
             for worker, payload in pool.poll(self._poll_s):
+                if worker not in pool.workers:
+                    continue  # retired after a CUDA error while this batch was handled
                 if payload is DIED:
                     self._on_died(study, pool, worker)
                 elif isinstance(payload, Outcome):
-                    self._on_outcome(study, worker, payload)
+                    self._on_outcome(study, pool, worker, payload)
+            self._enforce_timeouts(study, pool)
+            self._keep_alive(study, pool)
         self._summary.interrupted = True
 
-    def _launch(self, study: optuna.Study, pool: WorkerPool, worker: WorkerHandle) -> None:
-        trial = study.ask(self._space)
-        study._storage.set_trial_user_attr(trial._trial_id, "worker_pid", worker.pid)
-        logger.debug("trial %d -> worker %d: %s", trial.number, worker.pid, describe(trial.params))
-        pool.assign(worker, Assignment(trial._trial_id, trial.number))  # a dead pipe shows as DIED
+    # --- the launch path: ask a trial, then dispatch it ---------------------------------------
 
-    def _on_outcome(self, study: optuna.Study, worker: WorkerHandle, outcome: Outcome) -> None:
+    def _launch(self, study: optuna.Study, pool: WorkerPool, worker: WorkerHandle) -> None:
+        """Ask Optuna for the next trial (a queued retry first) and dispatch it to ``worker``."""
+        trial = self._ask(study)
+        self._dispatch(study, pool, worker, trial)
+
+    def _ask(self, study: optuna.Study) -> optuna.Trial:
+        with warnings.catch_warnings():  # hpo records the heartbeats of ask/tell trials itself
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
+            return study.ask(self._space)
+
+    def _dispatch(
+        self, study: optuna.Study, pool: WorkerPool, worker: WorkerHandle, trial: optuna.Trial
+    ) -> None:
+        """Mark who runs ``trial`` and where it checkpoints, beat once, send it to ``worker``."""
+        storage = study._storage
+        checkpoint_dir = self._checkpoints.dir_for(trial)
+        attrs: dict[str, Any] = {**owner_attrs(), "worker_pid": worker.pid}
+        if checkpoint_dir is not None:
+            attrs[DIR_ATTR] = checkpoint_dir
+        for key, value in attrs.items():
+            storage.set_trial_user_attr(trial._trial_id, key, value)
+        assert self._beats is not None
+        self._beats.beat([trial._trial_id])
+        logger.debug("trial %d -> worker %d: %s", trial.number, worker.pid, describe(trial.params))
+        # A dead pipe shows up as DIED in the next poll.
+        pool.assign(worker, Assignment(trial._trial_id, trial.number, checkpoint_dir))
+
+    # --- events ---------------------------------------------------------------------------------
+
+    def _on_outcome(
+        self, study: optuna.Study, pool: WorkerPool, worker: WorkerHandle, outcome: Outcome
+    ) -> None:
         assignment = worker.assignment
         worker.assignment = None
         if assignment is None or assignment.trial_number != outcome.trial_number:
@@ -225,109 +235,96 @@ class Supervisor:
                 "worker %d reported an unexpected trial %d", worker.pid, outcome.trial_number
             )
             return
-        self._record(
+        worker.trials_done += 1
+        self._recorder.record(
             study, assignment, outcome.end_reason, outcome.value, outcome.attrs, outcome.message
         )
+        if self._signals.draining or self._signals.stop_now:
+            return
+        if outcome.end_reason.poisons_worker:  # the worker exits on its own; never reuse it
+            logger.info("replacing worker %d after a CUDA error", worker.pid)
+            pool.retire(worker)
+        elif self._recycle_after and worker.trials_done >= self._recycle_after:
+            logger.info("recycling worker %d after %d trials", worker.pid, worker.trials_done)
+            pool.retire(worker)
 
     def _on_died(self, study: optuna.Study, pool: WorkerPool, worker: WorkerHandle) -> None:
         code = worker.process.exitcode
         if worker.assignment is not None:
             error = f"worker process {describe_exit(code)} while running the trial"
-            attrs = {
-                "worker_pid": worker.pid,
-                "duration_s": round(time.monotonic() - worker.started_at, 3),
-                "error": error,
-            }
-            self._record(study, worker.assignment, EndReason.WORKER_DIED, None, attrs, error)
-            worker.assignment = None
+            self._fail_running(study, worker, EndReason.WORKER_DIED, error)
         elif not worker.ready:
-            self._count_failure(f"worker {describe_exit(code)} while starting")
+            self._recorder.count_failure(f"worker {describe_exit(code)} while starting")
+        self._respawn(pool, worker)
+
+    def _enforce_timeouts(self, study: optuna.Study, pool: WorkerPool) -> None:
+        """Kill the worker (and its children) of a trial past ``faults.trial_timeout_s``."""
+        if not self._timeout_s:
+            return
+        now = time.monotonic()
+        for worker in list(pool.workers):
+            if worker.assignment is None or now - worker.started_at <= self._timeout_s:
+                continue
+            pool.kill(worker)
+            error = f"trial ran past faults.trial_timeout_s={self._timeout_s:g} s; worker killed"
+            self._fail_running(study, worker, EndReason.TIMEOUT, error)
+            self._respawn(pool, worker)
+
+    def _fail_running(
+        self, study: optuna.Study, worker: WorkerHandle, reason: EndReason, error: str
+    ) -> None:
+        assert worker.assignment is not None
+        attrs = {
+            "worker_pid": worker.pid,
+            "duration_s": round(time.monotonic() - worker.started_at, 3),
+            "error": error,
+        }
+        assignment, worker.assignment = worker.assignment, None
+        self._recorder.record(study, assignment, reason, None, attrs, error)
+
+    def _respawn(self, pool: WorkerPool, worker: WorkerHandle) -> None:
         if self._signals.draining or self._signals.stop_now:
             pool.remove(worker)
         else:
             pool.replace(worker)
 
-    def _record(
-        self,
-        study: optuna.Study,
-        assignment: Assignment,
-        reason: EndReason,
-        value: float | None,
-        attrs: dict[str, Any],
-        message: str | None = None,
-    ) -> None:
-        storage = study._storage
-        for key, item in {"end_reason": reason.value, **attrs}.items():
-            storage.set_trial_user_attr(assignment.trial_id, key, item)
-        values = value if reason is EndReason.COMPLETE else None
-        frozen = study.tell(
-            assignment.trial_number, values, state=reason.state, skip_if_finished=True
-        )
-        self._summary.end_reasons[reason.value] += 1
-        if frozen.state in FINISHED:
-            self._done += 1
-            self._failures_in_a_row = 0
-        logger.info("%s", self._progress_line(frozen, reason, attrs, message))
-        if frozen.state == TrialState.FAIL and reason is not EndReason.INTERRUPTED:
-            self._count_failure(message or reason.value)
+    # --- liveness -------------------------------------------------------------------------------
 
-    def _count_failure(self, message: str) -> None:
-        self._failures_in_a_row += 1
-        limit = int(self._cfg.max_failures_in_a_row)
-        if self._failures_in_a_row >= limit:
-            raise StudyAborted(f"{limit} trials failed in a row; last: {message}")
+    def _keep_alive(self, study: optuna.Study, pool: WorkerPool) -> None:
+        """Heartbeats for the running trials; now and then, reap other supervisors' orphans."""
+        running = [w.assignment.trial_id for w in pool.workers if w.assignment is not None]
+        assert self._beats is not None
+        self._beats.beat(running)
+        if time.monotonic() >= self._next_reap:
+            self._reap(study, exclude=set(running))
 
-    def _record_interrupted(self, study: optuna.Study, worker: WorkerHandle) -> None:
+    def _reap(self, study: optuna.Study, exclude: set[int]) -> None:
+        assert self._reaper is not None
+        self._next_reap = time.monotonic() + self._reap_every_s
+        for trial_id, _, why in self._reaper.find(study, exclude):
+            self._recorder.reap(study, trial_id, why)
+
+    def _record_interrupted(self, study: optuna.Study, worker: WorkerHandle, why: str) -> None:
         assert worker.assignment is not None
         attrs = {
             "worker_pid": worker.pid,
             "duration_s": round(time.monotonic() - worker.started_at, 3),
         }
         try:
-            self._record(
-                study, worker.assignment, EndReason.INTERRUPTED, None, attrs, "stopped by the user"
+            self._recorder.record(
+                study, worker.assignment, EndReason.INTERRUPTED, None, attrs, why
             )
         except Exception as e:  # the study is being torn down; say what was left
             logger.error(
                 "could not record trial %d as interrupted: %s", worker.assignment.trial_number, e
             )
 
-    def _progress_line(
-        self,
-        trial: optuna.trial.FrozenTrial,
-        reason: EndReason,
-        attrs: dict[str, Any],
-        message: str | None,
-    ) -> str:
-        head = f"[{self._done:>{len(str(self._target))}}/{self._target}] trial {trial.number}"
-        state = trial.state.name
-        if trial.state == TrialState.COMPLETE:
-            state += f" {trial.value:.4f}"
-        elif trial.state == TrialState.PRUNED:
-            state += f" at epoch {trial.last_step}"
-        else:
-            state += f" ({reason.value}: {message})" if message else f" ({reason.value})"
-        extra = f" {attrs['duration_s']:.1f}s" if "duration_s" in attrs else ""
-        if "peak_rss_mib" in attrs:
-            extra += f" rss {attrs['peak_rss_mib']:.0f} MiB"
-        if "peak_vram_mib" in attrs:
-            extra += f" vram {attrs['peak_vram_mib']:.0f} MiB"
-        return f"{head} {state}{extra} | {describe(trial.params)}"
-
     def _finish_summary(self, study: optuna.Study) -> None:
         self._summary.finished = len(study.get_trials(deepcopy=False, states=FINISHED))
-        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         if complete:
             self._summary.best = study.best_trial
-
-
-def describe_exit(code: int | None) -> str:
-    """``exited with code 1`` / ``was killed by SIGKILL``."""
-    if code is None:
-        return "vanished"
-    if code < 0:
         try:
-            return f"was killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"was killed by signal {-code}"
-    return f"exited with code {code}"
+            self._checkpoints.sweep(study)
+        except OSError as e:
+            logger.warning("could not clean up checkpoints: %s", e)

@@ -81,8 +81,19 @@ def main(conn: Connection, spec: WorkerSpec) -> None:
     except Exception as e:
         conn.send(Fatal(f"cannot import objective {objective_path!r}: {type(e).__name__}: {e}"))
         return
+    _warm_up()
     conn.send(Ready(os.getpid()))
     _serve(conn, spec, objective)
+
+
+def _warm_up() -> None:
+    """Import what the first trial needs now, so its time limit measures the trial alone."""
+    import optuna  # noqa: F401
+    import omegaconf  # noqa: F401
+
+    import hpo.config  # noqa: F401
+    import hpo.runner  # noqa: F401
+    import hpo.storage  # noqa: F401
 
 
 def _serve(conn: Connection, spec: WorkerSpec, objective: Any) -> None:

@@ -191,7 +191,7 @@ def test_postgres_storage_runs_a_study(tmp_path: Path, toy_args: list[str]) -> N
         study = optuna.load_study(study_name=name, storage=url)
         finished = [t for t in study.trials if t.state.is_finished()]
         assert len(finished) == 6 and all("end_reason" in t.user_attrs for t in finished)
-        assert not (tmp_path / "_optuna").exists()
+        assert not list(tmp_path.glob("_optuna/*.db")), "no SQLite file beside PostgreSQL"
         optuna.delete_study(study_name=name, storage=url)
     finally:
         if old is None:

@@ -4,12 +4,16 @@ The search space (``model``, ``batch_size``, ``lr``, ``dropout``) is declared in
 sampled before the trial starts, so the objective only reads ``trial.params``. After every epoch
 it reports the validation accuracy and lets the pruner stop the trial; a trial that completes
 returns its best validation accuracy and records the test accuracy of that epoch's weights.
+Given a checkpoint directory (by the runner), it saves after every epoch and a retried trial
+resumes from the last saved epoch (user attribute ``resumed_from_epoch``).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -18,7 +22,10 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from hpo.checkpoint import RESUMED_ATTR
 from hpo.runtime import current_context
+from hpo.studies.criteria import checkpoint
+from hpo.studies.criteria.checkpoint import Progress
 from hpo.studies.criteria.data import load_splits
 from hpo.studies.criteria.model import build_model, count_parameters
 
@@ -47,8 +54,8 @@ def objective(trial: optuna.Trial, cfg: DictConfig) -> float:
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=params["lr"], weight_decay=float(study.weight_decay)
     )
-    epochs = int(study.epochs)
-    best_acc, best_state = _fit(trial, model, optimizer, loader, splits.val, epochs, device)
+    run = _Run(trial, model, optimizer, loader, device, current_context().checkpoint_dir)
+    best_acc, best_state = _fit(run, splits.val, int(study.epochs))
     model.load_state_dict(best_state)
     test_acc = evaluate(model, splits.test, device)
     trial.set_user_attr("test_accuracy", test_acc)
@@ -101,35 +108,60 @@ def make_train_loader(
     )
 
 
-def _fit(
-    trial: optuna.Trial,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    loader: DataLoader,
-    val: Dataset,
-    epochs: int,
-    device: torch.device,
-) -> tuple[float, StateDict]:
-    """Train for ``epochs`` epochs with pruning; the best accuracy and a CPU copy of its weights."""
-    best_acc, best_state = -1.0, _cpu_state(model)
-    for epoch in range(1, epochs + 1):
+@dataclass
+class _Run:
+    """What one trial trains, and where it checkpoints (None: no checkpoints)."""
+
+    trial: optuna.Trial
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loader: DataLoader
+    device: torch.device
+    checkpoint_dir: Path | None
+
+    def resume(self) -> Progress:
+        """The saved progress of a failed attempt (reported again), else a fresh start."""
+        if self.checkpoint_dir is None:
+            return Progress(best_state=_cpu_state(self.model))
+        args = (self.model, self.optimizer, self.loader, self.device)
+        progress = checkpoint.restore(self.checkpoint_dir, *args)
+        if progress is None:
+            return Progress(best_state=_cpu_state(self.model))
+        for epoch, value in enumerate(progress.values, start=1):
+            self.trial.report(value, epoch)
+        self.trial.set_user_attr(RESUMED_ATTR, progress.epoch)
+        log.info("trial %d resumes after epoch %d", self.trial.number, progress.epoch)
+        return progress
+
+    def save(self, progress: Progress) -> None:
+        if self.checkpoint_dir is not None:
+            args = (self.model, self.optimizer, self.loader, progress, self.device)
+            checkpoint.save(self.checkpoint_dir, *args)
+
+
+def _fit(run: _Run, val: Dataset, epochs: int) -> tuple[float, StateDict]:
+    """Train to ``epochs`` epochs with pruning; the best accuracy and a CPU copy of its weights."""
+    progress = run.resume()
+    for epoch in range(progress.epoch + 1, epochs + 1):
         start = time.perf_counter()
-        loss = train_epoch(model, optimizer, loader, device)
-        val_acc = evaluate(model, val, device)
+        loss = train_epoch(run.model, run.optimizer, run.loader, run.device)
+        val_acc = evaluate(run.model, val, run.device)
         log.debug(
             "trial %d epoch %d: loss %.4f, val %.4f (%.2fs)",
-            trial.number,
+            run.trial.number,
             epoch,
             loss,
             val_acc,
             time.perf_counter() - start,
         )
-        trial.report(val_acc, epoch)
-        if val_acc > best_acc:
-            best_acc, best_state = val_acc, _cpu_state(model)
-        if epoch < epochs and trial.should_prune():
+        run.trial.report(val_acc, epoch)
+        progress.values.append(val_acc)
+        if val_acc > progress.best_acc:
+            progress.best_acc, progress.best_state = val_acc, _cpu_state(run.model)
+        run.save(progress)
+        if epoch < epochs and run.trial.should_prune():
             raise optuna.TrialPruned(f"pruned after epoch {epoch} at val accuracy {val_acc:.4f}")
-    return best_acc, best_state
+    return progress.best_acc, progress.best_state
 
 
 def train_epoch(

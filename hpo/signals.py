@@ -1,0 +1,62 @@
+"""How the user stops a study: Ctrl-C once drains, twice (or SIGTERM) stops now."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+class StopSignals:
+    """Ctrl-C once: finish running trials, start no more. Twice, or SIGTERM: stop now."""
+
+    def __init__(self) -> None:
+        self.interrupts = 0
+        self.terminated = False
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def draining(self) -> bool:
+        return self.interrupts >= 1
+
+    @property
+    def stop_now(self) -> bool:
+        return self.terminated or self.interrupts >= 2
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig, handler in ((signal.SIGINT, self._on_int), (signal.SIGTERM, self._on_term)):
+            self._previous[sig] = signal.signal(sig, handler)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _on_int(self, signum: int, frame: FrameType | None) -> None:
+        self.interrupts += 1
+        if self.interrupts == 1:
+            logger.warning("interrupted: finishing running trials (Ctrl-C again to stop now)")
+        else:
+            logger.warning("interrupted again: stopping now")
+
+    def _on_term(self, signum: int, frame: FrameType | None) -> None:
+        self.terminated = True
+        logger.warning("terminated: stopping now")
+
+
+def describe_exit(code: int | None) -> str:
+    """``exited with code 1`` / ``was killed by SIGKILL``."""
+    if code is None:
+        return "vanished"
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"

@@ -1,0 +1,99 @@
+"""Liveness of RUNNING trials: heartbeats, orphans of a dead supervisor, other nodes' trials."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+from hpo.reaper import Heartbeats, Liveness, Reaper, node_id, owner_attrs
+from hpo.storage import open_storage, prepare_storage
+from tests.conftest import query
+
+pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed")
+
+DIST = {"x": optuna.distributions.FloatDistribution(0, 1)}
+
+
+@pytest.fixture
+def study(tmp_path: Path) -> optuna.Study:
+    url = f"sqlite:///{tmp_path / 'reap.db'}"
+    prepare_storage(url)
+    storage = open_storage(url, 30, heartbeat_interval_s=1, grace_period_s=60)
+    return optuna.create_study(study_name="reap", storage=storage)
+
+
+def _running(study: optuna.Study, **attrs: object) -> optuna.Trial:
+    trial = study.ask(DIST)
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
+    return trial
+
+
+def _dead_pid() -> int:
+    code = "import os; print(os.getpid())"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    return int(proc.stdout)
+
+
+def _age_heartbeats(db: Path, seconds: int) -> None:
+    query(db, f"update trial_heartbeats set heartbeat = datetime(heartbeat, '-{seconds} seconds')")
+
+
+def _found(study: optuna.Study, exclude: set[int] | None = None) -> dict[int, Liveness]:
+    reaper = Reaper(study._storage, grace_period_s=60)  # type: ignore[arg-type]
+    return {tid: decision for tid, decision, _ in reaper.find(study, exclude or set())}
+
+
+def test_orphan_of_a_dead_supervisor_on_this_node_is_reaped_at_once(study: optuna.Study) -> None:
+    dead = _running(study, node_id=node_id(), supervisor_pid=_dead_pid(), host="here")
+    Heartbeats(study._storage, 10).beat([dead._trial_id])  # type: ignore[arg-type]
+    assert _found(study) == {dead._trial_id: Liveness.ORPHANED}
+
+
+def test_our_own_pid_on_a_trial_at_startup_means_a_previous_supervisor(
+    study: optuna.Study,
+) -> None:
+    trial = _running(study, **owner_attrs())
+    assert _found(study) == {trial._trial_id: Liveness.ORPHANED}
+    assert _found(study, exclude={trial._trial_id}) == {}
+
+
+def test_live_supervisor_on_this_node_is_left_alone(study: optuna.Study) -> None:
+    _running(study, node_id=node_id(), supervisor_pid=os.getppid(), host="here")
+    assert _found(study) == {}
+
+
+def test_other_nodes_trials_wait_for_the_grace_period(study: optuna.Study, tmp_path: Path) -> None:
+    other = _running(study, node_id="another-boot/123", supervisor_pid=_dead_pid(), host="b")
+    Heartbeats(study._storage, 10).beat([other._trial_id])  # type: ignore[arg-type]
+    assert _found(study) == {}, "a fresh heartbeat: alive, whatever its pid says here"
+    _age_heartbeats(tmp_path / "reap.db", 120)
+    assert _found(study) == {other._trial_id: Liveness.STALE}
+
+
+def test_trial_that_never_beat_is_stale_after_the_grace_period(
+    study: optuna.Study, tmp_path: Path
+) -> None:
+    trial = _running(study)  # no owner, no heartbeat: its supervisor died right after ask
+    assert _found(study) == {}
+    query(
+        tmp_path / "reap.db",
+        "update trials set datetime_start = datetime(datetime_start, '-120 seconds')",
+    )
+    assert _found(study) == {trial._trial_id: Liveness.STALE}
+
+
+def test_heartbeats_respect_the_interval(study: optuna.Study, tmp_path: Path) -> None:
+    beats = Heartbeats(study._storage, 3600)  # type: ignore[arg-type]
+    trial = _running(study)
+    beats.beat([trial._trial_id])
+    first = query(tmp_path / "reap.db", "select heartbeat from trial_heartbeats")
+    _age_heartbeats(tmp_path / "reap.db", 10)
+    beats.beat([trial._trial_id])  # within the interval: no write
+    assert query(tmp_path / "reap.db", "select heartbeat from trial_heartbeats") != first
+    assert len(query(tmp_path / "reap.db", "select * from trial_heartbeats")) == 1
