@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 from hpo.errors import ConfigError
 
@@ -40,6 +40,16 @@ class DataLoaderConf:
 
 
 @dataclass
+class StudyMemoryConf:
+    """What the study tells the memory estimator about its parameters."""
+
+    scaling: list[str] = field(default_factory=list)  # params memory grows with (batch size …)
+    groups: list[str] | None = None  # params that change memory; null = categorical, not scaling
+    step_builder: str | None = None  # "module:function"(params, cfg) -> (model, optimizer, batch)
+    estimate_fn: str | None = None  # "module:function"(params, cfg) -> peak device bytes
+
+
+@dataclass
 class StudyConf:
     """A study: what to optimise, over which space, for how long."""
 
@@ -48,8 +58,9 @@ class StudyConf:
     direction: str = "maximize"  # maximize | minimize
     n_trials: int = 20  # COMPLETE + PRUNED trials to reach, across workers and runs
     epochs: int = 12  # the pruner's resource: epochs of a trial that is never pruned
-    device: str = "auto"  # auto (cuda when available, else cpu) | cpu | cuda
+    device: str = "auto"  # auto (cuda when available, else cpu) | cpu | cuda | sim
     space: dict[str, ParamConf] = field(default_factory=dict)  # declared search space
+    memory: StudyMemoryConf = field(default_factory=StudyMemoryConf)
     loader: DataLoaderConf = field(default_factory=DataLoaderConf)
     extra: dict[str, Any] = field(default_factory=dict)  # free settings for user objectives
 
@@ -96,6 +107,20 @@ RETRYABLE = ("worker_died", "cuda_error", "timeout")  # infrastructure end reaso
 
 
 @dataclass
+class MemoryConf:
+    """Device memory: the budget per trial, the estimator, and the pre-pruner."""
+
+    capacity_gib: float | None = None  # plan as if each GPU had this much memory (null: real)
+    margin_frac: float = 0.05  # safety margin kept free on each GPU, as a fraction of capacity
+    prune: bool = True  # pre-prune trials whose upper estimate exceeds the per-trial budget
+    quantile: float = 0.95  # upper quantile of the relative residuals added to estimates
+    min_uplift: float = 0.03  # the upper estimate is at least this fraction above the point
+    cold_uplift: float = 0.15  # added to a prior no measurement has calibrated yet
+    trace_timeout_s: float = 300.0  # limit of the subprocess that traces the step builder
+    oom_retry_halved_batch: bool = False  # after an OOM, retry with half the batch size
+
+
+@dataclass
 class HpoConf:
     """Top-level config of ``hpo tune``."""
 
@@ -104,6 +129,7 @@ class HpoConf:
     sampler: Any = MISSING  # a node with _target_ (an optuna BaseSampler)
     storage: StorageConf = MISSING
     faults: FaultConf = field(default_factory=FaultConf)
+    memory: MemoryConf = field(default_factory=MemoryConf)
     par: int = 2  # worker processes (parallel trials)
     max_failures_in_a_row: int = 10  # stop the study after this many consecutive FAIL trials
     log_level: str = "INFO"  # DEBUG | INFO | WARNING
@@ -114,6 +140,7 @@ def register_configs() -> None:
 
     Called by :func:`compose`, not at import: study modules import :class:`StudyConf` from here.
     """
+    from hpo.sim.objective import SimulatedStudyConf
     from hpo.studies.criteria.config import CriteriaStudyConf
     from hpo.studies.toy import ToyStudyConf
 
@@ -122,6 +149,7 @@ def register_configs() -> None:
     cs.store(group="study", name="base_study", node=StudyConf)
     cs.store(group="study", name="base_criteria", node=CriteriaStudyConf)
     cs.store(group="study", name="base_toy", node=ToyStudyConf)
+    cs.store(group="study", name="base_simulated", node=SimulatedStudyConf)
     cs.store(group="pruner", name="base_patient_hyperband", node=PatientHyperbandConf)
     cs.store(group="storage", name="base_storage", node=StorageConf)
 
@@ -159,8 +187,34 @@ def compose(overrides: list[str], config_dir: str | None = None) -> DictConfig:
         raise ConfigError(_describe_compose_error(e)) from e
     finally:
         GlobalHydra.instance().clear()
+    _fill_from_workload(cfg, directory)
     validate(cfg)
     return cfg
+
+
+def _fill_from_workload(cfg: DictConfig, config_dir: Path) -> None:
+    """A simulated study: resolve its workload file and take the search space from it."""
+    workload = cfg.study.get("workload")
+    if not workload:
+        return
+    from hpo.sim.workload import load_workload
+
+    path = Path(workload)
+    if not path.is_absolute() and not path.exists():
+        path = config_dir.parent / path  # relative to the project, like the conf/ tree
+    cfg.study.workload = str(path.resolve())
+    if not cfg.study.space:
+        from omegaconf.errors import OmegaConfBaseException
+
+        space = load_workload(cfg.study.workload).space
+        try:
+            with open_dict(cfg.study):
+                cfg.study.space = {
+                    name: OmegaConf.merge(OmegaConf.structured(ParamConf), dist)
+                    for name, dist in space.items()
+                }
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"workload {workload!r}: space: {_first_line(e)}") from e
 
 
 def _describe_compose_error(e: BaseException) -> str:
@@ -195,8 +249,11 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"study.epochs must be >= 1, got {study.epochs}")
     if study.direction not in ("maximize", "minimize"):
         raise ConfigError(f"study.direction must be maximize or minimize, got {study.direction!r}")
-    if study.device not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"study.device must be auto, cpu or cuda, got {study.device!r}")
+    if study.device not in ("auto", "cpu", "cuda", "sim"):
+        raise ConfigError(f"study.device must be auto, cpu, cuda or sim, got {study.device!r}")
+    if study.device == "sim" and not study.get("workload"):
+        raise ConfigError("study.device=sim needs a study with a workload file (study=simulated)")
+    _validate_memory(cfg)
     if not study.name or "/" in study.name or study.name.startswith("."):
         raise ConfigError(f"study.name must be a plain file name, got {study.name!r}")
     if ":" not in study.objective:
@@ -232,22 +289,54 @@ def validate_faults(faults: DictConfig) -> None:
             )
 
 
+def _validate_memory(cfg: DictConfig) -> None:
+    mem, study = cfg.memory, cfg.study
+    if mem.capacity_gib is not None and mem.capacity_gib <= 0:
+        raise ConfigError(f"memory.capacity_gib must be > 0, got {mem.capacity_gib}")
+    if not 0 <= mem.margin_frac < 1:
+        raise ConfigError(f"memory.margin_frac must be in [0, 1), got {mem.margin_frac}")
+    if not 0.5 <= mem.quantile <= 1:
+        raise ConfigError(f"memory.quantile must be in [0.5, 1], got {mem.quantile}")
+    for name in list(study.memory.scaling) + list(study.memory.groups or []):
+        if name not in study.space:
+            raise ConfigError(
+                f"study.memory names param {name!r} that is not in study.space "
+                f"({', '.join(study.space)})"
+            )
+
+
 def instantiate_pruner(cfg: DictConfig) -> Any:
     """Build the configured pruner; bad arguments become a ConfigError."""
     return _instantiate(cfg.pruner, "pruner")
 
 
-def instantiate_sampler(cfg: DictConfig) -> Any:
-    """Build the configured sampler; bad arguments become a ConfigError."""
-    return _instantiate(cfg.sampler, "sampler")
+def instantiate_sampler(cfg: DictConfig, constraints_func: Any = None) -> Any:
+    """Build the configured sampler; bad arguments become a ConfigError.
+
+    ``constraints_func`` (Optuna's feasibility callback) is passed to samplers that take one.
+    """
+    if constraints_func is None or not _accepts(cfg.sampler, "constraints_func"):
+        return _instantiate(cfg.sampler, "sampler")
+    return _instantiate(cfg.sampler, "sampler", constraints_func=constraints_func)
 
 
-def _instantiate(node: Any, what: str) -> Any:
+def _accepts(node: Any, argument: str) -> bool:
+    import inspect
+
+    from hydra.utils import get_class
+
+    try:
+        return argument in inspect.signature(get_class(node._target_)).parameters
+    except Exception:  # an unknown target fails, with its own message, when instantiated
+        return False
+
+
+def _instantiate(node: Any, what: str, **kwargs: Any) -> Any:
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
     try:
-        return instantiate(node)
+        return instantiate(node, **kwargs)
     except InstantiationException as e:
         cause = e.__cause__ if e.__cause__ is not None else e
         raise ConfigError(f"{what}: {_first_line(cause)}") from e

@@ -18,13 +18,17 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 
 from hpo.checkpoint import DIR_ATTR, CheckpointStore, checkpoint_root
 from hpo.config import instantiate_pruner, instantiate_sampler
+from hpo.devices import open_devices
 from hpo.errors import ConfigError
+from hpo.memory import AdmissionKind, MemoryGate, build_gate, retry_with_half_batch
 from hpo.outcome import Assignment, EndReason, Outcome
 from hpo.pool import DIED, WorkerHandle, WorkerPool
 from hpo.procs import available_cpus
+from hpo.pruners import PatientHyperbandPruner
 from hpo.reaper import Heartbeats, Reaper, owner_attrs
 from hpo.recorder import FINISHED, RunSummary, TrialRecorder
 from hpo.retry import RetryPolicy
@@ -66,6 +70,8 @@ class Supervisor:
             int(cfg.max_failures_in_a_row),
         )
         self._storage: RDBStorage | None = None  # opened once, by the first step that needs it
+        self._gate: MemoryGate | None = None  # built with the study (it may trace a prior)
+        self._params: dict[int, dict[str, Any]] = {}  # running trials' params, by number
         self._beats: Heartbeats | None = None
         self._reaper: Reaper | None = None
 
@@ -151,14 +157,24 @@ class Supervisor:
         storage = self._open_storage()
         self._beats = Heartbeats(storage, float(self._cfg.faults.heartbeat_interval_s))
         self._reaper = Reaper(storage, float(self._cfg.faults.grace_period_s))
-        return optuna.create_study(
+        self._gate = gate = build_gate(self._cfg, open_devices(self._cfg))
+        constraints = {"constraints_func": gate.constraints} if gate.active else {}
+        study = optuna.create_study(
             study_name=self._cfg.study.name,
             storage=storage,
-            sampler=instantiate_sampler(self._cfg),
+            sampler=instantiate_sampler(self._cfg, **constraints),
             pruner=instantiate_pruner(self._cfg),
             direction=self._cfg.study.direction,
             load_if_exists=True,
         )
+        if gate.active:
+            learned = gate.observe_trials(study.get_trials(deepcopy=False))
+            logger.info(
+                "memory: budget %.0f MiB per trial; learned from %d earlier trials",
+                (gate.budget_bytes or 0) / 2**20,
+                learned,
+            )
+        return study
 
     def _open_storage(self) -> RDBStorage:
         if self._storage is None:
@@ -199,26 +215,50 @@ class Supervisor:
     def _launch(self, study: optuna.Study, pool: WorkerPool, worker: WorkerHandle) -> None:
         """Ask Optuna for the next trial (a queued retry first) and dispatch it to ``worker``."""
         trial = self._ask(study)
+        if isinstance(study.pruner, PatientHyperbandPruner):  # for `hpo stats` by bracket
+            bracket = study.pruner.bracket_of(study, trial)
+            study._storage.set_trial_user_attr(trial._trial_id, "bracket", bracket)
+        assert self._gate is not None
+        admission = self._gate.check(trial.params)
+        attrs = admission.attrs()
+        if admission.kind is AdmissionKind.PRE_PRUNE:
+            assignment = Assignment(trial._trial_id, trial.number, None)
+            self._recorder.record(
+                study, assignment, EndReason.MEMORY_ESTIMATE, None, attrs, admission.reason
+            )
+            return
+        for key, value in attrs.items():
+            study._storage.set_trial_user_attr(trial._trial_id, key, value)
+        self._params[trial.number] = dict(trial.params)
         self._dispatch(study, pool, worker, trial)
 
     def _ask(self, study: optuna.Study) -> optuna.Trial:
-        with warnings.catch_warnings():  # hpo records the heartbeats of ask/tell trials itself
-            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
-            return study.ask(self._space)
+        """The next trial, marked as this supervisor's at once (see :mod:`hpo.reaper`)."""
+        while True:
+            with warnings.catch_warnings():  # hpo records the heartbeats of ask/tell trials
+                warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
+                trial = study.ask(self._space)
+            try:
+                for key, value in owner_attrs().items():
+                    study._storage.set_trial_user_attr(trial._trial_id, key, value)
+            except UpdateFinishedTrialError:  # another node's reaper took it for an orphan
+                logger.warning("trial %d was reaped before it started; asking again", trial.number)
+                continue
+            assert self._beats is not None
+            self._beats.beat([trial._trial_id])
+            return trial
 
     def _dispatch(
         self, study: optuna.Study, pool: WorkerPool, worker: WorkerHandle, trial: optuna.Trial
     ) -> None:
-        """Mark who runs ``trial`` and where it checkpoints, beat once, send it to ``worker``."""
+        """Record the worker and the checkpoint directory of ``trial``, send it to ``worker``."""
         storage = study._storage
         checkpoint_dir = self._checkpoints.dir_for(trial)
-        attrs: dict[str, Any] = {**owner_attrs(), "worker_pid": worker.pid}
+        attrs: dict[str, Any] = {"worker_pid": worker.pid}
         if checkpoint_dir is not None:
             attrs[DIR_ATTR] = checkpoint_dir
         for key, value in attrs.items():
             storage.set_trial_user_attr(trial._trial_id, key, value)
-        assert self._beats is not None
-        self._beats.beat([trial._trial_id])
         logger.debug("trial %d -> worker %d: %s", trial.number, worker.pid, describe(trial.params))
         # A dead pipe shows up as DIED in the next poll.
         pool.assign(worker, Assignment(trial._trial_id, trial.number, checkpoint_dir))
@@ -239,6 +279,7 @@ class Supervisor:
         self._recorder.record(
             study, assignment, outcome.end_reason, outcome.value, outcome.attrs, outcome.message
         )
+        self._learn(study, outcome)
         if self._signals.draining or self._signals.stop_now:
             return
         if outcome.end_reason.poisons_worker:  # the worker exits on its own; never reuse it
@@ -247,6 +288,16 @@ class Supervisor:
         elif self._recycle_after and worker.trials_done >= self._recycle_after:
             logger.info("recycling worker %d after %d trials", worker.pid, worker.trials_done)
             pool.retire(worker)
+
+    def _learn(self, study: optuna.Study, outcome: Outcome) -> None:
+        """Teach the memory gate what the trial measured; after an OOM, maybe retry smaller."""
+        params = self._params.pop(outcome.trial_number, None)
+        if params is None or self._gate is None:
+            return
+        attrs = {"end_reason": outcome.end_reason.value, **outcome.attrs}
+        self._gate.observe(params, attrs)
+        if outcome.end_reason is EndReason.OOM and self._cfg.memory.oom_retry_halved_batch:
+            retry_with_half_batch(study, outcome.trial_number, params, self._cfg.study.space)
 
     def _on_died(self, study: optuna.Study, pool: WorkerPool, worker: WorkerHandle) -> None:
         code = worker.process.exitcode

@@ -48,9 +48,11 @@ def load_objective(path: str) -> Any:
 
 
 def resolve_device(setting: str) -> str:
-    """``auto`` → ``cuda:0`` when NVML sees a visible GPU, else ``cpu``."""
+    """``auto`` → ``cuda:0`` when NVML sees a visible GPU, else ``cpu``; ``sim`` → ``sim:N``."""
     if setting == "cpu":
         return "cpu"
+    if setting == "sim":
+        return f"sim:{os.environ.get('HPO_SIM_DEVICE', '0')}"
     if setting == "cuda" or _gpu_visible():
         return "cuda:0"
     return "cpu"
@@ -88,8 +90,8 @@ def main(conn: Connection, spec: WorkerSpec) -> None:
 
 def _warm_up() -> None:
     """Import what the first trial needs now, so its time limit measures the trial alone."""
-    import optuna  # noqa: F401
     import omegaconf  # noqa: F401
+    import optuna  # noqa: F401
 
     import hpo.config  # noqa: F401
     import hpo.runner  # noqa: F401
@@ -121,6 +123,7 @@ def _make_runner(spec: WorkerSpec, objective: Any) -> Any:
     from omegaconf import OmegaConf
 
     from hpo.config import instantiate_pruner, instantiate_sampler
+    from hpo.devices import attach_worker
     from hpo.runner import TrialRunner
     from hpo.storage import open_storage
 
@@ -134,7 +137,9 @@ def _make_runner(spec: WorkerSpec, objective: Any) -> Any:
         sampler=sampler,
         pruner=instantiate_pruner(cfg),
     )
-    return TrialRunner(study, objective, cfg, resolve_device(cfg.study.device))
+    device = resolve_device(cfg.study.device)
+    attach_worker(cfg, device)
+    return TrialRunner(study, objective, cfg, device)
 
 
 def _exit_with_parent() -> None:

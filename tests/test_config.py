@@ -36,7 +36,10 @@ def test_max_resource_follows_epochs() -> None:
 @pytest.mark.parametrize(
     ("overrides", "match"),
     [
-        (["study=nope"], r"unknown study 'nope' \(options: criteria, criteria_gpu, toy\)"),
+        (
+            ["study=nope"],
+            r"unknown study 'nope' \(options: criteria, criteria_gpu, simulated, toy\)",
+        ),
         (["sampler=nope"], "unknown sampler 'nope'"),
         (["par=0"], "par must be >= 1, got 0"),
         (["par=-3"], "par must be >= 1, got -3"),
