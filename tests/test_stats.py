@@ -45,6 +45,10 @@ def study_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
                     "where trial_id = ? and key = 'device'", (trial_id,)
                 )
                 for key, value in (("peak_vram_mib", 1000 + 37 * number), ("bracket", number % 4)):
+                    conn.execute(  # the supervisor records a real bracket already
+                        "delete from trial_user_attributes where trial_id = ? and key = ?",
+                        (trial_id, key),
+                    )
                     conn.execute(
                         "insert into trial_user_attributes (trial_id, key, value_json) "
                         "values (?, ?, ?)", (trial_id, key, json.dumps(value))
