@@ -72,6 +72,7 @@ stats: $(STAMP)
 report: $(STAMP)
 	$(BIN)/hpo report study=$(STUDY) $(ARGS)
 
-# Delete the study databases in _optuna/ (the folder stays).
+# Delete the study databases and their checkpoint directories in _optuna/ (the folder stays).
 clean-studies:
 	rm -f _optuna/*.db _optuna/*.db-wal _optuna/*.db-shm
+	rm -rf _optuna/*.ckpt

@@ -11,6 +11,9 @@ gone is a :class:`Liveness` decision:
 
 - same ``node_id`` (this machine, this PID namespace) and the supervisor's pid is gone, reused
   by a younger process, or our own pid: ``ORPHANED`` — reaped at once, no grace period;
+- no owner at all and no heartbeat for ``OWNERLESS_S`` seconds: ``STALE`` (its supervisor died
+  between asking for it and launching it, a window of milliseconds; a supervisor that finds
+  its trial reaped in that window drops it and asks again);
 - otherwise (another node, or the owner is alive here): ``STALE`` only when its last heartbeat
   (or its start, if it never had one) is older than ``faults.grace_period_s``, else ``ALIVE``.
 
@@ -39,6 +42,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 HOST_ATTR, SUPERVISOR_PID_ATTR, NODE_ATTR = "host", "supervisor_pid", "node_id"
+OWNERLESS_S = 5.0  # seconds a RUNNING trial may go without owner attributes or a heartbeat
 
 
 class Liveness(str, enum.Enum):
@@ -129,16 +133,18 @@ class Reaper:
                 return Liveness.ORPHANED, f"its supervisor (pid {pid} on {host}) is gone"
         if heartbeat_stale:
             return Liveness.STALE, f"no heartbeat for over {self._grace_s:.0f} s"
-        if self._never_beat_for_grace(trial):
+        if pid is None and self._never_beat_for(trial, OWNERLESS_S):
+            return Liveness.STALE, "it has no owner (its supervisor died before launching it)"
+        if self._never_beat_for(trial, self._grace_s):
             return Liveness.STALE, f"no heartbeat since it started over {self._grace_s:.0f} s ago"
         return Liveness.ALIVE, ""
 
-    def _never_beat_for_grace(self, trial: optuna.trial.FrozenTrial) -> bool:
-        """A trial without heartbeats (its supervisor died before the first) past the grace."""
-        if trial.datetime_start is None or self._has_heartbeat(trial._trial_id):
+    def _never_beat_for(self, trial: optuna.trial.FrozenTrial, seconds: float) -> bool:
+        """Whether the trial started over ``seconds`` ago and never had a heartbeat."""
+        if trial.datetime_start is None:
             return False
         age = datetime.datetime.now() - trial.datetime_start
-        return age.total_seconds() > self._grace_s
+        return age.total_seconds() > seconds and not self._has_heartbeat(trial._trial_id)
 
     def _has_heartbeat(self, trial_id: int) -> bool:
         from optuna.storages._rdb import models

@@ -76,15 +76,24 @@ def test_other_nodes_trials_wait_for_the_grace_period(study: optuna.Study, tmp_p
     assert _found(study) == {other._trial_id: Liveness.STALE}
 
 
-def test_trial_that_never_beat_is_stale_after_the_grace_period(
+def _age_trials(db: Path, seconds: int) -> None:
+    query(db, f"update trials set datetime_start = datetime(datetime_start, '-{seconds} seconds')")
+
+
+def test_other_nodes_trial_that_never_beat_is_stale_after_the_grace_period(
     study: optuna.Study, tmp_path: Path
 ) -> None:
-    trial = _running(study)  # no owner, no heartbeat: its supervisor died right after ask
+    trial = _running(study, node_id="another-boot/123", supervisor_pid=1, host="b")
+    _age_trials(tmp_path / "reap.db", 30)
     assert _found(study) == {}
-    query(
-        tmp_path / "reap.db",
-        "update trials set datetime_start = datetime(datetime_start, '-120 seconds')",
-    )
+    _age_trials(tmp_path / "reap.db", 60)
+    assert _found(study) == {trial._trial_id: Liveness.STALE}
+
+
+def test_ownerless_trial_is_stale_after_a_few_seconds(study: optuna.Study, tmp_path: Path) -> None:
+    trial = _running(study)  # no owner, no heartbeat: its supervisor died right after ask
+    assert _found(study) == {}, "a supervisor may be between ask and launch right now"
+    _age_trials(tmp_path / "reap.db", 10)
     assert _found(study) == {trial._trial_id: Liveness.STALE}
 
 
