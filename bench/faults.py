@@ -39,7 +39,16 @@ from typing import Any
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
-REASONS = {"complete", "pruned", "oom", "cuda_error", "worker_died", "timeout", "error", "interrupted"}
+REASONS = {
+    "complete",
+    "pruned",
+    "oom",
+    "cuda_error",
+    "worker_died",
+    "timeout",
+    "error",
+    "interrupted",
+}
 
 
 def study_args(workdir: Path, trials: int, par: int) -> list[str]:
@@ -236,7 +245,7 @@ def analyse(run: Run, elapsed_s: float) -> dict[str, Any]:
         **detection(run.watch.kills, states, attrs, completed),
         "retried": sum("retry_of" in a for a in attrs.values()),
         "resumed_from_checkpoint": sum(a.get("resumed_from_epoch", 0) > 0 for a in attrs.values()),
-        "reaped_after_restart": sum("was left RUNNING" in str(a.get("error")) for a in attrs.values()),
+        "reaped_after_restart": sum("left RUNNING" in str(a.get("error")) for a in attrs.values()),
         "orphan_workers_after_supervisor_kill": run.watch.orphan_workers,
         "orphans_exited_after_s": run.watch.orphans_gone_s,
         "workers_recycled": logs.count("recycling worker"),

@@ -17,11 +17,22 @@ from tests.conftest import query, run_hpo, start_hpo, user_attrs, wait_for
 # A short study whose trials checkpoint after epoch 1 and meet their injected fault at epoch 2.
 FAST = ["par=2", "study.n_trials=5", "study.epochs=4", "study.epoch_s=0.05", "pruner=none"]
 ALL_INFRA = "faults.retry_on=[worker_died,cuda_error,timeout]"
-REASONS = {"complete", "pruned", "oom", "cuda_error", "worker_died", "timeout", "error", "interrupted"}
+REASONS = {
+    "complete",
+    "pruned",
+    "oom",
+    "cuda_error",
+    "worker_died",
+    "timeout",
+    "error",
+    "interrupted",
+}
 
 
 def _trials(db: Path) -> dict[int, tuple[str, dict]]:
-    return {n: (state, user_attrs(db, n)) for n, state in query(db, "select number, state from trials")}
+    return {
+        n: (state, user_attrs(db, n)) for n, state in query(db, "select number, state from trials")
+    }
 
 
 def _params(db: Path, number: int) -> dict[str, float]:
@@ -144,9 +155,7 @@ def _running_with_progress(db: Path) -> list[int]:
 
 
 def _workers_of(pid: int) -> list[int]:
-    return [
-        p.pid for p in psutil.Process(pid).children() if "spawn_main" in " ".join(p.cmdline())
-    ]
+    return [p.pid for p in psutil.Process(pid).children() if "spawn_main" in " ".join(p.cmdline())]
 
 
 def test_killed_supervisor_is_resumed_by_running_the_same_command(
