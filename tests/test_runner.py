@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from typing import Any
 
 import optuna
@@ -11,7 +14,7 @@ from hpo.outcome import Assignment, EndReason
 from hpo.runner import TrialRunner, classify_exception
 from hpo.runtime import current_context
 from hpo.studies import toy
-from tests.conftest import CONF
+from tests.conftest import CONF, ROOT
 
 VRAM_KEYS = {"peak_vram_allocated_mib", "peak_vram_reserved_mib", "peak_vram_mib"}
 
@@ -47,12 +50,28 @@ def test_complete_trial_has_value_and_bookkeeping() -> None:
     assert VRAM_KEYS.isdisjoint(outcome.attrs), "no VRAM keys without CUDA"
 
 
+_PEAKS_SCRIPT = """
+import json
+from tests.test_runner import _run, _toy_cfg
+from hpo.studies import toy
+peaks = [
+    _run(toy.objective, _toy_cfg(*overrides))[1].attrs["peak_rss_mib"]
+    for overrides in ([], ["study.rss_mib=200"], ["study.child_rss_mib=150"])
+]
+print(json.dumps(peaks))
+"""
+
+
 def test_peak_rss_includes_the_worker_and_its_children() -> None:
-    _, alone = _run(toy.objective, _toy_cfg())
-    _, ballast = _run(toy.objective, _toy_cfg("study.rss_mib=200"))
-    _, child = _run(toy.objective, _toy_cfg("study.child_rss_mib=150"))
-    assert ballast.attrs["peak_rss_mib"] >= alone.attrs["peak_rss_mib"] + 190
-    assert child.attrs["peak_rss_mib"] >= alone.attrs["peak_rss_mib"] + 140
+    # A fresh process: memory that earlier tests left for the garbage collector would move the
+    # baseline between the three trials.
+    result = subprocess.run(
+        [sys.executable, "-c", _PEAKS_SCRIPT], capture_output=True, text=True, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr
+    alone, ballast, child = json.loads(result.stdout.strip().splitlines()[-1])
+    assert ballast >= alone + 190
+    assert child >= alone + 140
 
 
 def test_pruned_trial() -> None:
