@@ -331,6 +331,7 @@ class Supervisor:
             "error": error,
         }
         assignment, worker.assignment = worker.assignment, None
+        self._params.pop(assignment.trial_number, None)  # nothing measured to learn from
         self._recorder.record(study, assignment, reason, None, attrs, error)
 
     def _respawn(self, pool: WorkerPool, worker: WorkerHandle) -> None:

@@ -61,13 +61,9 @@ def resolve_device(setting: str) -> str:
 def _gpu_visible() -> bool:
     if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
         return False
-    try:
-        import pynvml
+    from hpo.devices import nvidia_count
 
-        pynvml.nvmlInit()
-        return bool(pynvml.nvmlDeviceGetCount() > 0)
-    except Exception:
-        return False
+    return nvidia_count() > 0
 
 
 def main(conn: Connection, spec: WorkerSpec) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hpo.devices import simulated
 from hpo.devices._base import GIB, MIB, Device, DeviceSnapshot
 from hpo.devices.cpu import CpuDevice
 from hpo.devices.nvidia import NvidiaDevice, nvidia_count
@@ -24,6 +25,7 @@ __all__ = [
     "SimulatedGpuSpec",
     "SimulatedOutOfMemoryError",
     "attach_worker",
+    "nvidia_count",
     "open_devices",
     "sim_state_dir",
 ]
@@ -53,8 +55,6 @@ def open_devices(cfg: DictConfig) -> list[Device]:
 
 def attach_worker(cfg: DictConfig, label: str) -> None:
     """In a worker: make the simulated card ``label`` (``sim:N``) this process's device."""
-    from hpo.devices import simulated
-
     if not label.startswith("sim:"):
         simulated.activate(None)
         return

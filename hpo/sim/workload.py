@@ -107,12 +107,6 @@ class Workload:
         """True device footprint of the trial (peak + context), without noise."""
         return self.peak_bytes(params) + int(self.device.context_gib * GIB)
 
-    def fits_alone(self, params: Mapping[str, Any], capacity_bytes: int | None = None) -> bool:
-        """Whether the trial could run on an empty card (with the most noise it can have)."""
-        cap = capacity_bytes or int(self.device.capacity_gib * GIB)
-        worst = self.peak_bytes(params) * (1.0 + self.noise_frac)
-        return worst + self.device.context_gib * GIB <= cap
-
 
 @functools.lru_cache(maxsize=16)
 def load_workload(path: str) -> Workload:
