@@ -87,6 +87,50 @@ def test_cold_prior_adds_context_and_calibration_learns_factor_and_overhead() ->
     assert warm_prior.point_bytes == pytest.approx((300 + 1500) * MIB, rel=1e-6)
 
 
+def test_calibration_keeps_state_at_its_size_and_scales_the_rest() -> None:
+    """measured = context + state + factor × (traced − state): a family whose traced peak is
+    mostly parameters and optimizer state is not scaled by the activations' factor."""
+    traced = {
+        ("tiny",): [(8, 10 * MIB), (64, 50 * MIB)],
+        ("small",): [(8, 40 * MIB), (64, 200 * MIB)],
+        ("large",): [(8, 1200 * MIB), (64, 2000 * MIB)],
+    }
+    state = {("tiny",): 2 * MIB, ("small",): 8 * MIB, ("large",): 1000 * MIB}
+    est = _estimator(Prior(("model",), traced, state))
+
+    def measured(model: str, bs: int) -> float:
+        st, (lo, hi) = state[(model,)], traced[(model,)]
+        dynamic = lo[1] + (hi[1] - lo[1]) * (bs - 8) / 56 - st
+        return 90 * MIB + st + 1.6 * dynamic
+
+    for model, bs in itertools.product(("tiny", "small"), (8, 16, 32, 64)):
+        est.observe(Observation({"model": model, "batch_size": bs}, measured(model, bs)))
+    for bs in (8, 64):
+        cold = est.predict({"model": "large", "batch_size": bs})
+        assert cold is not None and cold.source == "calibrated-prior"
+        assert cold.point_bytes == pytest.approx(measured("large", bs), rel=1e-6)
+        assert cold.upper_bytes >= cold.point_bytes
+
+
+def test_extrapolation_takes_the_safer_of_fitted_and_prior_slope_and_widens_the_bound() -> None:
+    """A convex family measured at 8–32: the calibrated prior's steeper slope carries it to 64,
+    and the upper bound widens with the distance beyond the measured sizes, either way."""
+    traced = {("a",): [(8, 100 * MIB), (64, 1780 * MIB)], ("b",): [(8, 100 * MIB), (64, 660 * MIB)]}
+    est = _estimator(Prior(("model",), traced))
+    for bs in (8, 16, 32, 64):  # b: measured = traced exactly (no context on this device)
+        est.observe(Observation({"model": "b", "batch_size": bs}, (90 + 10 * bs) * MIB))
+    for bs, y in ((8, 260), (16, 420), (32, 760)):  # a: about 21 MiB per sample; traced 30
+        est.observe(Observation({"model": "a", "batch_size": bs}, y * MIB))
+    up = est.predict({"model": "a", "batch_size": 64})
+    assert up is not None and up.source == "fit"
+    line_at_64 = 1428 * MIB  # what the fitted line alone says (20.9 MiB per sample)
+    assert up.point_bytes > line_at_64 * 1.1
+    inside = est.predict({"model": "a", "batch_size": 16})
+    assert inside is not None and up.upper_bytes / up.point_bytes > (
+        inside.upper_bytes / inside.point_bytes
+    )
+
+
 @pytest.mark.parametrize(
     ("message", "expected"),
     [

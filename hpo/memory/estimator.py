@@ -89,6 +89,11 @@ class MemoryEstimator:
         """Measured peaks and OOM bounds learned so far."""
         return sum(map(len, self._measured.values())) + sum(map(len, self._bounds.values()))
 
+    @property
+    def params_needed(self) -> frozenset[str]:
+        """The parameters a prediction reads (groups and memory-scaling)."""
+        return frozenset(self._scaling + self._groups)
+
     def n_measured(self, params: Mapping[str, Any]) -> int:
         return len(self._measured.get(self.group_of(params), ()))
 
@@ -124,7 +129,7 @@ class MemoryEstimator:
     ) -> tuple[float, float, str]:
         line = self._fit(points)
         if line is not None:
-            return line.at(x), self._uplift(x, points), "fit"
+            return self._extend(line, params, points, x), self._uplift(x, points), "fit"
         # One x measured: extrapolate with the calibrated prior's slope, else proportionally
         # (safe when memory is affine with a non-negative intercept, as it is).
         x0 = points[0][0]
@@ -136,6 +141,19 @@ class MemoryEstimator:
             point = y0 * max(1.0, x / x0)
         return point, self._uplift(x, points), "one-point"
 
+    def _extend(
+        self, line: _Line, params: Mapping[str, Any], points: list[tuple[float, float]], x: float
+    ) -> float:
+        """The fit at ``x``; outside the measured sizes, from the nearest end with whichever of
+        the fitted and the calibrated prior's slope predicts more (the safe side)."""
+        slope = self._prior_slope(params)
+        lo, hi = min(p[0] for p in points), max(p[0] for p in points)
+        if slope is None or lo <= x <= hi:
+            return line.at(x)
+        edge = hi if x > hi else lo
+        steeper, flatter = max(slope, line.slope), min(slope, line.slope)
+        return line.at(edge) + (steeper if x > hi else flatter) * (x - edge)
+
     def _from_prior(self, params: Mapping[str, Any]) -> tuple[float, float, str] | None:
         traced = self._prior.bytes_at(params, self.x_of(params)) if self._prior else None
         if traced is None:
@@ -144,23 +162,25 @@ class MemoryEstimator:
         if found is None:
             return traced + self._context, self._cold_uplift, "cold-prior"
         calibration, spread = found
+        # State costs its size; the rest is scaled by the device factor, plus the context.
+        state = self._state(params)
+        point = state + calibration.at(traced - state)
         # How well the prior transfers between groups bounds how wrong it can be for this one.
-        return calibration.at(traced), self._min_uplift + spread, "calibrated-prior"
+        return point, self._min_uplift + spread, "calibrated-prior"
 
     def _oom_bound(self, key: tuple[Any, ...], x: float) -> float | None:
         bounds = [y for xb, y in self._bounds.get(key, []) if xb <= x]
         return max(bounds) if bounds else None
 
     @staticmethod
-    def _fit(points: list[tuple[float, float]], relative: bool = False) -> _Line | None:
-        """Least squares y = a + b·x with b ≥ 0 and a ≥ 0; None with fewer than two x.
-
-        ``relative`` weighs each point by 1/y², so small and large sizes count alike.
-        """
+    def _fit(
+        points: list[tuple[float, float]], weights: Sequence[float] | None = None
+    ) -> _Line | None:
+        """Weighted least squares y = a + b·x with b ≥ 0 and a ≥ 0; None with fewer than two x."""
         xs = [p[0] for p in points]
         if len(set(xs)) < 2:
             return None
-        ws = [1.0 / (y * y) if relative else 1.0 for _, y in points]
+        ws = list(weights) if weights is not None else [1.0] * len(points)
         sw = sum(ws)
         mx = sum(w * x for w, (x, _) in zip(ws, points, strict=True)) / sw
         my = sum(w * y for w, (_, y) in zip(ws, points, strict=True)) / sw
@@ -179,10 +199,11 @@ class MemoryEstimator:
     def _uplift(self, x: float, points: list[tuple[float, float]]) -> float:
         """Relative margin of the upper bound: residual quantile, more when extrapolating."""
         uplift = max(self._min_uplift, self._pooled_uplift())
-        x_max = max(p[0] for p in points)
-        if x > x_max:
-            uplift += 0.05 * math.log2(x / x_max)
-        return uplift
+        xs = [p[0] for p in points]
+        # Beyond the measured sizes, either way: a convex curve (allocator rounding and
+        # fragmentation) lies above any line through its points outside their range.
+        beyond = max(x / max(xs), min(xs) / x, 1.0)
+        return uplift + 0.05 * math.log2(beyond)
 
     def _pooled_uplift(self) -> float:
         """Upper quantile of |relative residuals| of every group's fit (the run-to-run noise)."""
@@ -208,24 +229,49 @@ class MemoryEstimator:
         found = self._calibration()
         return slope * (found[0].slope if found else 1.0)
 
+    def _state(self, params: Mapping[str, Any]) -> float:
+        return self._prior.state_bytes(params) if self._prior is not None else 0.0
+
     def _calibration(self) -> tuple[_Line, float] | None:
-        """measured ≈ context + factor × traced, over every measured trial the prior covers,
-        fitted on relative error; with the largest relative residual of that fit."""
+        """measured − state ≈ context + factor × (traced − state), over every measured trial the
+        prior covers, fitted on relative error; with how far that transfers between groups."""
         if self._prior is None:
             return None
-        pairs: list[tuple[float, float]] = []
+        pairs: dict[tuple[Any, ...], list[tuple[float, float, float]]] = {}
         for key, points in self._measured.items():
             params = dict(zip(self._groups, key, strict=True))
+            state = self._state(params)
             for x, y in points:
                 traced = self._prior.bytes_at(params, x)
                 if traced is not None:
-                    pairs.append((traced, y))
+                    pairs.setdefault(key, []).append((traced - state, y - state, y))
         if not pairs:
             return None
-        line = self._fit(pairs, relative=True)
-        if line is None:  # one traced size measured: a factor on top of the known context
-            traced, y = pairs[0][0], sum(p[1] for p in pairs) / len(pairs)
-            factor = max(0.0, y - self._context) / traced if traced > 0 else 1.0
-            return _Line(self._context, factor), self._cold_uplift
-        spread = max(abs(y - line.at(t)) / y for t, y in pairs)
-        return line, max(spread, self._min_uplift)
+        every = [p for group in pairs.values() for p in group]
+        line = self._calibrate(every)
+        return line, max(self._min_uplift, self._transfer_spread(pairs, line))
+
+    def _calibrate(self, pairs: list[tuple[float, float, float]]) -> _Line:
+        """The (context, factor) line through (dynamic traced, dynamic measured, measured)."""
+        line = self._fit([(t, d) for t, d, _ in pairs], [1.0 / (y * y) for *_, y in pairs])
+        if line is not None:
+            return line
+        # One traced size measured: a factor on top of the known context.
+        traced, dynamic = pairs[0][0], sum(p[1] for p in pairs) / len(pairs)
+        factor = max(0.0, dynamic - self._context) / traced if traced > 0 else 1.0
+        return _Line(self._context, factor)
+
+    def _transfer_spread(
+        self, pairs: dict[tuple[Any, ...], list[tuple[float, float, float]]], line: _Line
+    ) -> float:
+        """Largest relative error of the calibration on a group it was not fitted on (each
+        group left out in turn); in-sample, plus the cold uplift, with a single group."""
+        if len(pairs) < 2:
+            in_sample = max(abs(d - line.at(t)) / y for t, d, y in next(iter(pairs.values())))
+            return in_sample + self._cold_uplift
+        worst = 0.0
+        for key, held_out in pairs.items():
+            rest = [p for k, group in pairs.items() if k != key for p in group]
+            other = self._calibrate(rest)
+            worst = max(worst, *(abs(d - other.at(t)) / y for t, d, y in held_out))
+        return worst

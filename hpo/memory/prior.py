@@ -4,7 +4,8 @@ The study's step builder (or the user's analytic ``estimate_fn``) is evaluated i
 process (``python -m hpo.memory.trace``) with a time limit, so torch never enters the
 supervisor and a crash of the tracer costs nothing but the prior. For each group (model
 family) it is evaluated at the smallest and largest value of the memory-scaling parameters;
-in between, memory is affine in their product.
+in between, memory is affine in their product. A traced step also gives the bytes of its state
+(parameters, buffers, optimizer state), which do not depend on the scaling parameters.
 """
 
 from __future__ import annotations
@@ -24,10 +25,15 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Prior:
-    """Traced bytes per group at a few ``x`` (product of the scaling params); affine between."""
+    """Traced bytes per group at a few ``x`` (product of the scaling params); affine between;
+    and per group the bytes of the step's state (0 where unknown: an ``estimate_fn``)."""
 
     groups: tuple[str, ...]
     table: dict[tuple[Any, ...], list[tuple[float, float]]] = field(default_factory=dict)
+    state: dict[tuple[Any, ...], float] = field(default_factory=dict)
+
+    def state_bytes(self, params: Mapping[str, Any]) -> float:
+        return self.state.get(tuple(params.get(g) for g in self.groups), 0.0)
 
     def _line(self, params: Mapping[str, Any]) -> tuple[float, float] | None:
         points = sorted(self.table.get(tuple(params.get(g) for g in self.groups), []))
@@ -102,6 +108,8 @@ def build_prior(
         x = math.prod(float(params[s]) for s in scaling)
         key = tuple(params[g] for g in groups)
         prior.table.setdefault(key, []).append((x, float(result["bytes"])))
+        if result.get("state_bytes") is not None:
+            prior.state[key] = float(result["state_bytes"])
     return prior if prior.table else None
 
 

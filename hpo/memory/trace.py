@@ -1,13 +1,16 @@
 """Tracer process: peak memory of one training step on fake tensors, with no GPU.
 
 Run as ``python -m hpo.memory.trace`` by :mod:`hpo.memory.prior`: it reads a JSON request
-(``cfg``, ``points``) on stdin and prints one JSON list with ``{"bytes": …}`` or
-``{"error": …}`` per point. The step builder builds the model on the meta device (no memory);
-its parameters then become fake tensors of one FakeTensorMode (building inside the mode breaks
-on modules that deep-copy layers, like ``nn.TransformerEncoder``), and the optimizer is pointed
-at them. One warm-up step creates the
+(``cfg``, ``points``) on stdin and prints one JSON list with ``{"bytes": …}`` (and
+``"state_bytes"`` where a step was traced) or ``{"error": …}`` per point. The step builder
+builds the model on the meta device (no memory); its parameters then become fake tensors of one
+FakeTensorMode (building inside the mode breaks on modules that deep-copy layers, like
+``nn.TransformerEncoder``), and the optimizer is pointed at them. One warm-up step creates the
 optimizer state; torch's MemTracker records the peak of the next step: parameters, gradients,
-optimizer state, activations and temporaries.
+optimizer state, activations and temporaries. It also reports the bytes of the step's *state*
+(parameters, buffers, optimizer state): allocated once, they cost exactly their size on any
+device, while the rest (gradients, activations, temporaries) goes through the allocator and is
+calibrated separately (see :mod:`hpo.memory.estimator`).
 """
 
 from __future__ import annotations
@@ -27,8 +30,11 @@ def load_callable(spec: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
 
 
-def trace_step(builder: Callable[..., Any], params: dict[str, Any], cfg: DictConfig) -> int:
-    """Peak bytes of one training step of the builder's model at ``params`` (CPU kernels)."""
+def trace_step(
+    builder: Callable[..., Any], params: dict[str, Any], cfg: DictConfig
+) -> dict[str, int]:
+    """Peak bytes of one training step of the builder's model at ``params`` (CPU kernels),
+    and the bytes of its state (parameters, buffers, optimizer state)."""
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.distributed._tools.mem_tracker import MemTracker
@@ -55,7 +61,19 @@ def trace_step(builder: Callable[..., Any], params: dict[str, Any], cfg: DictCon
             tracker.reset_mod_stats()
             step()
         peak = tracker.get_tracker_snapshot("peak")
-    return int(sum(per_device.get("Total", 0) for per_device in peak.values()))
+        state = _state_bytes(model, optimizer)
+    total = int(sum(per_device.get("Total", 0) for per_device in peak.values()))
+    return {"bytes": total, "state_bytes": min(state, total)}
+
+
+def _state_bytes(model: Any, optimizer: Any) -> int:
+    """Bytes of the parameters, buffers and optimizer state tensors."""
+    import torch
+
+    tensors = [*model.parameters(), *model.buffers()]
+    for per_param in optimizer.state.values():
+        tensors += [t for t in per_param.values() if isinstance(t, torch.Tensor)]
+    return int(sum(t.numel() * t.element_size() for t in tensors))
 
 
 def _to_fake(model: Any, optimizer: Any) -> None:
@@ -72,7 +90,7 @@ def evaluate(cfg: DictConfig, params: dict[str, Any]) -> dict[str, Any]:
     try:
         if memory.get("estimate_fn"):
             return {"bytes": int(load_callable(memory.estimate_fn)(params, cfg))}
-        return {"bytes": trace_step(load_callable(memory.step_builder), params, cfg)}
+        return trace_step(load_callable(memory.step_builder), params, cfg)
     except Exception as e:  # one failing point must not lose the others
         last = traceback.format_exc().strip().splitlines()[-1]
         return {"error": f"{type(e).__name__}: {last[:300]}"}
