@@ -118,6 +118,11 @@ class MemoryConf:
     cold_uplift: float = 0.15  # added to a prior no measurement has calibrated yet
     trace_timeout_s: float = 300.0  # limit of the subprocess that traces the step builder
     oom_retry_halved_batch: bool = False  # after an OOM, retry with half the batch size
+    pack: bool = True  # admit trials by predicted memory (false: start whenever a worker is idle)
+    max_bypass: int = 8  # times a waiting trial may be overtaken by later ones that fit (backfill)
+    max_waiting: int = 8  # trials asked ahead that may wait for memory (backfill candidates)
+    max_par: int = 8  # the most workers par=auto starts
+    trial_ram_gib: float = 2.0  # host RAM a trial is assumed to need before any was measured
 
 
 @dataclass
@@ -130,7 +135,7 @@ class HpoConf:
     storage: StorageConf = MISSING
     faults: FaultConf = field(default_factory=FaultConf)
     memory: MemoryConf = field(default_factory=MemoryConf)
-    par: int = 2  # worker processes (parallel trials)
+    par: Any = 2  # worker processes (parallel trials), or "auto" (see hpo.autopar)
     max_failures_in_a_row: int = 10  # stop the study after this many consecutive FAIL trials
     log_level: str = "INFO"  # DEBUG | INFO | WARNING
 
@@ -240,8 +245,10 @@ def validate(cfg: DictConfig) -> None:
     """Check what the types cannot: ranges, names, the search space, the pruner's arguments."""
     from hpo.space import build_space
 
-    if cfg.par < 1:
-        raise ConfigError(f"par must be >= 1, got {cfg.par}")
+    if str(cfg.par) != "auto" and (
+        isinstance(cfg.par, bool) or not isinstance(cfg.par, int) or cfg.par < 1
+    ):
+        raise ConfigError(f"par must be an integer >= 1 or 'auto', got {cfg.par!r}")
     study = cfg.study
     if study.n_trials < 0:
         raise ConfigError(f"study.n_trials must be >= 0, got {study.n_trials}")
@@ -297,6 +304,14 @@ def _validate_memory(cfg: DictConfig) -> None:
         raise ConfigError(f"memory.margin_frac must be in [0, 1), got {mem.margin_frac}")
     if not 0.5 <= mem.quantile <= 1:
         raise ConfigError(f"memory.quantile must be in [0.5, 1], got {mem.quantile}")
+    if mem.max_bypass < 0:
+        raise ConfigError(f"memory.max_bypass must be >= 0, got {mem.max_bypass}")
+    if mem.max_waiting < 1:
+        raise ConfigError(f"memory.max_waiting must be >= 1, got {mem.max_waiting}")
+    if mem.max_par < 1:
+        raise ConfigError(f"memory.max_par must be >= 1, got {mem.max_par}")
+    if mem.trial_ram_gib <= 0:
+        raise ConfigError(f"memory.trial_ram_gib must be > 0, got {mem.trial_ram_gib}")
     for name in list(study.memory.scaling) + list(study.memory.groups or []):
         if name not in study.space:
             raise ConfigError(

@@ -43,6 +43,8 @@ class Assignment:
     trial_id: int
     trial_number: int
     checkpoint_dir: str | None = None  # the trial's checkpoint directory (a retry's is inherited)
+    device: str | None = None  # where admission placed it ("cuda:1", "sim:0"); None: default
+    mem_cap_bytes: int | None = None  # its process's limit on that device, context included
 
 
 @dataclass

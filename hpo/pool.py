@@ -124,6 +124,20 @@ class WorkerPool:
             return False
         return True
 
+    def grow(self, size: int, spec: WorkerSpec | None = None) -> None:
+        """Start workers until there are ``size`` (``par=auto`` set the cap); ``spec`` replaces
+        the spec of workers started from now on."""
+        self._spec = spec or self._spec
+        while len(self.workers) < size:
+            slots = {w.slot for w in self.workers}
+            self.workers.append(self._spawn(min(set(range(size)) - slots)))
+        self._size = max(self._size, size)
+
+    @property
+    def retiring(self) -> list[WorkerHandle]:
+        """Recycled workers whose processes have not exited yet."""
+        return [w for w, _ in self._retiring if w.process.is_alive()]
+
     def replace(self, worker: WorkerHandle) -> WorkerHandle:
         """Start a new process in a dead worker's slot."""
         worker.conn.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
+from hpo.devices import simulated
 from hpo.outcome import Assignment, EndReason, Outcome
 from hpo.probe import MemoryProbe
 from hpo.runtime import TrialContext, trial_context
@@ -24,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 Objective = Callable[[optuna.Trial, "DictConfig"], float]
 
+CUDA_CONTEXT_BYTES = 512 * 1024 * 1024  # what a CUDA context holds outside torch's allocator
 _TRACEBACK_LINES = 12  # last lines of a traceback stored on a failed trial
 
 
@@ -31,12 +34,18 @@ class TrialRunner:
     """Runs trials of one objective against one study, in the worker's process."""
 
     def __init__(
-        self, study: optuna.Study, objective: Objective, cfg: DictConfig, device: str
+        self,
+        study: optuna.Study,
+        objective: Objective,
+        cfg: DictConfig,
+        device: str,
+        label: str | None = None,
     ) -> None:
         self._study = study
         self._objective = objective
         self._cfg = cfg
-        self._device = device
+        self._device = device  # the device name the objective uses
+        self._label = label or device  # the device the trial is recorded on
 
     def run(self, assignment: Assignment) -> Outcome:
         """Run one trial to its end; never raises for a failure of the objective."""
@@ -47,13 +56,15 @@ class TrialRunner:
             checkpoint_dir=_make_dir(assignment.checkpoint_dir),
         )
         start = time.monotonic()
+        device_cap(assignment.mem_cap_bytes)
         with MemoryProbe() as probe, trial_context(ctx):
             reason, value, message = self._call(trial)
+        _free_cached()
         attrs: dict[str, Any] = {
             **probe.attrs(),
             "duration_s": round(time.monotonic() - start, 3),
             "worker_pid": os.getpid(),
-            "device": self._device,
+            "device": self._label,
         }
         if message is not None and reason is not EndReason.COMPLETE:
             attrs["error"] = message
@@ -72,6 +83,32 @@ class TrialRunner:
         if not math.isfinite(value):
             return EndReason.ERROR, None, f"objective returned {value!r}, expected a finite float"
         return EndReason.COMPLETE, float(value), None
+
+
+def device_cap(cap_bytes: int | None) -> None:
+    """Cap this process on its device at ``cap_bytes`` (context included) for the next trial:
+    an under-estimate then fails this trial with an OOM instead of its neighbours."""
+    sim = simulated.active()
+    if sim is not None:
+        sim.set_limit(cap_bytes)
+        return
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
+        return
+    total = torch.cuda.get_device_properties(0).total_memory
+    if cap_bytes is None:
+        torch.cuda.set_per_process_memory_fraction(1.0, 0)
+        return
+    # The fraction caps torch's allocator, which does not hold the CUDA context.
+    allocator = max(cap_bytes - CUDA_CONTEXT_BYTES, cap_bytes // 2)
+    torch.cuda.set_per_process_memory_fraction(min(1.0, allocator / total), 0)
+
+
+def _free_cached() -> None:
+    """Hand cached CUDA blocks back, so the next trial's reservation is all it may use."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def classify_exception(e: BaseException) -> EndReason:

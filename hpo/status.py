@@ -95,6 +95,8 @@ def _running_view(db: StudyDB, row: Row, now: dt.datetime) -> TrialView:
     view = _trial_view(db, row, "RUNNING", (now - start).total_seconds() if start else None)
     view.step = db.rows(queries.LAST_STEP, trial_id=row["trial_id"])[0]["step"]
     pid = view.attrs.get("worker_pid")
+    if pid is None:  # asked, not yet admitted: it waits for memory (hpo.launch)
+        view.state = "WAITING"
     view.live_rss_mib = _tree_rss_mib(pid) if isinstance(pid, int) else None
     return view
 

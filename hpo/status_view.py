@@ -58,6 +58,12 @@ def _states(snap: Snapshot) -> RenderableType:
     return Text(f"trials: {line}")
 
 
+def _step(t: TrialView) -> str:
+    if t.state == "WAITING":
+        return "waiting"
+    return str(t.step if t.step is not None else "-")
+
+
 def _trials(title: str, trials: list[TrialView], running: bool) -> RenderableType:
     if not trials:
         return Text(f"{title}: none", style="dim")
@@ -69,8 +75,8 @@ def _trials(title: str, trials: list[TrialView], running: bool) -> RenderableTyp
         table.add_row(
             str(t.number),
             _duration(t.seconds),
-            str(t.step if t.step is not None else "-") if running else _end(t),
-            _mib(t.attrs.get("est_vram_mib")),
+            _step(t) if running else _end(t),
+            _mib(t.attrs.get("vram_reserved_mib", t.attrs.get("est_vram_mib"))),
             _mib(t.attrs.get("peak_vram_mib")),
             _rss(t),
             str(t.attrs.get("device", "-")),

@@ -14,26 +14,37 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import optuna
-from optuna.exceptions import UpdateFinishedTrialError
 
-from hpo.checkpoint import DIR_ATTR, CheckpointStore, checkpoint_root
+from hpo.admission import AdmissionScheduler
+from hpo.autopar import auto_par
+from hpo.backlog import Backlog
+from hpo.checkpoint import CheckpointStore, checkpoint_root
 from hpo.config import instantiate_pruner, instantiate_sampler
-from hpo.devices import open_devices
+from hpo.devices import Device, open_devices
+from hpo.durations import DurationModel
 from hpo.errors import ConfigError
-from hpo.memory import AdmissionKind, MemoryGate, build_gate, retry_with_half_batch
+from hpo.launch import LaunchPath
+from hpo.memory import (
+    MemoryGate,
+    build_gate,
+    context_bytes,
+    memory_groups,
+    retry_with_half_batch,
+)
+from hpo.memory.sampling import feasible_sampler
 from hpo.outcome import Assignment, EndReason, Outcome
 from hpo.pool import DIED, WorkerHandle, WorkerPool
 from hpo.procs import available_cpus
-from hpo.pruners import PatientHyperbandPruner
-from hpo.reaper import Heartbeats, Reaper, owner_attrs
+from hpo.ram import RamBudget
+from hpo.reaper import Heartbeats, Reaper
 from hpo.recorder import FINISHED, RunSummary, TrialRecorder
 from hpo.retry import RetryPolicy
 from hpo.signals import StopSignals, describe_exit
-from hpo.space import build_space, describe
+from hpo.space import build_space
 from hpo.storage import open_storage, prepare_storage, storage_exists, storage_url
 from hpo.worker import WorkerSpec
 
@@ -46,11 +57,19 @@ logger = logging.getLogger(__name__)
 __all__ = ["FINISHED", "RunSummary", "Supervisor", "describe_exit"]
 
 
-class Supervisor:
+class Supervisor(LaunchPath):
     """Runs a study to ``study.n_trials`` finished trials with ``par`` worker processes."""
 
-    def __init__(self, cfg: DictConfig, poll_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        cfg: DictConfig,
+        poll_s: float = 0.5,
+        gate_factory: Callable[[DictConfig, list[Device]], MemoryGate] | None = None,
+    ) -> None:
+        """``gate_factory`` replaces :func:`~hpo.memory.build_gate` (benchmarks plug in an
+        oracle that knows the true memory of a simulated workload)."""
         self._cfg = cfg
+        self._gate_factory = gate_factory or build_gate
         self._space = build_space(cfg.study.space)
         self._url = storage_url(cfg)
         self._target = int(cfg.study.n_trials)
@@ -72,6 +91,12 @@ class Supervisor:
         self._storage: RDBStorage | None = None  # opened once, by the first step that needs it
         self._gate: MemoryGate | None = None  # built with the study (it may trace a prior)
         self._params: dict[int, dict[str, Any]] = {}  # running trials' params, by number
+        self._backlog = Backlog(int(cfg.memory.max_bypass), int(cfg.memory.max_waiting))
+        self._bound: dict[WorkerHandle, int | None] = {}  # worker -> device it touched
+        self._devices: list[Device] = []
+        self._admission = AdmissionScheduler([], 0.0, 0, pack=False)  # set with the study
+        self._ram = RamBudget([], [], 0.0, 0.0)  # set with the study
+        self._durations = DurationModel(memory_groups(cfg))
         self._beats: Heartbeats | None = None
         self._reaper: Reaper | None = None
 
@@ -108,7 +133,8 @@ class Supervisor:
         return self._summary.finished
 
     def _run_workers(self) -> None:
-        par = int(self._cfg.par)
+        auto = str(self._cfg.par) == "auto"
+        par = 1 if auto else int(self._cfg.par)  # par=auto: one worker until the cap is known
         pool = WorkerPool(par, self._worker_spec(par))
         study: optuna.Study | None = None
         stopped_by = "stopped by the user"
@@ -117,6 +143,8 @@ class Supervisor:
             pool.wait_ready()  # a broken objective is a ConfigError before the storage is touched
             study = self._open_study()
             self._reap(study, exclude=set())  # what a killed supervisor left RUNNING
+            if auto:
+                par = self._auto_par(pool)
             logger.info(
                 "study %r: %d/%d finished, running with par=%d on %s",
                 study.study_name,
@@ -135,9 +163,23 @@ class Supervisor:
             in_flight = [w for w in pool.workers if w.assignment is not None]
             pool.shutdown()
             if study is not None:
-                for worker in in_flight:
-                    self._record_interrupted(study, worker, stopped_by)
+                self._interrupt_all(study, in_flight, stopped_by)
                 self._finish_summary(study)
+
+    def _auto_par(self, pool: WorkerPool) -> int:
+        """Derive the worker cap (``par=auto``) and start the workers it allows."""
+        mem = self._cfg.study.memory
+        par, why = auto_par(
+            self._devices,
+            self._gate,
+            self._ram,
+            self._cfg.study.space,
+            (list(mem.scaling), memory_groups(self._cfg)),
+            int(self._cfg.memory.max_par),
+        )
+        logger.info("%s", why)
+        pool.grow(par, self._worker_spec(par))
+        return par
 
     def _worker_spec(self, par: int) -> WorkerSpec:
         from omegaconf import OmegaConf
@@ -157,18 +199,34 @@ class Supervisor:
         storage = self._open_storage()
         self._beats = Heartbeats(storage, float(self._cfg.faults.heartbeat_interval_s))
         self._reaper = Reaper(storage, float(self._cfg.faults.grace_period_s))
-        self._gate = gate = build_gate(self._cfg, open_devices(self._cfg))
+        self._devices = devices = open_devices(self._cfg)
+        self._gate = gate = self._gate_factory(self._cfg, devices)
+        mem = self._cfg.memory
+        self._admission = AdmissionScheduler(
+            devices, float(mem.margin_frac), context_bytes(devices), pack=bool(mem.pack)
+        )
+        self._ram = RamBudget(
+            list(self._cfg.study.memory.scaling),
+            memory_groups(self._cfg),
+            float(mem.trial_ram_gib),
+            float(mem.margin_frac),
+        )
         constraints = {"constraints_func": gate.constraints} if gate.active else {}
         study = optuna.create_study(
             study_name=self._cfg.study.name,
             storage=storage,
-            sampler=instantiate_sampler(self._cfg, **constraints),
+            sampler=feasible_sampler(instantiate_sampler(self._cfg, **constraints), gate),
             pruner=instantiate_pruner(self._cfg),
             direction=self._cfg.study.direction,
             load_if_exists=True,
         )
+        earlier = study.get_trials(deepcopy=False)
+        for trial in earlier:  # what RAM and how long trials of each kind took
+            attrs = trial.user_attrs
+            self._ram.observe(trial.params, attrs)
+            self._durations.observe(trial.params, attrs)
         if gate.active:
-            learned = gate.observe_trials(study.get_trials(deepcopy=False))
+            learned = gate.observe_trials(earlier)
             logger.info(
                 "memory: budget %.0f MiB per trial; learned from %d earlier trials",
                 (gate.budget_bytes or 0) / 2**20,
@@ -191,11 +249,10 @@ class Supervisor:
         rec = self._recorder
         while not self._signals.stop_now:
             busy = sum(w.assignment is not None for w in pool.workers)
-            idle = [w for w in pool.workers if w.idle]
+            idle = any(w.idle for w in pool.workers)
             if not self._signals.draining and idle and rec.done + busy < self._target:
                 rec.done = max(rec.done, study._storage.get_n_trials(study._study_id, FINISHED))
-                for worker in idle[: max(0, self._target - rec.done - busy)]:
-                    self._launch(study, pool, worker)
+                self._schedule(study, pool)
             elif busy == 0 and (self._signals.draining or rec.done >= self._target):
                 self._summary.interrupted = self._signals.draining
                 return
@@ -210,59 +267,6 @@ class Supervisor:
             self._keep_alive(study, pool)
         self._summary.interrupted = True
 
-    # --- the launch path: ask a trial, then dispatch it ---------------------------------------
-
-    def _launch(self, study: optuna.Study, pool: WorkerPool, worker: WorkerHandle) -> None:
-        """Ask Optuna for the next trial (a queued retry first) and dispatch it to ``worker``."""
-        trial = self._ask(study)
-        if isinstance(study.pruner, PatientHyperbandPruner):  # for `hpo stats` by bracket
-            bracket = study.pruner.bracket_of(study, trial)
-            study._storage.set_trial_user_attr(trial._trial_id, "bracket", bracket)
-        assert self._gate is not None
-        admission = self._gate.check(trial.params)
-        attrs = admission.attrs()
-        if admission.kind is AdmissionKind.PRE_PRUNE:
-            assignment = Assignment(trial._trial_id, trial.number, None)
-            self._recorder.record(
-                study, assignment, EndReason.MEMORY_ESTIMATE, None, attrs, admission.reason
-            )
-            return
-        for key, value in attrs.items():
-            study._storage.set_trial_user_attr(trial._trial_id, key, value)
-        self._params[trial.number] = dict(trial.params)
-        self._dispatch(study, pool, worker, trial)
-
-    def _ask(self, study: optuna.Study) -> optuna.Trial:
-        """The next trial, marked as this supervisor's at once (see :mod:`hpo.reaper`)."""
-        while True:
-            with warnings.catch_warnings():  # hpo records the heartbeats of ask/tell trials
-                warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
-                trial = study.ask(self._space)
-            try:
-                for key, value in owner_attrs().items():
-                    study._storage.set_trial_user_attr(trial._trial_id, key, value)
-            except UpdateFinishedTrialError:  # another node's reaper took it for an orphan
-                logger.warning("trial %d was reaped before it started; asking again", trial.number)
-                continue
-            assert self._beats is not None
-            self._beats.beat([trial._trial_id])
-            return trial
-
-    def _dispatch(
-        self, study: optuna.Study, pool: WorkerPool, worker: WorkerHandle, trial: optuna.Trial
-    ) -> None:
-        """Record the worker and the checkpoint directory of ``trial``, send it to ``worker``."""
-        storage = study._storage
-        checkpoint_dir = self._checkpoints.dir_for(trial)
-        attrs: dict[str, Any] = {"worker_pid": worker.pid}
-        if checkpoint_dir is not None:
-            attrs[DIR_ATTR] = checkpoint_dir
-        for key, value in attrs.items():
-            storage.set_trial_user_attr(trial._trial_id, key, value)
-        logger.debug("trial %d -> worker %d: %s", trial.number, worker.pid, describe(trial.params))
-        # A dead pipe shows up as DIED in the next poll.
-        pool.assign(worker, Assignment(trial._trial_id, trial.number, checkpoint_dir))
-
     # --- events ---------------------------------------------------------------------------------
 
     def _on_outcome(
@@ -276,6 +280,7 @@ class Supervisor:
             )
             return
         worker.trials_done += 1
+        self._release(outcome.trial_number)
         self._recorder.record(
             study, assignment, outcome.end_reason, outcome.value, outcome.attrs, outcome.message
         )
@@ -296,6 +301,8 @@ class Supervisor:
             return
         attrs = {"end_reason": outcome.end_reason.value, **outcome.attrs}
         self._gate.observe(params, attrs)
+        self._ram.observe(params, attrs)
+        self._durations.observe(params, attrs)
         if outcome.end_reason is EndReason.OOM and self._cfg.memory.oom_retry_halved_batch:
             retry_with_half_batch(study, outcome.trial_number, params, self._cfg.study.space)
 
@@ -331,6 +338,7 @@ class Supervisor:
             "error": error,
         }
         assignment, worker.assignment = worker.assignment, None
+        self._release(assignment.trial_number)
         self._params.pop(assignment.trial_number, None)  # nothing measured to learn from
         self._recorder.record(study, assignment, reason, None, attrs, error)
 
@@ -345,6 +353,7 @@ class Supervisor:
     def _keep_alive(self, study: optuna.Study, pool: WorkerPool) -> None:
         """Heartbeats for the running trials; now and then, reap other supervisors' orphans."""
         running = [w.assignment.trial_id for w in pool.workers if w.assignment is not None]
+        running += [item.trial._trial_id for item in self._backlog.items]
         assert self._beats is not None
         self._beats.beat(running)
         if time.monotonic() >= self._next_reap:
@@ -356,20 +365,27 @@ class Supervisor:
         for trial_id, _, why in self._reaper.find(study, exclude):
             self._recorder.reap(study, trial_id, why)
 
-    def _record_interrupted(self, study: optuna.Study, worker: WorkerHandle, why: str) -> None:
-        assert worker.assignment is not None
-        attrs = {
-            "worker_pid": worker.pid,
-            "duration_s": round(time.monotonic() - worker.started_at, 3),
-        }
+    def _record_interrupted(
+        self, study: optuna.Study, assignment: Assignment, attrs: dict[str, Any], why: str
+    ) -> None:
         try:
-            self._recorder.record(
-                study, worker.assignment, EndReason.INTERRUPTED, None, attrs, why
-            )
+            self._recorder.record(study, assignment, EndReason.INTERRUPTED, None, attrs, why)
         except Exception as e:  # the study is being torn down; say what was left
-            logger.error(
-                "could not record trial %d as interrupted: %s", worker.assignment.trial_number, e
-            )
+            logger.error("could not record trial %d as interrupted: %s", assignment.trial_number, e)
+
+    def _interrupt_all(self, study: optuna.Study, in_flight: list[WorkerHandle], why: str) -> None:
+        """Record the running trials, and those still waiting for memory, as interrupted."""
+        now = time.monotonic()
+        for worker in in_flight:
+            assert worker.assignment is not None
+            attrs = {"worker_pid": worker.pid, "duration_s": round(now - worker.started_at, 3)}
+            self._record_interrupted(study, worker.assignment, attrs, why)
+        for item in self._backlog.items:
+            trial = item.trial
+            attrs = {"admit_wait_s": round(now - item.since, 3)}
+            assignment = Assignment(trial._trial_id, trial.number, None)
+            self._record_interrupted(study, assignment, attrs, f"{why} (before it started)")
+        self._backlog.items.clear()
 
     def _finish_summary(self, study: optuna.Study) -> None:
         self._summary.finished = len(study.get_trials(deepcopy=False, states=FINISHED))
@@ -380,3 +396,4 @@ class Supervisor:
             self._checkpoints.sweep(study)
         except OSError as e:
             logger.warning("could not clean up checkpoints: %s", e)
+

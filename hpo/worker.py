@@ -104,7 +104,7 @@ def _serve(conn: Connection, spec: WorkerSpec, objective: Any) -> None:
         if not isinstance(msg, Assignment):
             return
         if runner is None:
-            runner = _make_runner(spec, objective)
+            runner = _make_runner(spec, objective, msg.device)
         outcome = runner.run(msg)
         try:
             conn.send(outcome)
@@ -114,7 +114,8 @@ def _serve(conn: Connection, spec: WorkerSpec, objective: Any) -> None:
             return
 
 
-def _make_runner(spec: WorkerSpec, objective: Any) -> Any:
+def _make_runner(spec: WorkerSpec, objective: Any, placed: str | None) -> Any:
+    """The runner of this worker, bound to the device admission ``placed`` its first trial on."""
     import optuna
     from omegaconf import OmegaConf
 
@@ -133,9 +134,20 @@ def _make_runner(spec: WorkerSpec, objective: Any) -> Any:
         sampler=sampler,
         pruner=instantiate_pruner(cfg),
     )
-    device = resolve_device(cfg.study.device)
-    attach_worker(cfg, device)
-    return TrialRunner(study, objective, cfg, device)
+    label = placed or resolve_device(cfg.study.device)
+    device = bind_cuda(label) if label.startswith("cuda:") else label
+    attach_worker(cfg, label)
+    return TrialRunner(study, objective, cfg, device, label=label)
+
+
+def bind_cuda(label: str) -> str:
+    """Make GPU ``label`` (``cuda:N``, numbered as NVML sees them) this process's only visible
+    GPU, before CUDA starts; returns the device name torch then uses for it (``cuda:0``)."""
+    index = int(label.split(":", 1)[1])
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [v.strip() for v in visible.split(",")] if visible else None
+    os.environ["CUDA_VISIBLE_DEVICES"] = ids[index] if ids and index < len(ids) else str(index)
+    return "cuda:0"
 
 
 def _exit_with_parent() -> None:

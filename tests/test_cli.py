@@ -15,7 +15,7 @@ from tests.conftest import hpo_cmd, run_hpo
     [
         (["study=nope"], "unknown study 'nope'"),
         (["pruner=nope"], "unknown pruner 'nope'"),
-        (["study=toy", "par=0"], "par must be >= 1, got 0"),
+        (["study=toy", "par=0"], "par must be an integer >= 1 or 'auto', got 0"),
         (
             ["study=toy", "study.objective=hpo.no_such_module:objective"],
             "cannot import objective 'hpo.no_such_module:objective'",

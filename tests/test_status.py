@@ -83,3 +83,17 @@ def test_status_user_mistakes_exit_2(tmp_path: Path, args: list[str], message: s
     result = run_look(tmp_path, "status", "--once", "study=toy", *args)
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_status_shows_a_trial_waiting_for_memory(tmp_path: Path) -> None:
+    import optuna
+
+    db = make_toy_study(tmp_path)
+    study = optuna.load_study(study_name="toy", storage=f"sqlite:///{db}")
+    waiting = study.ask()  # asked by the supervisor, not yet admitted: no worker_pid
+    waiting.set_user_attr("vram_reserved_mib", 1234.0)
+    result = run_look(tmp_path, "status", "--once", "study=toy", f"storage.dir={db.parent}",
+                      "study.n_trials=16")
+    assert result.returncode == 0, result.stderr
+    line = [ln for ln in result.stdout.splitlines() if "waiting" in ln]
+    assert line and str(waiting.number) in line[0] and "1234" in line[0]

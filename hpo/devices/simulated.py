@@ -64,6 +64,7 @@ class SimulatedGpu(Device):
         self._allocated = 0  # bytes this process allocated (without its context)
         self._peak_allocated = 0
         self._touched = False
+        self._limit: int | None = None  # this process's cap on the card, context included
 
     @property
     def label(self) -> str:
@@ -93,6 +94,13 @@ class SimulatedGpu(Device):
             mine = entries.get(str(os.getpid()), {"bytes": 0, "util": 0.0})
             extra = nbytes + (0 if self._touched else self._context)
             used = sum(e["bytes"] for e in entries.values())
+            own = self._context + self._allocated + nbytes
+            if self._limit is not None and own > self._limit:
+                raise SimulatedOutOfMemoryError(
+                    f"CUDA out of memory (simulated {self.label}, per-process limit). Tried to "
+                    f"allocate {nbytes / MIB:.2f} MiB; this process may hold "
+                    f"{self._limit / MIB:.2f} MiB and holds {(own - nbytes) / MIB:.2f} MiB"
+                )
             if used + extra > self._capacity:
                 free = max(0, self._capacity - used)
                 raise SimulatedOutOfMemoryError(
@@ -116,6 +124,12 @@ class SimulatedGpu(Device):
         with self._locked() as entries:
             mine = entries.setdefault(str(os.getpid()), {"bytes": 0, "util": 0.0})
             mine["bytes"] = self._context + self._allocated
+
+    def set_limit(self, nbytes: int | None) -> None:
+        """Cap what this process may hold on the card (like a per-process memory fraction)."""
+        if nbytes is not None and nbytes <= 0:
+            raise ValueError(f"limit must be > 0 bytes, got {nbytes}")
+        self._limit = nbytes
 
     def set_demand(self, utilization: float) -> None:
         """This process's compute demand while it runs (0 = idle, 1 = the whole card)."""

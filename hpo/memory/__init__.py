@@ -25,6 +25,7 @@ __all__ = [
     "Observation",
     "Prior",
     "build_gate",
+    "context_bytes",
     "memory_groups",
     "retry_with_half_batch",
 ]
@@ -43,11 +44,19 @@ def memory_groups(cfg: DictConfig) -> list[str]:
     return [n for n, d in cfg.study.space.items() if d.type == "categorical" and n not in scaling]
 
 
+def context_bytes(devices: Sequence[Device]) -> int:
+    """Device memory a worker process holds once it touched a device (0 without device memory)."""
+    from hpo.devices import SimulatedGpu
+
+    sims = [d for d in devices if isinstance(d, SimulatedGpu)]
+    if sims:
+        return sims[0].context_bytes
+    return DEFAULT_CUDA_CONTEXT_BYTES if any(d.has_memory for d in devices) else 0
+
+
 def build_gate(cfg: DictConfig, devices: Sequence[Device]) -> MemoryGate:
     """The study's gate: budget from the devices, prior traced when there is device memory."""
     from omegaconf import OmegaConf
-
-    from hpo.devices import SimulatedGpu
 
     mem = cfg.memory
     scaling, groups = list(cfg.study.memory.scaling), memory_groups(cfg)
@@ -56,8 +65,7 @@ def build_gate(cfg: DictConfig, devices: Sequence[Device]) -> MemoryGate:
     if has_memory:
         container = OmegaConf.to_container(cfg, resolve=True)
         prior = build_prior(container, scaling, groups, float(mem.trace_timeout_s))  # type: ignore[arg-type]
-    sims = [d for d in devices if isinstance(d, SimulatedGpu)]
-    context = sims[0].context_bytes if sims else (DEFAULT_CUDA_CONTEXT_BYTES if has_memory else 0)
+    context = context_bytes(devices)
     return MemoryGate(
         devices,
         scaling,

@@ -1,0 +1,295 @@
+"""Packing trials onto a GPU: memory-aware admission against fixed PAR and an oracle.
+
+``python -m bench.packing --workload FILE --trials N --json OUT``
+
+Runs the real supervisor (worker processes, SQLite, the simulated card of the workload file,
+time scaled by ``--time-scale``) once per policy, on the same random sample of configurations:
+
+- ``par1`` … ``par4``: memory-blind fixed PAR, as the seeds ran: a trial starts whenever a
+  worker is idle, whatever else runs, so co-located trials can run out of memory and are lost;
+- ``aware``: hpo's admission (``memory.pack=true``, cap 8) with what its estimator learns;
+- ``oracle``: the same admission told the true memory of every configuration.
+
+Every policy skips configurations that cannot fit even alone on the card (the seeds' static
+threshold), here from the workload's ground truth. Per policy it reports trials per
+(simulated) hour (completed or pruned by the pruner), OOM crashes, useful GPU work (GPU-seconds
+of compute in those trials per wall-second; 1.0 is the card's limit), the card's busy fraction
+and memory packing (held / capacity), both time-averaged from a sampler of the card's ledger.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sqlite3
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from hpo.config import compose
+from hpo.devices import GIB, MIB, Device, SimulatedGpu
+from hpo.errors import HpoError
+from hpo.memory import Admission, AdmissionKind, Estimate, MemoryGate, build_gate
+from hpo.sim import load_workload
+from hpo.sim.objective import GPU_SECONDS_ATTR
+from hpo.supervisor import Supervisor
+
+POLICIES = ("par1", "par2", "par3", "par4", "aware", "oracle")
+AWARE_CAP = 8
+
+
+class TruthGate:
+    """A gate that skips what cannot fit alone by the workload's truth (every policy), and for
+    the oracle also estimates every trial by its true footprint; otherwise hpo's own gate."""
+
+    def __init__(self, inner: MemoryGate, workload: Any, oracle: bool) -> None:
+        self._inner, self._wl, self._oracle = inner, workload, oracle
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def true_upper(self, params: dict[str, Any]) -> float:
+        peak = self._wl.peak_bytes(params) * (1 + self._wl.noise_frac)
+        return peak + self._wl.device.context_gib * GIB
+
+    def check(self, params: dict[str, Any]) -> Admission:
+        budget = self._inner.budget_bytes
+        upper = self.true_upper(params)
+        if upper > budget:
+            why = f"cannot fit alone: {upper / MIB:.0f} MiB > {budget / MIB:.0f} MiB (threshold)"
+            return Admission(AdmissionKind.PRE_PRUNE, why, None, budget)
+        if self._oracle:
+            point = float(self._wl.footprint_bytes(params))
+            return Admission(
+                AdmissionKind.ADMIT, "oracle", Estimate(point, upper, "oracle", 0), budget
+            )
+        return self._inner.check(params)
+
+
+class CardSampler(threading.Thread):
+    """Reads the simulated cards' ledgers every ``interval_s``: memory held and demand."""
+
+    def __init__(self, devices: list[SimulatedGpu], interval_s: float = 0.02) -> None:
+        super().__init__(daemon=True, name="card-sampler")
+        self._devices, self._interval = devices, interval_s
+        self.samples: list[tuple[float, float, float]] = []  # (time, held frac, busy frac)
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.wait(self._interval):
+            held = busy = 0.0
+            for device in self._devices:
+                snap = device.snapshot()
+                held += (snap.used_bytes or 0) / device.capacity_bytes
+                busy += min(1.0, snap.utilization or 0.0)
+            n = len(self._devices)
+            self.samples.append((time.monotonic(), held / n, busy / n))
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join()
+
+    def averages(self, start: float, end: float) -> tuple[float, float]:
+        window = [(h, b) for t, h, b in self.samples if start <= t <= end]
+        if not window:
+            return 0.0, 0.0
+        return sum(h for h, _ in window) / len(window), sum(b for _, b in window) / len(window)
+
+
+def run_policy(policy: str, args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    """One study under ``policy``; its metrics."""
+    workdir = root / policy
+    par = AWARE_CAP if policy in ("aware", "oracle") else int(policy.removeprefix("par"))
+    cfg = compose(
+        [
+            "study=simulated",
+            f"study.name=packing-{policy}",
+            f"study.workload={args.workload}",
+            f"study.n_trials={args.trials}",
+            f"study.time_scale={args.time_scale}",
+            "sampler=random",
+            f"sampler.seed={args.seed}",
+            f"par={par}",
+            f"memory.pack={str(policy in ('aware', 'oracle')).lower()}",
+            f"storage.dir={workdir}",
+            "faults.recycle_after=0",
+            "max_failures_in_a_row=1000000",  # blind PAR loses trials to OOM; keep going
+            "log_level=WARNING",
+            *args.override,
+        ]
+    )
+    workload = load_workload(str(cfg.study.workload))
+
+    def gate(cfg: Any, devices: list[Device]) -> Any:
+        return TruthGate(build_gate(cfg, devices), workload, oracle=policy == "oracle")
+
+    from hpo.devices import open_devices
+
+    cards = [d for d in open_devices(cfg) if isinstance(d, SimulatedGpu)]
+    sampler = CardSampler(cards)
+    sampler.start()
+    try:
+        Supervisor(cfg, poll_s=0.05, gate_factory=gate).run()
+    finally:
+        sampler.stop()
+    db = workdir / f"packing-{policy}.db"
+    row = measure(db, sampler, float(cfg.study.time_scale))
+    row["by_family"] = by_family(db, f"packing-{policy}", workload.family_param)
+    return row
+
+
+def measure(db: Path, sampler: CardSampler, time_scale: float) -> dict[str, Any]:
+    """The policy's metrics from its trials and the card samples of its busy window."""
+    con = sqlite3.connect(db)
+    rows = con.execute(
+        """SELECT t.trial_id, t.datetime_start, t.datetime_complete,
+                  MAX(CASE WHEN a.key = 'end_reason' THEN a.value_json END),
+                  MAX(CASE WHEN a.key = ? THEN a.value_json END)
+           FROM trials t LEFT JOIN trial_user_attributes a ON a.trial_id = t.trial_id
+           GROUP BY t.trial_id""",
+        (GPU_SECONDS_ATTR,),
+    ).fetchall()
+    con.close()
+    reasons = [json.loads(r[3]) if r[3] else None for r in rows]
+    useful = [r for r, why in zip(rows, reasons, strict=True) if why in ("complete", "pruned")]
+    ran = [r for r, why in zip(rows, reasons, strict=True) if why != "memory_estimate"]
+    start = min(_ts(r[1]) for r in ran)
+    end = max(_ts(r[2]) for r in ran if r[2])
+    wall = end - start
+    gpu_s = sum(float(json.loads(r[4])) for r in useful if r[4])
+    mono_now, wall_now = time.monotonic(), time.time()
+    held, busy = sampler.averages(mono_now - (wall_now - start), mono_now - (wall_now - end))
+    return {
+        "trials_per_hour": round(len(useful) / (wall / time_scale) * 3600, 1),
+        "useful_trials": len(useful),
+        "oom_crashes": reasons.count("oom"),
+        "skipped": reasons.count("memory_estimate"),
+        "useful_gpu_frac": round(gpu_s / wall, 3),
+        "gpu_busy_frac": round(busy, 3),
+        "mem_packing_frac": round(held, 3),
+        "wall_s": round(wall, 1),
+    }
+
+
+def by_family(db: Path, study_name: str, family_param: str) -> dict[str, dict[str, int]]:
+    """Per model family: trials that ran to a result, and trials lost to OOM."""
+    import optuna
+
+    study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{db}")
+    out: dict[str, dict[str, int]] = {}
+    for trial in study.get_trials(deepcopy=False):
+        family = str(trial.params.get(family_param))
+        reason = trial.user_attrs.get("end_reason")
+        row = out.setdefault(family, {"useful": 0, "oom": 0})
+        if reason in ("complete", "pruned"):
+            row["useful"] += 1
+        elif reason == "oom":
+            row["oom"] += 1
+    return dict(sorted(out.items()))
+
+
+def _ts(text: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(text).timestamp()
+
+
+def summarise(policies: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    fixed = [p for p in POLICIES[:4] if p in policies]
+    safe = [p for p in fixed if policies[p]["oom_crashes"] == 0]
+    best_safe = max(safe, key=lambda p: int(p[3:])) if safe else None
+    out: dict[str, Any] = {"best_safe_fixed_par": int(best_safe[3:]) if best_safe else None}
+    aware = policies.get("aware")
+
+    def ratio(key: str, other: str | None) -> float | None:
+        if aware is None or other not in policies or not policies[other][key]:
+            return None
+        return round(aware[key] / policies[other][key], 3)
+
+    out["aware_vs_oracle"] = ratio("useful_gpu_frac", "oracle")
+    out["aware_vs_par2"] = ratio("useful_gpu_frac", "par2")
+    out["aware_vs_best_safe"] = ratio("trials_per_hour", best_safe)
+    return out
+
+
+def print_table(result: dict[str, Any]) -> None:
+    cols = (
+        "trials_per_hour",
+        "oom_crashes",
+        "useful_gpu_frac",
+        "gpu_busy_frac",
+        "mem_packing_frac",
+        "wall_s",
+    )
+    print(f"{'policy':8}" + "".join(f"{c:>18}" for c in cols))
+    for name, row in result["policies"].items():
+        print(f"{name:8}" + "".join(f"{row[c]:>18}" for c in cols))
+    print("useful / lost to OOM, by family:")
+    for name, row in result["policies"].items():
+        fams = "  ".join(f"{f} {v['useful']}/{v['oom']}" for f, v in row["by_family"].items())
+        print(f"  {name:8}{fams}")
+    for key in ("best_safe_fixed_par", "aware_vs_oracle", "aware_vs_par2", "aware_vs_best_safe"):
+        print(f"{key}: {result[key]}")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.packing", description=__doc__.split("\n")[0])
+    p.add_argument("--workload", default="bench/workloads/criteria24.yaml", help="workload YAML")
+    p.add_argument("--trials", type=int, default=150, help="trials per policy (default 150)")
+    p.add_argument("--json", dest="json_out", help="write the results here")
+    p.add_argument("--time-scale", type=float, default=0.05, help="wall s per simulated s")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random sampler")
+    p.add_argument("--policies", default=",".join(POLICIES), help="comma-separated subset")
+    p.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra config override for every policy (repeatable)",
+    )
+    p.add_argument("--keep", help="keep each policy's study here (default: a temporary folder)")
+    args = p.parse_args(argv)
+    args.workload = str(Path(args.workload).resolve())
+    unknown = set(args.policies.split(",")) - set(POLICIES)
+    if unknown:
+        p.error(f"--policies: unknown {', '.join(sorted(unknown))} (known: {', '.join(POLICIES)})")
+    if args.trials < 1:
+        p.error(f"--trials must be >= 1, got {args.trials}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    try:
+        load_workload(args.workload)
+    except HpoError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    result: dict[str, Any] = {
+        "workload": args.workload,
+        "trials": args.trials,
+        "time_scale": args.time_scale,
+        "seed": args.seed,
+        "policies": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="hpo-packing-") as tmp:
+        root = Path(args.keep or tmp)
+        for policy in args.policies.split(","):
+            t0 = time.monotonic()
+            result["policies"][policy] = run_policy(policy, args, root)
+            row = result["policies"][policy]
+            print(f"{policy}: {row} ({time.monotonic() - t0:.0f} s)", file=sys.stderr)
+    result.update(summarise(result["policies"]))
+    print_table(result)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""The supervisor's launch path: ask trials, admit them by memory, dispatch them to workers.
+
+:class:`LaunchPath` is the part of :class:`~hpo.supervisor.Supervisor` that starts trials. Asked
+trials wait in a :class:`~hpo.backlog.Backlog` until :class:`~hpo.admission.AdmissionScheduler`
+places them on a device (oldest first, then the largest that fit: backfill), the host's RAM
+allows them (:class:`~hpo.ram.RamBudget`), and an idle worker takes them; a trial the memory
+gate can never fit is pre-pruned at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from typing import Any
+
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+
+from hpo.admission import AdmissionScheduler, Decision, Placement, Slot
+from hpo.backlog import Backlog, Waiting, offer
+from hpo.checkpoint import DIR_ATTR, CheckpointStore
+from hpo.devices import MIB, Device
+from hpo.durations import DurationModel
+from hpo.memory import AdmissionKind, MemoryGate
+from hpo.outcome import Assignment, EndReason
+from hpo.pool import WorkerHandle, WorkerPool
+from hpo.pruners import PatientHyperbandPruner
+from hpo.ram import RamBudget
+from hpo.reaper import Heartbeats, owner_attrs
+from hpo.recorder import TrialRecorder
+from hpo.space import describe
+
+logger = logging.getLogger("hpo.supervisor")
+
+
+class LaunchPath:
+    """Starting trials; the state it uses is the supervisor's (set in its constructor)."""
+
+    _target: int
+    _recorder: TrialRecorder
+    _gate: MemoryGate | None
+    _admission: AdmissionScheduler
+    _ram: RamBudget
+    _durations: DurationModel
+    _backlog: Backlog
+    _bound: dict[WorkerHandle, int | None]
+    _devices: list[Device]
+    _params: dict[int, dict[str, Any]]
+    _checkpoints: CheckpointStore
+    _beats: Heartbeats | None
+
+    def _schedule(self, study: optuna.Study, pool: WorkerPool) -> None:
+        """Start waiting trials that fit now (the oldest, then the largest first), then ask new
+        ones for idle workers, never more than the target needs (running and waiting count)."""
+        backlog = self._backlog
+
+        def act(item: Waiting, placement: Placement) -> bool:
+            return self._act(study, pool, item, placement)
+
+        head, rest = backlog.items[:1], backlog.items[1:]
+        for item in head + sorted(rest, key=_upper, reverse=True):
+            if not any(w.idle for w in pool.workers):
+                return
+            duration = self._durations.predict(item.params)
+            offer(backlog, self._admission, item, self._slots(pool), act, duration)
+        busy = sum(w.assignment is not None for w in pool.workers)
+        room = self._target - self._recorder.done - busy - len(backlog)
+        while any(w.idle for w in pool.workers) and room > 0 and backlog.may_ask():
+            new = self._ask_admissible(study)
+            room -= 1
+            if new is None:  # pre-pruned: it finished, ask again
+                continue
+            backlog.add(new)
+            duration = self._durations.predict(new.params)
+            placement = offer(backlog, self._admission, new, self._slots(pool), act, duration)
+            if placement.decision is not Decision.ADMIT:
+                return  # it waits for memory; the next event may free some
+
+    def _ask_admissible(self, study: optuna.Study) -> Waiting | None:
+        """Ask Optuna for the next trial; None if the memory gate pre-pruned it (recorded)."""
+        trial = self._ask(study)
+        if isinstance(study.pruner, PatientHyperbandPruner):  # for `hpo stats` by bracket
+            bracket = study.pruner.bracket_of(study, trial)
+            study._storage.set_trial_user_attr(trial._trial_id, "bracket", bracket)
+        assert self._gate is not None
+        admission = self._gate.check(trial.params)
+        attrs = admission.attrs()
+        if admission.kind is AdmissionKind.PRE_PRUNE:
+            logger.info("trial %d: pre_prune (%s)", trial.number, admission.reason)
+            assignment = Assignment(trial._trial_id, trial.number, None)
+            self._recorder.record(
+                study, assignment, EndReason.MEMORY_ESTIMATE, None, attrs, admission.reason
+            )
+            return None
+        for key, value in attrs.items():
+            study._storage.set_trial_user_attr(trial._trial_id, key, value)
+        return Waiting(trial, dict(trial.params), admission.estimate)
+
+    def _act(
+        self, study: optuna.Study, pool: WorkerPool, item: Waiting, placement: Placement
+    ) -> bool:
+        """Start ``item`` if admission admitted it and its RAM fits; else log why it waits."""
+        worker = placement.worker
+        if placement.decision is Decision.ADMIT:
+            ram_ok, why = self._ram.fits(item.params, worker.pid)
+            alone = not any(w.assignment is not None for w in pool.workers)
+            if not ram_ok and alone:  # waiting would not free any: run it, and say so
+                logger.warning("trial %d starts alone although it %s", item.trial.number, why)
+            elif not ram_ok:
+                placement = Placement(Decision.WAIT, why)
+        if placement.decision is not Decision.ADMIT:
+            for idle in placement.reclaim:
+                pool.retire(idle)
+            if placement.reason != item.last_reason:
+                logger.info("trial %d: wait (%s)", item.trial.number, placement.reason)
+                item.last_reason = placement.reason
+            return False
+        waited = time.monotonic() - item.since
+        logger.info("trial %d: admit (%s)", item.trial.number, placement.reason)
+        trial = item.trial
+        expected = self._durations.predict(item.params)
+        ends_at = math.inf if expected is None else time.monotonic() + expected
+        self._admission.books.hold(trial.number, placement, ends_at)
+        self._ram.hold(trial.number, item.params, worker.pid)
+        self._bound[worker] = placement.device
+        attrs = {"admit_wait_s": round(waited, 3)}
+        if self._admission.packing:
+            attrs["vram_reserved_mib"] = round(
+                (placement.reserve_bytes + self._admission.books.context_bytes) / MIB, 1
+            )
+        for key, value in attrs.items():
+            study._storage.set_trial_user_attr(trial._trial_id, key, value)
+        self._params[trial.number] = item.params
+        label = None if placement.device is None else self._devices[placement.device].label
+        self._dispatch(study, pool, worker, trial, label, placement.cap_bytes)
+        return True
+
+    def _slots(self, pool: WorkerPool) -> list[Slot]:
+        """The workers as admission sees them; recycled ones still hold their contexts."""
+        retiring = pool.retiring
+        self._bound = {w: d for w, d in self._bound.items() if w in pool.workers or w in retiring}
+        live = [Slot(w, w.idle, self._bound.get(w)) for w in pool.workers]
+        return live + [Slot(w, False, self._bound.get(w)) for w in retiring]
+
+    def _release(self, trial_number: int) -> None:
+        """The trial's reservations end with it."""
+        self._admission.books.release(trial_number)
+        self._ram.release(trial_number)
+
+    def _ask(self, study: optuna.Study) -> optuna.Trial:
+        """The next trial, marked as this supervisor's at once (see :mod:`hpo.reaper`)."""
+        while True:
+            with warnings.catch_warnings():  # hpo records the heartbeats of ask/tell trials
+                warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
+                trial = study.ask(self._space)
+            try:
+                for key, value in owner_attrs().items():
+                    study._storage.set_trial_user_attr(trial._trial_id, key, value)
+            except UpdateFinishedTrialError:  # another node's reaper took it for an orphan
+                logger.warning("trial %d was reaped before it started; asking again", trial.number)
+                continue
+            assert self._beats is not None
+            self._beats.beat([trial._trial_id])
+            return trial
+
+    def _dispatch(
+        self,
+        study: optuna.Study,
+        pool: WorkerPool,
+        worker: WorkerHandle,
+        trial: optuna.Trial,
+        device: str | None,
+        cap_bytes: int | None,
+    ) -> None:
+        """Record the worker and the checkpoint directory of ``trial``, send it to ``worker``."""
+        storage = study._storage
+        checkpoint_dir = self._checkpoints.dir_for(trial)
+        attrs: dict[str, Any] = {"worker_pid": worker.pid}
+        if checkpoint_dir is not None:
+            attrs[DIR_ATTR] = checkpoint_dir
+        for key, value in attrs.items():
+            storage.set_trial_user_attr(trial._trial_id, key, value)
+        logger.debug("trial %d -> worker %d: %s", trial.number, worker.pid, describe(trial.params))
+        # A dead pipe shows up as DIED in the next poll.
+        assignment = Assignment(trial._trial_id, trial.number, checkpoint_dir, device, cap_bytes)
+        pool.assign(worker, assignment)
+
+
+def _upper(item: Waiting) -> float:
+    return math.inf if item.estimate is None else item.estimate.upper_bytes

@@ -1,0 +1,207 @@
+"""Packing with the real supervisor: simulated cards, worker processes, SQLite.
+
+Never over-commit a card while trials start and end side by side; the per-process cap turns an
+under-estimate into one ``oom`` trial; several cards; par=auto; and the benchmark's quick form.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+from hpo.config import compose
+from hpo.devices import GIB, MIB, SimulatedGpu, open_devices
+from hpo.memory import Admission, AdmissionKind, Estimate, build_gate
+from hpo.sim import load_workload
+from hpo.supervisor import Supervisor
+from tests.conftest import ROOT, run_hpo
+
+from .test_memory_gate import _trials
+
+WORKLOAD = ROOT / "bench" / "workloads" / "criteria24.yaml"
+
+
+def sim_cfg(tmp_path: Path, *extra: str) -> Any:
+    return compose(
+        [
+            "study=simulated",
+            f"storage.dir={tmp_path / '_optuna'}",
+            "study.time_scale=0.004",
+            "sampler=random",
+            "sampler.seed=1",
+            "log_level=WARNING",
+            *extra,
+        ]
+    )
+
+
+class Ledger(threading.Thread):
+    """Samples every card's ledger: the most held at once, and by how many processes."""
+
+    def __init__(self, cards: list[SimulatedGpu]) -> None:
+        super().__init__(daemon=True)
+        self.cards, self.max_used, self.max_trials = cards, 0, 0
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.wait(0.005):
+            for card in self.cards:
+                snap = card.snapshot()
+                self.max_used = max(self.max_used, snap.used_bytes or 0)
+            with_work = sum(e["bytes"] > card.context_bytes for e in _entries(self.cards[0]))
+            self.max_trials = max(self.max_trials, with_work)
+
+
+def _entries(card: SimulatedGpu) -> list[dict[str, Any]]:
+    with card._locked() as entries:
+        return list(entries.values())
+
+
+class TruthGate:
+    """The study's gate, but estimating every trial by the workload's truth, except
+    ``lie_about`` (a model family) whose estimate is ``lie_gib`` instead."""
+
+    def __init__(self, inner: Any, lie_about: str | None = None, lie_gib: float = 0.0) -> None:
+        self._inner, self._lie, self._lie_gib = inner, lie_about, lie_gib
+        self._wl = load_workload(str(WORKLOAD))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def check(self, params: dict[str, Any]) -> Admission:
+        budget = self._inner.budget_bytes
+        if params["model"] == self._lie:
+            upper = self._lie_gib * GIB
+        else:
+            upper = self._wl.footprint_bytes(params) * (1 + self._wl.noise_frac)
+        if upper > budget:
+            return Admission(AdmissionKind.PRE_PRUNE, "cannot fit", None, budget)
+        return Admission(AdmissionKind.ADMIT, "truth", Estimate(upper, upper, "truth", 3), budget)
+
+
+def test_a_packed_card_is_never_over_committed_and_runs_trials_side_by_side(
+    tmp_path: Path,
+) -> None:
+    cfg = sim_cfg(tmp_path, "par=6", "study.n_trials=30")
+    cards = [d for d in open_devices(cfg) if isinstance(d, SimulatedGpu)]
+    ledger = Ledger(cards)
+    ledger.start()
+    try:
+        summary = Supervisor(cfg, poll_s=0.05).run()
+    finally:
+        ledger.halt.set()
+        ledger.join()
+    assert summary.finished == 30
+    trials = _trials(tmp_path / "_optuna" / "simulated.db")
+    # A trial may only run out of memory at its own cap (alone, while nothing is known of
+    # its family), never because the card was over-committed.
+    assert all("per-process limit" in t["error"] for t in trials if t["end_reason"] == "oom")
+    assert ledger.max_used <= cards[0].capacity_bytes
+    assert ledger.max_trials >= 3  # packing happened: several trials held memory at once
+    ran = [t for t in trials if t["end_reason"] in ("complete", "pruned")]
+    assert all("admit_wait_s" in t and t["vram_reserved_mib"] > 512 for t in ran)
+
+
+def test_the_cap_turns_an_under_estimate_into_one_oom_and_spares_the_neighbours(
+    tmp_path: Path,
+) -> None:
+    cfg = sim_cfg(tmp_path, "par=4", "study.n_trials=6", "study.epochs=4")
+    (tmp_path / "_optuna").mkdir()
+    study = optuna.create_study(
+        study_name="simulated",
+        storage=f"sqlite:///{tmp_path / '_optuna' / 'simulated.db'}",
+        direction="maximize",
+    )
+    # large@32 holds ~19.9 GiB; admission is told 10 GiB, so three small trials join it.
+    # Without the cap the card would overflow and the neighbours would die with it.
+    study.enqueue_trial({"model": "large", "batch_size": 32, "lr": 1e-3})
+    for _ in range(6):
+        study.enqueue_trial({"model": "small", "batch_size": 64, "lr": 1e-3})
+
+    def gate(cfg: Any, devices: list[Any]) -> Any:
+        return TruthGate(build_gate(cfg, devices), lie_about="large", lie_gib=10.0)
+
+    Supervisor(cfg, poll_s=0.05, gate_factory=gate).run()
+    trials = _trials(tmp_path / "_optuna" / "simulated.db")
+    large = [t for t in trials if t["number"] == 0][0]
+    assert large["end_reason"] == "oom"
+    assert "per-process limit" in large["error"]
+    assert large["peak_vram_mib"] < 12 * 1024  # stopped at its cap, not at the card's end
+    others = [t for t in trials if t["number"] != 0]
+    assert [t["end_reason"] for t in others] == ["complete"] * 6
+    cap_mib = (10 * GIB + 0.05 * 24 * GIB) / MIB
+    assert large["vram_reserved_mib"] == pytest.approx(10 * 1024, abs=1)
+    assert large["peak_vram_mib"] <= cap_mib
+
+
+def test_two_cards_share_the_trials(tmp_path: Path) -> None:
+    text = WORKLOAD.read_text().replace("count: 1 ", "count: 2 ")
+    workload = tmp_path / "two.yaml"
+    workload.write_text(text.replace("capacity_gib: 24", "capacity_gib: 16"))
+    proc = run_hpo(
+        tmp_path,
+        "study=simulated",
+        f"study.workload={workload}",
+        f"storage.dir={tmp_path / '_optuna'}",
+        "study.time_scale=0.004",
+        "study.n_trials=24",
+        "par=auto",
+        "sampler=random",
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "par=auto -> " in proc.stderr + proc.stdout
+    trials = _trials(tmp_path / "_optuna" / "simulated.db")
+    devices = {t.get("device") for t in trials if t["end_reason"] in ("complete", "pruned")}
+    assert devices == {"sim:0", "sim:1"}
+    # What cannot fit a 16 GiB card may run out of memory at its own cap while nothing is
+    # known of its family; no trial ran out because a card was over-committed.
+    assert all("per-process limit" in t["error"] for t in trials if t["end_reason"] == "oom")
+
+
+@pytest.mark.parametrize("value", ["0", "two", "1.5"])
+def test_a_bad_par_is_one_line_and_exit_2(tmp_path: Path, value: str) -> None:
+    proc = run_hpo(tmp_path, "study=toy", f"storage.dir={tmp_path / '_optuna'}", f"par={value}")
+    assert proc.returncode == 2
+    assert "par must be an integer >= 1 or 'auto'" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "_optuna").exists()
+
+
+def test_the_packing_benchmark_quick_form(tmp_path: Path) -> None:
+    from bench import packing
+
+    out = tmp_path / "packing.json"
+    code = packing.main(
+        [
+            "--trials",
+            "12",
+            "--time-scale",
+            "0.004",
+            "--policies",
+            "par1,par3,aware,oracle",
+            "--json",
+            str(out),
+        ]
+    )
+    assert code == 0
+    result = json.loads(out.read_text())
+    for name in ("par1", "par3", "aware", "oracle"):
+        row = result["policies"][name]
+        assert set(row) >= {
+            "trials_per_hour",
+            "oom_crashes",
+            "useful_gpu_frac",
+            "gpu_busy_frac",
+            "mem_packing_frac",
+            "wall_s",
+        }
+        assert 0 < row["useful_gpu_frac"] <= 1.0 + 1e-6
+    assert result["policies"]["aware"]["oom_crashes"] == 0
+    assert result["policies"]["oracle"]["oom_crashes"] == 0
+    assert result["best_safe_fixed_par"] in (1, 3)
+    assert result["aware_vs_oracle"] is not None
