@@ -178,7 +178,12 @@ class Supervisor(LaunchPath):
             int(self._cfg.memory.max_par),
         )
         logger.info("%s", why)
-        pool.grow(par, self._worker_spec(par))
+        first = list(pool.workers)
+        spec = self._worker_spec(par)
+        pool.grow(par, spec)
+        if spec.threads != self._worker_spec(1).threads:
+            for worker in first:  # started with every CPU's threads: oversubscribed now
+                pool.retire(worker)
         return par
 
     def _worker_spec(self, par: int) -> WorkerSpec:
