@@ -87,7 +87,7 @@ class TruthGate:
 def test_a_packed_card_is_never_over_committed_and_runs_trials_side_by_side(
     tmp_path: Path,
 ) -> None:
-    cfg = sim_cfg(tmp_path, "par=6", "study.n_trials=30")
+    cfg = sim_cfg(tmp_path, "par=6", "study.n_trials=30", "study.time_scale=0.02")
     cards = [d for d in open_devices(cfg) if isinstance(d, SimulatedGpu)]
     ledger = Ledger(cards)
     ledger.start()
