@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from hpo.devices import simulated
+from hpo.memory import DEFAULT_CUDA_CONTEXT_BYTES
 from hpo.outcome import Assignment, EndReason, Outcome
 from hpo.probe import MemoryProbe
 from hpo.runtime import TrialContext, trial_context
@@ -26,7 +27,6 @@ logger = logging.getLogger(__name__)
 
 Objective = Callable[[optuna.Trial, "DictConfig"], float]
 
-CUDA_CONTEXT_BYTES = 512 * 1024 * 1024  # what a CUDA context holds outside torch's allocator
 _TRACEBACK_LINES = 12  # last lines of a traceback stored on a failed trial
 
 
@@ -56,7 +56,7 @@ class TrialRunner:
             checkpoint_dir=_make_dir(assignment.checkpoint_dir),
         )
         start = time.monotonic()
-        device_cap(assignment.mem_cap_bytes)
+        device_cap(self._device, assignment.mem_cap_bytes)
         with MemoryProbe() as probe, trial_context(ctx):
             reason, value, message = self._call(trial)
         _free_cached()
@@ -85,22 +85,22 @@ class TrialRunner:
         return EndReason.COMPLETE, float(value), None
 
 
-def device_cap(cap_bytes: int | None) -> None:
-    """Cap this process on its device at ``cap_bytes`` (context included) for the next trial:
+def device_cap(device: str, cap_bytes: int | None) -> None:
+    """Cap this process on ``device`` at ``cap_bytes`` (context included) for the next trial:
     an under-estimate then fails this trial with an OOM instead of its neighbours."""
     sim = simulated.active()
     if sim is not None:
         sim.set_limit(cap_bytes)
         return
     torch = sys.modules.get("torch")
-    if torch is None or not torch.cuda.is_available():
-        return
+    if not device.startswith("cuda") or torch is None or not torch.cuda.is_available():
+        return  # a CPU trial never touches the GPU, not even for a cap
     total = torch.cuda.get_device_properties(0).total_memory
     if cap_bytes is None:
         torch.cuda.set_per_process_memory_fraction(1.0, 0)
         return
     # The fraction caps torch's allocator, which does not hold the CUDA context.
-    allocator = max(cap_bytes - CUDA_CONTEXT_BYTES, cap_bytes // 2)
+    allocator = max(cap_bytes - DEFAULT_CUDA_CONTEXT_BYTES, cap_bytes // 2)
     torch.cuda.set_per_process_memory_fraction(min(1.0, allocator / total), 0)
 
 
