@@ -39,6 +39,7 @@ class LaunchPath:
     """Starting trials; the state it uses is the supervisor's (set in its constructor)."""
 
     _target: int
+    _space: dict[str, Any]
     _recorder: TrialRecorder
     _gate: MemoryGate | None
     _admission: AdmissionScheduler
@@ -125,16 +126,14 @@ class LaunchPath:
         self._admission.books.hold(trial.number, placement, ends_at)
         self._ram.hold(trial.number, item.params, worker.pid)
         self._bound[worker] = placement.device
-        attrs = {"admit_wait_s": round(waited, 3)}
+        attrs: dict[str, Any] = {"admit_wait_s": round(waited, 3)}
         if self._admission.packing:
             attrs["vram_reserved_mib"] = round(
                 (placement.reserve_bytes + self._admission.books.context_bytes) / MIB, 1
             )
-        for key, value in attrs.items():
-            study._storage.set_trial_user_attr(trial._trial_id, key, value)
         self._params[trial.number] = item.params
         label = None if placement.device is None else self._devices[placement.device].label
-        self._dispatch(study, pool, worker, trial, label, placement.cap_bytes)
+        self._dispatch(study, pool, worker, trial, label, placement.cap_bytes, attrs)
         return True
 
     def _slots(self, pool: WorkerPool) -> list[Slot]:
@@ -173,11 +172,13 @@ class LaunchPath:
         trial: optuna.Trial,
         device: str | None,
         cap_bytes: int | None,
+        attrs: dict[str, Any],
     ) -> None:
-        """Record the worker and the checkpoint directory of ``trial``, send it to ``worker``."""
+        """Record ``attrs``, the worker and the checkpoint directory of ``trial``; send it to
+        ``worker`` to run on ``device`` under ``cap_bytes``."""
         storage = study._storage
         checkpoint_dir = self._checkpoints.dir_for(trial)
-        attrs: dict[str, Any] = {"worker_pid": worker.pid}
+        attrs = {**attrs, "worker_pid": worker.pid}
         if checkpoint_dir is not None:
             attrs[DIR_ATTR] = checkpoint_dir
         for key, value in attrs.items():

@@ -96,7 +96,9 @@ class Supervisor(LaunchPath):
         self._devices: list[Device] = []
         self._admission = AdmissionScheduler([], 0.0, 0, pack=False)  # set with the study
         self._ram = RamBudget([], [], 0.0, 0.0)  # set with the study
-        self._durations = DurationModel(memory_groups(cfg))
+        # The parameters memory depends on: (scaling, groups), for every estimator of the study.
+        self._memory_params = (list(cfg.study.memory.scaling), memory_groups(cfg))
+        self._durations = DurationModel(self._memory_params[1])
         self._beats: Heartbeats | None = None
         self._reaper: Reaper | None = None
 
@@ -168,20 +170,19 @@ class Supervisor(LaunchPath):
 
     def _auto_par(self, pool: WorkerPool) -> int:
         """Derive the worker cap (``par=auto``) and start the workers it allows."""
-        mem = self._cfg.study.memory
         par, why = auto_par(
             self._devices,
             self._gate,
             self._ram,
             self._cfg.study.space,
-            (list(mem.scaling), memory_groups(self._cfg)),
+            self._memory_params,
             int(self._cfg.memory.max_par),
         )
         logger.info("%s", why)
         first = list(pool.workers)
         spec = self._worker_spec(par)
         pool.grow(par, spec)
-        if spec.threads != self._worker_spec(1).threads:
+        if spec.threads != max(1, available_cpus()):  # what the first worker got (par 1)
             for worker in first:  # started with every CPU's threads: oversubscribed now
                 pool.retire(worker)
         return par
@@ -210,12 +211,8 @@ class Supervisor(LaunchPath):
         self._admission = AdmissionScheduler(
             devices, float(mem.margin_frac), context_bytes(devices), pack=bool(mem.pack)
         )
-        self._ram = RamBudget(
-            list(self._cfg.study.memory.scaling),
-            memory_groups(self._cfg),
-            float(mem.trial_ram_gib),
-            float(mem.margin_frac),
-        )
+        ram_gib, margin = float(mem.trial_ram_gib), float(mem.margin_frac)
+        self._ram = RamBudget(*self._memory_params, ram_gib, margin)
         constraints = {"constraints_func": gate.constraints} if gate.active else {}
         study = optuna.create_study(
             study_name=self._cfg.study.name,
