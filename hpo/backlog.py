@@ -1,15 +1,20 @@
 """Trials asked from the sampler that wait for memory, with backfill that never starves one.
 
-When the oldest waiting trial does not fit, a later one that fits may start first (backfill).
-Each time that happens the trials it overtook count one bypass; once the oldest has been
-bypassed ``max_bypass`` times it is *protected*: its memory is set aside on the device it
-waits for, and a later trial may start only if it fits beside that reservation. The trials
-running when it became protected end, nothing started after it stands in its way, and it fits
-an empty device (the gate lets no other trial through), so no trial waits forever.
+Waiting trials are offered largest first (first-fit decreasing): when the largest does not fit
+now, its memory is set aside (*protected*) on the device it waits for, and smaller trials start
+only beside that reservation, or if they are expected to end before it is needed (EASY
+backfill). Big trials, which need a nearly empty card, thus start as soon as the card has
+drained instead of waiting for a gap that backfilling small trials keeps closing.
+
+Each time a trial starts, the older ones it overtook count one bypass; once the oldest has
+been bypassed ``max_bypass`` times it comes first (and is protected) whatever its size. The
+trials running when it became protected end, nothing started after it stands in its way, and
+it fits an empty device (the gate lets no other trial through), so no trial waits forever.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +34,7 @@ class Waiting:
     since: float = field(default_factory=time.monotonic)
     bypassed: int = 0
     last_reason: str = ""  # the last wait reason logged for it (logged again only on change)
+    reestimated: dict[str, Any] | None = None  # the estimate's attrs, if it changed since asked
 
 
 class Backlog:
@@ -46,8 +52,17 @@ class Backlog:
 
     @property
     def starving(self) -> bool:
-        """True when the oldest trial is protected: later ones must fit beside it."""
+        """True when the oldest trial has been overtaken ``max_bypass`` times: it comes first."""
         return bool(self.items) and self.items[0].bypassed >= self._max_bypass
+
+    def queue(self) -> list[Waiting]:
+        """The order trials are offered in: a starving oldest trial, then the largest first
+        (unknown estimates count as largest: they run alone)."""
+        order = sorted(self.items, key=upper_bytes, reverse=True)  # stable: older first on ties
+        if self.starving:
+            order.remove(self.items[0])
+            order.insert(0, self.items[0])
+        return order
 
     @property
     def full(self) -> bool:
@@ -63,6 +78,10 @@ class Backlog:
             older.bypassed += 1
         del self.items[index]
 
+    def drop(self, item: Waiting) -> None:
+        """``item`` leaves without starting (it was found never to fit): nobody was overtaken."""
+        self.items.remove(item)
+
     def may_ask(self) -> bool:
         """Whether a new trial may be asked to fill an idle worker."""
         return not self.full
@@ -76,13 +95,19 @@ def offer(
     act: Callable[[Waiting, Placement], bool],
     duration_s: float | None = None,
 ) -> Placement:
-    """Place ``item`` (beside the protected oldest trial, if there is one, unless it should
+    """Place ``item`` (beside the protected trial, the first of the queue, unless it should
     end, after ``duration_s``, before that one needs the memory) and let ``act`` start it or
     record its wait; ``act`` returns whether it started."""
     protect = None
-    if backlog.starving and item is not backlog.items[0]:
-        protect = sched.protection(backlog.items[0].estimate, slots)
+    first = backlog.queue()[0]
+    if item is not first:
+        protect = sched.protection(first.estimate, slots)
     placement = sched.place(item.estimate, slots, protect, duration_s)
     if act(item, placement):
         backlog.started(item)
     return placement
+
+
+def upper_bytes(item: Waiting) -> float:
+    """The memory ``item`` is expected to need at most (infinite while unknown)."""
+    return math.inf if item.estimate is None else item.estimate.upper_bytes

@@ -2,7 +2,7 @@
 
 :class:`LaunchPath` is the part of :class:`~hpo.supervisor.Supervisor` that starts trials. Asked
 trials wait in a :class:`~hpo.backlog.Backlog` until :class:`~hpo.admission.AdmissionScheduler`
-places them on a device (oldest first, then the largest that fit: backfill), the host's RAM
+places them on a device (largest first, smaller ones backfilling), the host's RAM
 allows them (:class:`~hpo.ram.RamBudget`), and an idle worker takes them; a trial the memory
 gate can never fit is pre-pruned at once.
 """
@@ -31,6 +31,7 @@ from hpo.ram import RamBudget
 from hpo.reaper import Heartbeats, owner_attrs
 from hpo.recorder import TrialRecorder
 from hpo.space import describe
+from hpo.storage import set_user_attrs
 
 logger = logging.getLogger("hpo.supervisor")
 
@@ -53,19 +54,14 @@ class LaunchPath:
     _beats: Heartbeats | None
 
     def _schedule(self, study: optuna.Study, pool: WorkerPool) -> None:
-        """Start waiting trials that fit now (the oldest, then the largest first), then ask new
-        ones for idle workers, never more than the target needs (running and waiting count)."""
+        """Start waiting trials that fit now (in the backlog's order: largest first), then ask
+        new ones for idle workers, never more than the target needs (running and waiting count)."""
         backlog = self._backlog
 
         def act(item: Waiting, placement: Placement) -> bool:
             return self._act(study, pool, item, placement)
 
-        head, rest = backlog.items[:1], backlog.items[1:]
-        for item in head + sorted(rest, key=_upper, reverse=True):
-            if not any(w.idle for w in pool.workers):
-                return
-            duration = self._durations.predict(item.params)
-            offer(backlog, self._admission, item, self._slots(pool), act, duration)
+        self._start_waiting(study, pool)
         busy = sum(w.assignment is not None for w in pool.workers)
         room = self._target - self._recorder.done - busy - len(backlog)
         while any(w.idle for w in pool.workers) and room > 0 and backlog.may_ask():
@@ -79,25 +75,52 @@ class LaunchPath:
             if placement.decision is not Decision.ADMIT:
                 return  # it waits for memory; the next event may free some
 
+    def _start_waiting(self, study: optuna.Study, pool: WorkerPool) -> None:
+        """Start the waiting trials that fit now, in the backlog's order."""
+
+        def act(item: Waiting, placement: Placement) -> bool:
+            return self._act(study, pool, item, placement)
+
+        for item in self._backlog.queue():
+            if not any(w.idle for w in pool.workers):
+                return
+            duration = self._durations.predict(item.params)
+            offer(self._backlog, self._admission, item, self._slots(pool), act, duration)
+
     def _ask_admissible(self, study: optuna.Study) -> Waiting | None:
         """Ask Optuna for the next trial; None if the memory gate pre-pruned it (recorded)."""
         trial = self._ask(study)
-        if isinstance(study.pruner, PatientHyperbandPruner):  # for `hpo stats` by bracket
-            bracket = study.pruner.bracket_of(study, trial)
-            study._storage.set_trial_user_attr(trial._trial_id, "bracket", bracket)
         assert self._gate is not None
         admission = self._gate.check(trial.params)
         attrs = admission.attrs()
+        if isinstance(study.pruner, PatientHyperbandPruner):  # for `hpo stats` by bracket
+            attrs["bracket"] = study.pruner.bracket_of(study, trial)
         if admission.kind is AdmissionKind.PRE_PRUNE:
-            logger.info("trial %d: pre_prune (%s)", trial.number, admission.reason)
-            assignment = Assignment(trial._trial_id, trial.number, None)
-            self._recorder.record(
-                study, assignment, EndReason.MEMORY_ESTIMATE, None, attrs, admission.reason
-            )
+            self._pre_prune(study, trial, admission.reason, attrs)
             return None
-        for key, value in attrs.items():
-            study._storage.set_trial_user_attr(trial._trial_id, key, value)
+        set_user_attrs(study._storage, trial._trial_id, attrs)
         return Waiting(trial, dict(trial.params), admission.estimate)
+
+    def _pre_prune(
+        self, study: optuna.Study, trial: optuna.Trial, why: str, attrs: dict[str, Any]
+    ) -> None:
+        """End a trial that can never fit (``memory_estimate``) before it runs."""
+        logger.info("trial %d: pre_prune (%s)", trial.number, why)
+        assignment = Assignment(trial._trial_id, trial.number, None)
+        self._recorder.record(study, assignment, EndReason.MEMORY_ESTIMATE, None, attrs, why)
+
+    def _reestimate(self, study: optuna.Study) -> None:
+        """The gate learned a measurement: estimate the waiting trials again. A trial asked
+        before its model was measured would otherwise still wait to run alone; one now known
+        never to fit is pre-pruned."""
+        assert self._gate is not None
+        for item in list(self._backlog.items):
+            admission = self._gate.check(item.params)
+            if admission.kind is AdmissionKind.PRE_PRUNE:
+                self._backlog.drop(item)
+                self._pre_prune(study, item.trial, admission.reason, admission.attrs())
+            elif admission.estimate != item.estimate:
+                item.estimate, item.reestimated = admission.estimate, admission.attrs()
 
     def _act(
         self, study: optuna.Study, pool: WorkerPool, item: Waiting, placement: Placement
@@ -126,7 +149,7 @@ class LaunchPath:
         self._admission.books.hold(trial.number, placement, ends_at)
         self._ram.hold(trial.number, item.params, worker.pid)
         self._bound[worker] = placement.device
-        attrs: dict[str, Any] = {"admit_wait_s": round(waited, 3)}
+        attrs: dict[str, Any] = {"admit_wait_s": round(waited, 3), **(item.reestimated or {})}
         if self._admission.packing:
             attrs["vram_reserved_mib"] = round(
                 (placement.reserve_bytes + self._admission.books.context_bytes) / MIB, 1
@@ -155,8 +178,7 @@ class LaunchPath:
                 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
                 trial = study.ask(self._space)
             try:
-                for key, value in owner_attrs().items():
-                    study._storage.set_trial_user_attr(trial._trial_id, key, value)
+                set_user_attrs(study._storage, trial._trial_id, owner_attrs())
             except UpdateFinishedTrialError:  # another node's reaper took it for an orphan
                 logger.warning("trial %d was reaped before it started; asking again", trial.number)
                 continue
@@ -181,13 +203,8 @@ class LaunchPath:
         attrs = {**attrs, "worker_pid": worker.pid}
         if checkpoint_dir is not None:
             attrs[DIR_ATTR] = checkpoint_dir
-        for key, value in attrs.items():
-            storage.set_trial_user_attr(trial._trial_id, key, value)
+        set_user_attrs(storage, trial._trial_id, attrs)
         logger.debug("trial %d -> worker %d: %s", trial.number, worker.pid, describe(trial.params))
         # A dead pipe shows up as DIED in the next poll.
         assignment = Assignment(trial._trial_id, trial.number, checkpoint_dir, device, cap_bytes)
         pool.assign(worker, assignment)
-
-
-def _upper(item: Waiting) -> float:
-    return math.inf if item.estimate is None else item.estimate.upper_bytes

@@ -22,6 +22,7 @@ from hpo.errors import StudyAborted
 from hpo.outcome import Assignment, EndReason
 from hpo.retry import RetryDecision, RetryPolicy, enqueue_retry
 from hpo.space import describe
+from hpo.storage import set_user_attrs
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
@@ -76,8 +77,7 @@ class TrialRecorder:
         """End a trial this run launched; raises StudyAborted when failures pile up."""
         storage = study._storage
         try:
-            for key, item in {"end_reason": reason.value, **attrs}.items():
-                storage.set_trial_user_attr(assignment.trial_id, key, item)
+            set_user_attrs(storage, assignment.trial_id, {"end_reason": reason.value, **attrs})
         except UpdateFinishedTrialError:
             logger.warning("trial %d was already ended elsewhere", assignment.trial_number)
             return
@@ -100,8 +100,8 @@ class TrialRecorder:
         number = storage.get_trial(trial_id).number
         error = f"trial {number} was left RUNNING: {why}"
         try:
-            storage.set_trial_user_attr(trial_id, "end_reason", EndReason.WORKER_DIED.value)
-            storage.set_trial_user_attr(trial_id, "error", error)
+            attrs = {"end_reason": EndReason.WORKER_DIED.value, "error": error}
+            set_user_attrs(storage, trial_id, attrs)
             storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
         except UpdateFinishedTrialError:
             return False  # another supervisor reaped it first, or its owner just ended it

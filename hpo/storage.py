@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import make_url
 
@@ -12,7 +13,7 @@ from hpo.errors import ConfigError
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
-    from optuna.storages import RDBStorage
+    from optuna.storages import BaseStorage, RDBStorage
 
 
 def storage_url(cfg: DictConfig) -> str:
@@ -86,3 +87,42 @@ def open_storage(
             heartbeat_interval=heartbeat_interval_s,
             grace_period=grace_period_s,
         )
+
+
+def set_user_attrs(storage: BaseStorage, trial_id: int, attrs: Mapping[str, Any]) -> None:
+    """Write ``attrs`` as user attributes of one trial in one transaction.
+
+    Optuna's RDB storage commits every attribute on its own, and a trial collects a dozen
+    (owner, estimates, placement, outcome): one commit for all of them keeps the supervisor's
+    time per trial down. Storages that are not Optuna's RDB storage (or an Optuna whose
+    internals moved) get one call per attribute. Raises UpdateFinishedTrialError, writing
+    nothing, if the trial has finished.
+    """
+    backend = getattr(storage, "_backend", storage)
+    write = _rdb_writer(backend)
+    if write is None:
+        for key, value in attrs.items():
+            storage.set_trial_user_attr(trial_id, key, value)
+        return
+    write(trial_id, attrs)
+
+
+def _rdb_writer(backend: Any) -> Callable[[int, Mapping[str, Any]], None] | None:
+    """A one-transaction writer of user attributes for Optuna's RDB storage, if it has one."""
+    from optuna.storages import RDBStorage
+
+    try:
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+    except ImportError:
+        return None
+    set_one = getattr(backend, "_set_trial_attr_without_commit", None)
+    if not isinstance(backend, RDBStorage) or set_one is None:
+        return None
+
+    def write(trial_id: int, attrs: Mapping[str, Any]) -> None:
+        with _create_scoped_session(backend.scoped_session, True) as session:
+            for key, value in attrs.items():
+                set_one(session, models.TrialUserAttributeModel, trial_id, key, value)
+
+    return write

@@ -56,6 +56,10 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["FINISHED", "RunSummary", "Supervisor", "describe_exit"]
 
+# Trials other supervisors finish are noticed within this time (several nodes on one study
+# may overshoot n_trials by what they finish meanwhile, as by their running trials).
+_COUNT_EVERY_S = 2.0
+
 
 class Supervisor(LaunchPath):
     """Runs a study to ``study.n_trials`` finished trials with ``par`` worker processes."""
@@ -80,6 +84,7 @@ class Supervisor(LaunchPath):
         self._recycle_after = int(faults.recycle_after)  # 0 = never
         self._reap_every_s = float(faults.heartbeat_interval_s)
         self._next_reap = 0.0
+        self._next_count = 0.0  # when to count the storage's finished trials again
         self._summary = RunSummary(cfg.study.name, self._url, self._target, 0, 0.0)
         self._checkpoints = CheckpointStore(checkpoint_root(cfg), bool(faults.keep_best_checkpoint))
         self._recorder = TrialRecorder(
@@ -253,7 +258,7 @@ class Supervisor(LaunchPath):
             busy = sum(w.assignment is not None for w in pool.workers)
             idle = any(w.idle for w in pool.workers)
             if not self._signals.draining and idle and rec.done + busy < self._target:
-                rec.done = max(rec.done, study._storage.get_n_trials(study._study_id, FINISHED))
+                self._catch_up(study)
                 self._schedule(study, pool)
             elif busy == 0 and (self._signals.draining or rec.done >= self._target):
                 self._summary.interrupted = self._signals.draining
@@ -269,6 +274,17 @@ class Supervisor(LaunchPath):
             self._keep_alive(study, pool)
         self._summary.interrupted = True
 
+    def _catch_up(self, study: optuna.Study) -> None:
+        """Count the finished trials in storage (other supervisors' too), at most every
+        ``_COUNT_EVERY_S``: reading them costs a query of every trial, and this run counts its
+        own as it records them."""
+        now = time.monotonic()
+        if now < self._next_count:
+            return
+        self._next_count = now + _COUNT_EVERY_S
+        rec = self._recorder
+        rec.done = max(rec.done, study._storage.get_n_trials(study._study_id, FINISHED))
+
     # --- events ---------------------------------------------------------------------------------
 
     def _on_outcome(
@@ -283,12 +299,15 @@ class Supervisor(LaunchPath):
             return
         worker.trials_done += 1
         self._release(outcome.trial_number)
+        if not (self._signals.draining or self._signals.stop_now):
+            self._retire_if_spent(pool, worker, outcome)
+            self._start_waiting(study, pool)  # the freed memory works while this one is recorded
         self._recorder.record(
             study, assignment, outcome.end_reason, outcome.value, outcome.attrs, outcome.message
         )
         self._learn(study, outcome)
-        if self._signals.draining or self._signals.stop_now:
-            return
+
+    def _retire_if_spent(self, pool: WorkerPool, worker: WorkerHandle, outcome: Outcome) -> None:
         if outcome.end_reason.poisons_worker:  # the worker exits on its own; never reuse it
             logger.info("replacing worker %d after a CUDA error", worker.pid)
             pool.retire(worker)
@@ -302,7 +321,10 @@ class Supervisor(LaunchPath):
         if params is None or self._gate is None:
             return
         attrs = {"end_reason": outcome.end_reason.value, **outcome.attrs}
+        learned = self._gate.estimator.n_observations
         self._gate.observe(params, attrs)
+        if self._gate.estimator.n_observations != learned:
+            self._reestimate(study)
         self._ram.observe(params, attrs)
         self._durations.observe(params, attrs)
         if outcome.end_reason is EndReason.OOM and self._cfg.memory.oom_retry_halved_batch:
@@ -398,4 +420,3 @@ class Supervisor(LaunchPath):
             self._checkpoints.sweep(study)
         except OSError as e:
             logger.warning("could not clean up checkpoints: %s", e)
-

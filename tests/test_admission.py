@@ -146,8 +146,13 @@ def schedule(
     workers: Workers,
     running: dict[int, int],
     started: list[int],
+    durations: dict[int, float] | None = None,
 ) -> None:
-    """The supervisor's pass over the backlog (oldest first) with a fake dispatch."""
+    """The supervisor's pass over the backlog (in its queue order) with a fake dispatch;
+    ``durations`` are the expected seconds of trials by number (unknown when missing)."""
+    import time
+
+    durations = durations or {}
 
     def act(item: Waiting, placement: Placement) -> bool:
         for key in placement.reclaim:  # recycled: its successor has touched nothing
@@ -155,43 +160,74 @@ def schedule(
         if placement.decision is not Decision.ADMIT:
             return False
         n = item.params["n"]
-        sched.books.hold(n, placement)
+        ends_at = time.monotonic() + durations.get(n, float("inf"))
+        sched.books.hold(n, placement, ends_at)
         running[n] = placement.worker
         workers.busy.add(placement.worker)
         workers.bound[placement.worker] = placement.device
         started.append(n)
         return True
 
-    for item in list(backlog.items):
-        offer(backlog, sched, item, workers.slots(), act)
+    for item in backlog.queue():
+        offer(backlog, sched, item, workers.slots(), act, durations.get(item.params["n"]))
 
 
-def test_backfill_lets_small_trials_pass_and_never_starves_the_big_one(tmp_path: Path) -> None:
-    """A 20 GiB trial waits behind a running 10 GiB one while 2.5 GiB ones backfill; after
-    ``max_bypass`` of them it is protected, and it starts as soon as the 10 GiB one ends."""
+def end(sched: AdmissionScheduler, workers: Workers, running: dict[int, int], n: int) -> None:
+    sched.books.release(n)
+    workers.busy.discard(running.pop(n))
+
+
+def test_the_largest_waiting_trial_is_protected_and_smaller_ones_backfill_in_time(
+    tmp_path: Path,
+) -> None:
+    """A 20 GiB trial waits behind a running 10 GiB one (60 s left): its memory is set aside.
+    2.5 GiB trials expected to end within those 60 s start meanwhile; longer or unknown ones
+    wait. When the 10 GiB one ends, the 20 GiB one starts first, ahead of older small ones."""
     sched = AdmissionScheduler(cards(tmp_path), margin_frac=0.05, context_bytes=CTX)
-    backlog = Backlog(max_bypass=2, limit=8)
+    backlog = Backlog(max_bypass=8, limit=8)
     workers = Workers(6)
     running: dict[int, int] = {}
     started: list[int] = []
-    backlog.add(Waiting(None, {"n": 0}, est(10)))
-    schedule(sched, backlog, workers, running, started)
-    backlog.add(Waiting(None, {"n": 1}, est(20)))
-    for n in range(2, 6):
-        backlog.add(Waiting(None, {"n": n}, est(2.5)))
-    schedule(sched, backlog, workers, running, started)
-    assert started == [0, 2, 3]  # two backfilled, then the big one is protected
-    assert backlog.starving and backlog.items[0].params["n"] == 1
-    for n in (2, 3):  # the small ones end: still no room beside the 10 GiB one
-        sched.books.release(n)
-        workers.busy.discard(running.pop(n))
-    schedule(sched, backlog, workers, running, started)
+    durations = {0: 60.0, 1: 120.0, 2: 10.0, 3: 10.0, 4: 300.0}  # 5: unknown
+    for n, gib in ((0, 10), (4, 2.5), (5, 2.5), (1, 20), (2, 2.5), (3, 2.5)):
+        backlog.add(Waiting(None, {"n": n}, est(gib)))
+        if n == 0:
+            schedule(sched, backlog, workers, running, started, durations)
+    schedule(sched, backlog, workers, running, started, durations)
+    assert backlog.queue()[0].params["n"] == 1  # the largest comes first
+    assert started == [0, 2, 3]  # only the short ones borrowed the memory set aside
+    for n in (2, 3):
+        end(sched, workers, running, n)
+    schedule(sched, backlog, workers, running, started, durations)
     assert started == [0, 2, 3]  # 4 and 5 would fit now, but would delay the protected one
-    sched.books.release(0)
-    workers.busy.discard(running.pop(0))
+    end(sched, workers, running, 0)
+    schedule(sched, backlog, workers, running, started, durations)
+    assert started[3] == 1  # the big one first, though 4 and 5 are older
+    assert backlog.items[0].params == {"n": 4} and backlog.items[0].bypassed == 3
+
+
+def test_a_trial_overtaken_max_bypass_times_comes_first_whatever_its_size(
+    tmp_path: Path,
+) -> None:
+    """Largest-first never starves a small trial: once overtaken ``max_bypass`` times it is
+    offered first and protected, and the bigger trial behind it waits for it."""
+    sched = AdmissionScheduler(cards(tmp_path), margin_frac=0.05, context_bytes=CTX)
+    backlog = Backlog(max_bypass=1, limit=8)
+    workers = Workers(6)
+    running: dict[int, int] = {}
+    started: list[int] = []
+    backlog.add(Waiting(None, {"n": 0}, est(18)))
     schedule(sched, backlog, workers, running, started)
-    assert started[3] == 1  # the big one first, then what fits beside it
-    assert not backlog.starving
+    for n, gib in ((1, 5), (2, 10), (3, 10)):  # 1 is oldest, and does not fit beside 0
+        backlog.add(Waiting(None, {"n": n}, est(gib)))
+    schedule(sched, backlog, workers, running, started)
+    assert started == [0]
+    end(sched, workers, running, 0)
+    schedule(sched, backlog, workers, running, started)
+    # 2 (largest) starts and overtakes 1, which is then starving: it goes before 3, which
+    # no longer fits beside 2 and 1's reservation.
+    assert started == [0, 2, 1]
+    assert [item.params["n"] for item in backlog.items] == [3]
 
 
 def test_backlog_counts_bypasses_and_rejects_a_negative_limit() -> None:

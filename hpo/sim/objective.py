@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from omegaconf import DictConfig
 
 GPU_SECONDS_ATTR = "sim_gpu_s"  # compute the trial did: its demand × its work, wall seconds
-_SLICE_S = 0.005  # contention is re-read this often while an epoch runs
+_SLICE_S = 0.02  # contention is re-read this often while an epoch runs (wall seconds)
 
 
 @dataclass

@@ -1,0 +1,84 @@
+"""hpo.storage: the study's storage, and one-transaction user attributes."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import BaseStorage, InMemoryStorage
+
+from hpo.storage import open_storage, prepare_storage, set_user_attrs
+
+
+def _sqlite(tmp_path: Path) -> BaseStorage:
+    url = f"sqlite:///{tmp_path / 'attrs.db'}"
+    prepare_storage(url)
+    return open_storage(url, busy_timeout_s=10)
+
+
+def _postgres(_: Path) -> BaseStorage:
+    url = os.environ.get("HPO_TEST_POSTGRES_URL")
+    if not url:
+        if os.environ.get("CI"):
+            pytest.fail("HPO_TEST_POSTGRES_URL is not set in CI")
+        pytest.skip("HPO_TEST_POSTGRES_URL not set")
+    return open_storage(url, busy_timeout_s=10)
+
+
+class CountingStorage:
+    """Wraps a storage and counts commits of user attributes (one per call it forwards)."""
+
+    def __init__(self, inner: BaseStorage) -> None:
+        self._backend = inner
+        self.calls = 0
+
+    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self.calls += 1
+        self._backend.set_trial_user_attr(trial_id, key, value)
+
+
+@pytest.mark.parametrize("make", [_sqlite, _postgres], ids=["sqlite", "postgres"])
+def test_set_user_attrs_writes_all_and_overwrites(tmp_path: Path, make: Any) -> None:
+    storage = make(tmp_path)
+    study = optuna.create_study(storage=storage, study_name=f"attrs-{uuid.uuid4().hex[:8]}")
+    trial = study.ask()
+    set_user_attrs(study._storage, trial._trial_id, {"a": 1, "b": "x", "c": [1.5, None]})
+    set_user_attrs(study._storage, trial._trial_id, {"a": 2, "d": {"k": True}})
+    got = study._storage.get_trial(trial._trial_id).user_attrs
+    assert got == {"a": 2, "b": "x", "c": [1.5, None], "d": {"k": True}}
+
+
+@pytest.mark.parametrize("make", [_sqlite, _postgres], ids=["sqlite", "postgres"])
+def test_set_user_attrs_on_a_finished_trial_writes_nothing(tmp_path: Path, make: Any) -> None:
+    storage = make(tmp_path)
+    study = optuna.create_study(storage=storage, study_name=f"attrs-{uuid.uuid4().hex[:8]}")
+    trial = study.ask()
+    study.tell(trial, 1.0)
+    with pytest.raises(UpdateFinishedTrialError):
+        set_user_attrs(study._storage, trial._trial_id, {"late": 1, "later": 2})
+    assert study._storage.get_trial(trial._trial_id).user_attrs == {}
+
+
+def test_rdb_storage_takes_one_transaction_not_one_call_per_attribute(tmp_path: Path) -> None:
+    rdb = _sqlite(tmp_path)
+    study = optuna.create_study(storage=rdb, study_name="one-commit")
+    trial = study.ask()
+    counting = CountingStorage(rdb)
+    set_user_attrs(counting, trial._trial_id, {f"k{i}": i for i in range(6)})  # type: ignore[arg-type]
+    assert counting.calls == 0, "Optuna's RDB storage should be written in one transaction"
+    assert len(rdb.get_trial(trial._trial_id).user_attrs) == 6
+
+
+def test_other_storages_get_one_call_per_attribute() -> None:
+    memory = InMemoryStorage()
+    study = optuna.create_study(storage=memory)
+    trial = study.ask()
+    counting = CountingStorage(memory)
+    set_user_attrs(counting, trial._trial_id, {"a": 1, "b": 2})  # type: ignore[arg-type]
+    assert counting.calls == 2
+    assert memory.get_trial(trial._trial_id).user_attrs == {"a": 1, "b": 2}
