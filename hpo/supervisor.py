@@ -299,13 +299,13 @@ class Supervisor(LaunchPath):
             return
         worker.trials_done += 1
         self._release(outcome.trial_number)
+        self._learn(study, outcome)
         if not (self._signals.draining or self._signals.stop_now):
             self._retire_if_spent(pool, worker, outcome)
             self._start_waiting(study, pool)  # the freed memory works while this one is recorded
         self._recorder.record(
             study, assignment, outcome.end_reason, outcome.value, outcome.attrs, outcome.message
         )
-        self._learn(study, outcome)
 
     def _retire_if_spent(self, pool: WorkerPool, worker: WorkerHandle, outcome: Outcome) -> None:
         if outcome.end_reason.poisons_worker:  # the worker exits on its own; never reuse it

@@ -139,6 +139,34 @@ def test_the_cap_turns_an_under_estimate_into_one_oom_and_spares_the_neighbours(
     assert large["peak_vram_mib"] <= cap_mib
 
 
+def test_trials_asked_before_their_model_was_measured_are_estimated_again(
+    tmp_path: Path,
+) -> None:
+    """base@16 trials asked while the first base trial runs alone (nothing known yet) wait
+    with no estimate; once it is measured they are estimated again and run side by side,
+    instead of each waiting to run alone."""
+    cfg = sim_cfg(tmp_path, "par=4", "study.n_trials=4", "study.time_scale=0.02")
+    (tmp_path / "_optuna").mkdir()
+    study = optuna.create_study(
+        study_name="simulated",
+        storage=f"sqlite:///{tmp_path / '_optuna' / 'simulated.db'}",
+        direction="maximize",
+    )
+    for bs in (32, 16, 16, 16):
+        study.enqueue_trial({"model": "base", "batch_size": bs, "lr": 1e-3})
+    Supervisor(cfg, poll_s=0.05).run()
+    trials = study.get_trials(deepcopy=False)
+    assert [t.user_attrs["end_reason"] for t in trials] == ["complete"] * 4
+    first, later = trials[0], trials[1:]
+    assert "est_source" not in first.user_attrs  # nothing was known: it ran alone
+    for trial in later:
+        assert trial.user_attrs["admit_wait_s"] > 0  # asked before the first one ended
+        assert trial.user_attrs["est_source"] in ("one-point", "fit")
+        assert trial.user_attrs["vram_reserved_mib"] < 12 * 1024  # not the whole card
+    spans = sorted((t.datetime_start, t.datetime_complete) for t in later)
+    assert any(b[0] < a[1] for a, b in zip(spans, spans[1:], strict=False))  # side by side
+
+
 def test_two_cards_share_the_trials(tmp_path: Path) -> None:
     text = WORKLOAD.read_text().replace("count: 1 ", "count: 2 ")
     workload = tmp_path / "two.yaml"
