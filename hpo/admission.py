@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,9 +108,16 @@ class AdmissionScheduler:
     """Places trials on devices by predicted memory (or blindly, with ``pack=False``)."""
 
     def __init__(
-        self, devices: Sequence[Device], margin_frac: float, context_bytes: int, pack: bool = True
+        self,
+        devices: Sequence[Device],
+        margin_frac: float,
+        context_bytes: int,
+        pack: bool = True,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``clock`` is the time expected ends are measured on (a replay passes its own)."""
         self.books = DeviceBooks(devices, margin_frac, context_bytes)
+        self._clock = clock
         self._pack = pack and any(d.has_memory for d in devices)
         self._margin_bytes = [int((d.capacity_bytes or 0) * margin_frac) for d in devices]
 
@@ -130,7 +137,7 @@ class AdmissionScheduler:
         ``protect`` is memory set aside for a starving trial (see :mod:`hpo.backlog`): this
         trial may use it only if it is expected (``duration_s``) to end before it is needed.
         """
-        ends = time.monotonic() + (math.inf if duration_s is None else duration_s)
+        ends = self._clock() + (math.inf if duration_s is None else duration_s)
         in_time = protect is not None and math.isfinite(protect.until) and ends <= protect.until
         protect = None if in_time else protect
         idle = [s for s in slots if s.idle]
@@ -174,7 +181,7 @@ class AdmissionScheduler:
         budget = self.books.budget(device)
         need = budget if estimate is None or estimate.upper_bytes > budget else estimate.upper_bytes
         free = self._free(device, slots)
-        until = time.monotonic()
+        until = self._clock()
         for ends_at, nbytes in self.books.ends(device):
             if free >= need:
                 break

@@ -214,6 +214,8 @@ def test_the_packing_benchmark_quick_form(tmp_path: Path) -> None:
             "par1,par3,aware,oracle",
             "--json",
             str(out),
+            "--keep",
+            str(tmp_path / "kept"),
         ]
     )
     assert code == 0
@@ -233,3 +235,22 @@ def test_the_packing_benchmark_quick_form(tmp_path: Path) -> None:
     assert result["policies"]["oracle"]["oom_crashes"] == 0
     assert result["best_safe_fixed_par"] in (1, 3)
     assert result["aware_vs_oracle"] is not None
+    # Where the time goes: the bound and the overhead-free replay of the same configurations.
+    from bench import packing_bound
+
+    db = tmp_path / "kept" / "par1" / "packing-par1.db"
+    argv = ["--db", str(db), "--study", "packing-par1", "--time-scale", "0.004"]
+    bound = packing_bound.measure(packing_bound.parse_args(argv))
+    assert bound["trials"] == result["policies"]["par1"]["useful_trials"]
+    assert 0 < bound["bound_s"] <= bound["replay_s"] + 1e-9 <= bound["work_s"] + 1e-6
+
+
+def test_the_packing_bound_of_trials_that_cannot_share() -> None:
+    """Footprints of 20 and 15 GiB on a 22.8 GiB budget run one after the other (3 s); beside
+    the 15 GiB one, 7.8 GiB × 1 s hold the 5 GiB trials' 10 GiB·s but 2.2; beside the 20 GiB
+    one nothing fits."""
+    from bench.packing_bound import lower_bound
+
+    big_s, bound_s = lower_bound([(20, 2.0), (15, 1.0), (5, 1.0), (5, 1.0)], 22.8)
+    assert big_s == 3.0
+    assert bound_s == pytest.approx(3.0 + 2.2 / 22.8)
