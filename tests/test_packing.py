@@ -40,6 +40,16 @@ def sim_cfg(tmp_path: Path, *extra: str) -> Any:
     )
 
 
+def sim_study(tmp_path: Path) -> optuna.Study:
+    """The study ``sim_cfg`` runs, created beforehand so that trials can be enqueued."""
+    (tmp_path / "_optuna").mkdir()
+    return optuna.create_study(
+        study_name="simulated",
+        storage=f"sqlite:///{tmp_path / '_optuna' / 'simulated.db'}",
+        direction="maximize",
+    )
+
+
 class Ledger(threading.Thread):
     """Samples every card's ledger: the most held at once, and by how many processes."""
 
@@ -111,12 +121,7 @@ def test_the_cap_turns_an_under_estimate_into_one_oom_and_spares_the_neighbours(
     tmp_path: Path,
 ) -> None:
     cfg = sim_cfg(tmp_path, "par=4", "study.n_trials=6", "study.epochs=4")
-    (tmp_path / "_optuna").mkdir()
-    study = optuna.create_study(
-        study_name="simulated",
-        storage=f"sqlite:///{tmp_path / '_optuna' / 'simulated.db'}",
-        direction="maximize",
-    )
+    study = sim_study(tmp_path)
     # large@32 holds ~19.9 GiB; admission is told 10 GiB, so three small trials join it.
     # Without the cap the card would overflow and the neighbours would die with it.
     study.enqueue_trial({"model": "large", "batch_size": 32, "lr": 1e-3})
@@ -146,12 +151,7 @@ def test_trials_asked_before_their_model_was_measured_are_estimated_again(
     with no estimate; once it is measured they are estimated again and run side by side,
     instead of each waiting to run alone."""
     cfg = sim_cfg(tmp_path, "par=4", "study.n_trials=4", "study.time_scale=0.02")
-    (tmp_path / "_optuna").mkdir()
-    study = optuna.create_study(
-        study_name="simulated",
-        storage=f"sqlite:///{tmp_path / '_optuna' / 'simulated.db'}",
-        direction="maximize",
-    )
+    study = sim_study(tmp_path)
     for bs in (32, 16, 16, 16):
         study.enqueue_trial({"model": "base", "batch_size": bs, "lr": 1e-3})
     Supervisor(cfg, poll_s=0.05).run()
