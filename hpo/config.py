@@ -119,7 +119,7 @@ class MemoryConf:
     trace_timeout_s: float = 300.0  # limit of the subprocess that traces the step builder
     oom_retry_halved_batch: bool = False  # after an OOM, retry with half the batch size
     pack: bool = True  # admit trials by predicted memory (false: start whenever a worker is idle)
-    max_bypass: int = 8  # times a waiting trial may be overtaken by later ones that fit (backfill)
+    max_bypass: int = 8  # times the oldest waiting trial may be overtaken before it goes first
     max_waiting: int = 8  # trials asked ahead that may wait for memory (backfill candidates)
     max_par: int = 8  # the most workers par=auto starts
     trial_ram_gib: float = 2.0  # host RAM a trial is assumed to need before any was measured
