@@ -29,8 +29,7 @@ from typing import Any
 
 from hpo.admission import AdmissionScheduler, Decision, Placement, Slot
 from hpo.backlog import Backlog, Waiting, offer
-from hpo.devices import GIB
-from hpo.devices._base import Device, DeviceSnapshot
+from hpo.devices import GIB, Device, DeviceSnapshot
 from hpo.durations import DurationModel
 from hpo.memory import Estimate
 from hpo.sim import load_workload
@@ -170,7 +169,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     wl = load_workload(args.workload)
     runs = load_runs(Path(args.db), args.study)
     if not runs:
-        raise SystemExit(f"error: no trial of study {args.study!r} ran to a result in {args.db}")
+        raise ValueError(f"no trial of study {args.study!r} ran to a result in {args.db}")
     budget_gib = wl.device.capacity_gib * (1 - args.margin_frac)
     alone = []
     for params, epochs in runs:
@@ -210,7 +209,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    result = measure(args)
+    try:
+        result = measure(args)
+    except (ValueError, sqlite3.Error) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     for key, value in result.items():
         print(f"{key:18}{value}")
     if args.json_out:

@@ -254,3 +254,14 @@ def test_the_packing_bound_of_trials_that_cannot_share() -> None:
     big_s, bound_s = lower_bound([(20, 2.0), (15, 1.0), (5, 1.0), (5, 1.0)], 22.8)
     assert big_s == 3.0
     assert bound_s == pytest.approx(3.0 + 2.2 / 22.8)
+
+
+def test_the_packing_bound_rejects_a_file_without_the_study(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench import packing_bound
+
+    study = sim_study(tmp_path)  # an Optuna database with no trial
+    db = tmp_path / "_optuna" / "simulated.db"
+    assert packing_bound.main(["--db", str(db), "--study", study.study_name]) == 2
+    assert "no trial of study 'simulated' ran to a result" in capsys.readouterr().err
