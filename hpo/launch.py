@@ -57,10 +57,6 @@ class LaunchPath:
         """Start waiting trials that fit now (in the backlog's order: largest first), then ask
         new ones for idle workers, never more than the target needs (running and waiting count)."""
         backlog = self._backlog
-
-        def act(item: Waiting, placement: Placement) -> bool:
-            return self._act(study, pool, item, placement)
-
         self._start_waiting(study, pool)
         busy = sum(w.assignment is not None for w in pool.workers)
         room = self._target - self._recorder.done - busy - len(backlog)
@@ -70,22 +66,24 @@ class LaunchPath:
             if new is None:  # pre-pruned: it finished, ask again
                 continue
             backlog.add(new)
-            duration = self._durations.predict(new.params)
-            placement = offer(backlog, self._admission, new, self._slots(pool), act, duration)
-            if placement.decision is not Decision.ADMIT:
+            if self._offer(study, pool, new).decision is not Decision.ADMIT:
                 return  # it waits for memory; the next event may free some
 
     def _start_waiting(self, study: optuna.Study, pool: WorkerPool) -> None:
         """Start the waiting trials that fit now, in the backlog's order."""
-
-        def act(item: Waiting, placement: Placement) -> bool:
-            return self._act(study, pool, item, placement)
-
         for item in self._backlog.queue():
             if not any(w.idle for w in pool.workers):
                 return
-            duration = self._durations.predict(item.params)
-            offer(self._backlog, self._admission, item, self._slots(pool), act, duration)
+            self._offer(study, pool, item)
+
+    def _offer(self, study: optuna.Study, pool: WorkerPool, item: Waiting) -> Placement:
+        """Offer ``item`` to admission with its expected duration; start it if admitted."""
+
+        def act(waiting: Waiting, placement: Placement) -> bool:
+            return self._act(study, pool, waiting, placement)
+
+        duration = self._durations.predict(item.params)
+        return offer(self._backlog, self._admission, item, self._slots(pool), act, duration)
 
     def _ask_admissible(self, study: optuna.Study) -> Waiting | None:
         """Ask Optuna for the next trial; None if the memory gate pre-pruned it (recorded)."""
