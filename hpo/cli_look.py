@@ -24,15 +24,22 @@ def add_look_commands(sub: Any) -> None:
     stats = _with_study(sub.add_parser("stats", help="trial counts, durations, pruning, memory"))
     stats.add_argument("--json", action="store_true", help="print the query results as JSON")
     stats.add_argument(
-        "--vram-threshold-mib", type=float, default=None, metavar="MIB",
+        "--vram-threshold-mib",
+        type=float,
+        default=None,
+        metavar="MIB",
         help="also list the trials whose peak memory exceeds MIB",
     )
     stats.add_argument(
-        "--group-by", default="model,batch_size", metavar="P1[,P2]",
+        "--group-by",
+        default="model,batch_size",
+        metavar="P1[,P2]",
         help="one or two parameters to group peak memory by (default: model,batch_size)",
     )
     stats.add_argument(
-        "--memory-key", default=None, metavar="ATTR",
+        "--memory-key",
+        default=None,
+        metavar="ATTR",
         help="user attribute of the memory figures (default: peak_vram_mib, else peak_rss_mib)",
     )
     status = _with_study(sub.add_parser("status", help="live view of a running study"))
@@ -48,11 +55,16 @@ def add_look_commands(sub: Any) -> None:
         "--out", default=None, metavar="DIR", help="output directory (default: reports/<study>)"
     )
     report.add_argument(
-        "--budget-mib", type=float, default=None, metavar="MIB",
+        "--budget-mib",
+        type=float,
+        default=None,
+        metavar="MIB",
         help="per-trial memory budget drawn on the memory plot",
     )
     report.add_argument(
-        "--memory-param", default="batch_size", metavar="NAME",
+        "--memory-param",
+        default="batch_size",
+        metavar="NAME",
         help="parameter on the memory plot's x axis (default: batch_size)",
     )
 
@@ -60,7 +72,9 @@ def add_look_commands(sub: Any) -> None:
 def _with_study(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--config-dir", help="directory holding config.yaml (default: ./conf)")
     parser.add_argument(
-        "overrides", nargs="*", metavar="KEY=VALUE",
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
         help="Hydra overrides that select the study, e.g. study=criteria study.name=foo",
     )
     return parser

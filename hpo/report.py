@@ -41,8 +41,13 @@ def write_report(
     if memory.points:
         sections.insert(3, ("Peak memory", memory_figure(memory)))
     else:
-        sections.insert(3, ("Peak memory", f"no trial has both {memory_param!r} and a memory "
-                                           "measurement (try --memory-param)"))
+        sections.insert(
+            3,
+            (
+                "Peak memory",
+                f"no trial has both {memory_param!r} and a memory measurement (try --memory-param)",
+            ),
+        )
     sections.append(("End reasons over time", end_reasons_figure(trials)))
     out_dir.mkdir(parents=True, exist_ok=True)
     html_path, png_path = out_dir / "report.html", out_dir / "memory.png"

@@ -48,22 +48,27 @@ class MemoryData:
         return "peak RSS per trial (MiB, host RAM: no VRAM recorded)"
 
 
-def memory_data(
-    trials: list[FrozenTrial], param: str, budget_mib: float | None
-) -> MemoryData:
+def memory_data(trials: list[FrozenTrial], param: str, budget_mib: float | None) -> MemoryData:
     """Peak memory of the trials that have ``param``; VRAM if any trial has it, else RSS."""
     key = VRAM_KEY if any(VRAM_KEY in t.user_attrs for t in trials) else RSS_KEY
     points = [
-        MemoryPoint(t.number, t.params[param], float(t.user_attrs[key]),
-                    _float(t.user_attrs.get("est_vram_mib")) if key == VRAM_KEY else None,
-                    t.state.name)
+        MemoryPoint(
+            t.number,
+            t.params[param],
+            float(t.user_attrs[key]),
+            _float(t.user_attrs.get("est_vram_mib")) if key == VRAM_KEY else None,
+            t.state.name,
+        )
         for t in trials
         if param in t.params and isinstance(t.user_attrs.get(key), (int, float))
     ]
     source = "--budget-mib" if budget_mib is not None else None
     if budget_mib is None:
-        recorded = [t.user_attrs["vram_budget_mib"] for t in trials
-                    if isinstance(t.user_attrs.get("vram_budget_mib"), (int, float))]
+        recorded = [
+            t.user_attrs["vram_budget_mib"]
+            for t in trials
+            if isinstance(t.user_attrs.get("vram_budget_mib"), (int, float))
+        ]
         if recorded:
             budget_mib, source = float(recorded[-1]), "vram_budget_mib attribute"
     return MemoryData(param, key, points, budget_mib, source)
@@ -86,22 +91,41 @@ def memory_figure(data: MemoryData) -> Any:
     fig = go.Figure()
     for state in sorted({p.state for p in data.points}):
         pts = [p for p in data.points if p.state == state]
-        fig.add_trace(go.Scatter(
-            x=[str(p.x) for p in pts], y=[p.mib for p in pts], mode="markers", name=state,
-            text=[f"trial {p.number}" for p in pts], marker={"size": 9},
-        ))
+        fig.add_trace(
+            go.Scatter(
+                x=[str(p.x) for p in pts],
+                y=[p.mib for p in pts],
+                mode="markers",
+                name=state,
+                text=[f"trial {p.number}" for p in pts],
+                marker={"size": 9},
+            )
+        )
     estimated = [p for p in data.points if p.estimate_mib is not None]
     if estimated:
-        fig.add_trace(go.Scatter(
-            x=[str(p.x) for p in estimated], y=[p.estimate_mib for p in estimated],
-            mode="markers", name="estimate at admission", marker={"symbol": "x", "size": 8},
-        ))
+        fig.add_trace(
+            go.Scatter(
+                x=[str(p.x) for p in estimated],
+                y=[p.estimate_mib for p in estimated],
+                mode="markers",
+                name="estimate at admission",
+                marker={"symbol": "x", "size": 8},
+            )
+        )
     if data.budget_mib is not None:
-        fig.add_hline(y=data.budget_mib, line_dash="dash", line_color="red",
-                      annotation_text=f"budget {data.budget_mib:.0f} MiB ({data.budget_source})")
+        fig.add_hline(
+            y=data.budget_mib,
+            line_dash="dash",
+            line_color="red",
+            annotation_text=f"budget {data.budget_mib:.0f} MiB ({data.budget_source})",
+        )
     order = [str(v) for v in _x_positions(data)[0]]
-    fig.update_layout(title=f"Peak memory by {data.param}", xaxis_title=data.param,
-                      yaxis_title=data.y_label, legend_title="trial state")
+    fig.update_layout(
+        title=f"Peak memory by {data.param}",
+        xaxis_title=data.param,
+        yaxis_title=data.y_label,
+        legend_title="trial state",
+    )
     fig.update_xaxes(type="category", categoryorder="array", categoryarray=order)
     return fig
 
@@ -122,17 +146,37 @@ def memory_png(data: MemoryData, path: Path) -> None:
             ax.scatter([where[p.x] for p in pts], [p.mib for p in pts], label=state, alpha=0.8)
         estimated = [p for p in data.points if p.estimate_mib is not None]
         if estimated:
-            ax.scatter([where[p.x] for p in estimated], [p.estimate_mib for p in estimated],
-                       marker="x", color="black", label="estimate at admission")
+            ax.scatter(
+                [where[p.x] for p in estimated],
+                [p.estimate_mib for p in estimated],
+                marker="x",
+                color="black",
+                label="estimate at admission",
+            )
         if data.budget_mib is not None:
-            ax.axhline(data.budget_mib, color="red", linestyle="--",
-                       label=f"budget {data.budget_mib:.0f} MiB ({data.budget_source})")
+            ax.axhline(
+                data.budget_mib,
+                color="red",
+                linestyle="--",
+                label=f"budget {data.budget_mib:.0f} MiB ({data.budget_source})",
+            )
         else:
-            ax.text(0.01, 0.01, "no budget known (hpo report --budget-mib)",
-                    transform=ax.transAxes, fontsize="small", color="gray")
+            ax.text(
+                0.01,
+                0.01,
+                "no budget known (hpo report --budget-mib)",
+                transform=ax.transAxes,
+                fontsize="small",
+                color="gray",
+            )
         if not data.points:
-            ax.text(0.5, 0.5, f"no trial has {data.param} and {data.key}",
-                    transform=ax.transAxes, ha="center")
+            ax.text(
+                0.5,
+                0.5,
+                f"no trial has {data.param} and {data.key}",
+                transform=ax.transAxes,
+                ha="center",
+            )
         ax.set_xticks(positions, [str(v) for v in values])
         ax.set_xlabel(data.param)
         ax.set_ylabel(data.y_label)
@@ -163,8 +207,13 @@ def end_reasons_figure(trials: list[FrozenTrial]) -> Any:
         ys.append(counts[reason])
     fig = go.Figure()
     for reason, (xs, ys) in sorted(series.items()):
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=reason,
-                                 line={"shape": "hv"}))
-    fig.update_layout(title="End reasons over time (cumulative)", xaxis_title="trial finished at",
-                      yaxis_title="trials", legend_title="end_reason")
+        fig.add_trace(
+            go.Scatter(x=xs, y=ys, mode="lines+markers", name=reason, line={"shape": "hv"})
+        )
+    fig.update_layout(
+        title="End reasons over time (cumulative)",
+        xaxis_title="trial finished at",
+        yaxis_title="trials",
+        legend_title="end_reason",
+    )
     return fig

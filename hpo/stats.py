@@ -59,8 +59,11 @@ def render(stats: dict[str, Any]) -> str:
         _table(
             "duration by state (s)", stats["duration_by_state"], ["state", "n", "avg_s", "total_s"]
         ),
-        _table("pruned trials by last reported epoch (rung; - = none)", stats["pruned_by_rung"],
-               ["rung", "n"]),
+        _table(
+            "pruned trials by last reported epoch (rung; - = none)",
+            stats["pruned_by_rung"],
+            ["rung", "n"],
+        ),
         _bracket_section(stats["pruned_by_bracket"]),
         _gpu_section(stats["gpu_seconds"]),
         _memory_section(stats, binds),
@@ -96,9 +99,7 @@ def _memory_section(stats: dict[str, Any], binds: dict[str, Any]) -> str:
         return f"{_table(f'{label} by {p1} x {p2}', rows, cols)}\n{note}"
     cols.append("n_over")
     over = [{p1: r["value1"], p2: r["value2"], **r} for r in stats["over_threshold"]]
-    over_table = _table(
-        f"trials over {threshold:g} MiB", over, ["number", "state", p1, p2, "mib"]
-    )
+    over_table = _table(f"trials over {threshold:g} MiB", over, ["number", "state", p1, p2, "mib"])
     return f"{_table(f'{label} by {p1} x {p2}', rows, cols)}\n\n{over_table}"
 
 

@@ -78,8 +78,14 @@ def take_snapshot(db: StudyDB, devices: list[DeviceView] | None = None) -> Snaps
     running = [_running_view(db, row, now) for row in db.rows(queries.RUNNING_TRIALS)]
     recent = [_finished_view(db, row) for row in db.rows(queries.RECENT_TRIALS, limit=RECENT)]
     return Snapshot(
-        db.ref.name, db.ref.url, db.ref.n_trials, counts, _elapsed(db, now, bool(running)),
-        running, recent, devices or [],
+        db.ref.name,
+        db.ref.url,
+        db.ref.n_trials,
+        counts,
+        _elapsed(db, now, bool(running)),
+        running,
+        recent,
+        devices or [],
     )
 
 
@@ -187,8 +193,9 @@ def _mib(nbytes: int | None) -> float | None:
     return None if nbytes is None else nbytes / MIB
 
 
-def watch(ref: StudyRef, cfg: DictConfig | None = None, once: bool = False,
-          interval_s: float = 2.0) -> None:
+def watch(
+    ref: StudyRef, cfg: DictConfig | None = None, once: bool = False, interval_s: float = 2.0
+) -> None:
     """Print one snapshot (``once``) or refresh a live view until Ctrl-C."""
     from rich.console import Console
     from rich.live import Live

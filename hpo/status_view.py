@@ -68,8 +68,16 @@ def _trials(title: str, trials: list[TrialView], running: bool) -> RenderableTyp
     if not trials:
         return Text(f"{title}: none", style="dim")
     table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
-    for col in ("trial", "for" if running else "took", "epoch" if running else "end",
-                "reserved", "vram", "rss", "device", "params"):
+    for col in (
+        "trial",
+        "for" if running else "took",
+        "epoch" if running else "end",
+        "reserved",
+        "vram",
+        "rss",
+        "device",
+        "params",
+    ):
         table.add_column(col, overflow="fold")
     for t in trials:
         table.add_row(

@@ -19,7 +19,11 @@ def run_look(
 ) -> subprocess.CompletedProcess[str]:
     """Run ``hpo <command>`` to completion in ``cwd``."""
     return subprocess.run(
-        look_cmd(command, *args), cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        look_cmd(command, *args),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env=_env(),
     )
 
@@ -27,8 +31,13 @@ def run_look(
 def make_toy_study(directory: Path, *extra: str) -> Path:
     """A finished toy study (some trials pruned, some failed) in ``directory/_optuna/toy.db``."""
     args = [
-        "study=toy", f"storage.dir={directory / '_optuna'}", "study.epoch_s=0.01", "par=2",
-        "study.n_trials=16", "study.error_rate=0.15", *extra,
+        "study=toy",
+        f"storage.dir={directory / '_optuna'}",
+        "study.epoch_s=0.01",
+        "par=2",
+        "study.n_trials=16",
+        "study.error_rate=0.15",
+        *extra,
     ]
     result = run_hpo(directory, *args)
     assert result.returncode == 0, result.stdout + result.stderr

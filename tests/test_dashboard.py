@@ -31,8 +31,12 @@ def need_browser() -> None:
 def start_dashboard(cwd: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
     """Start ``hpo dashboard --port 0`` and return it with the study page's URL it prints."""
     proc = subprocess.Popen(
-        look_cmd("dashboard", "--port", "0", *args), cwd=cwd, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, env=_env(),
+        look_cmd("dashboard", "--port", "0", *args),
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=_env(),
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -56,8 +60,12 @@ def browser() -> Iterator[object]:
 
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                "--window-size=1400,1000"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1000",
+    ):
         options.add_argument(arg)
     # An explicit driver path: Selenium Manager never looks for (or downloads) a browser.
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
@@ -90,7 +98,10 @@ def test_dashboard_shows_trials_and_memory_attrs_in_chromium(
         number = query(db, "select min(number) from trials where state = 'COMPLETE'")[0][0]
         browser.get(f"{url}/trials?numbers={number}")  # type: ignore[attr-defined]
         text = body_text_with(
-            browser, f"Trial {number} (trial_id", "User Attributes", "peak_rss_mib",
+            browser,
+            f"Trial {number} (trial_id",
+            "User Attributes",
+            "peak_rss_mib",
             "end_reason complete",
         )
         browser.save_screenshot(str(tmp_path / "trials.png"))  # type: ignore[attr-defined]

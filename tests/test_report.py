@@ -12,8 +12,13 @@ import pytest
 from tests.look import make_toy_study, run_look
 from tests.test_dashboard import browser  # noqa: F401 (fixture)
 
-SECTIONS = ("Optimisation history", "Intermediate values", "Parameter importances",
-            "Peak memory", "End reasons over time")
+SECTIONS = (
+    "Optimisation history",
+    "Intermediate values",
+    "Parameter importances",
+    "Peak memory",
+    "End reasons over time",
+)
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +28,18 @@ def toy_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_report_writes_offline_html_and_png(toy_db: Path, tmp_path: Path) -> None:
     out = tmp_path / "rep"
-    result = run_look(tmp_path, "report", "study=toy", f"storage.dir={toy_db.parent}",
-                      "--memory-param", "width", "--budget-mib", "90", "--out", str(out))
+    result = run_look(
+        tmp_path,
+        "report",
+        "study=toy",
+        f"storage.dir={toy_db.parent}",
+        "--memory-param",
+        "width",
+        "--budget-mib",
+        "90",
+        "--out",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr
     page = (out / "report.html").read_text()
     for title in SECTIONS:
@@ -44,11 +59,22 @@ def test_report_uses_vram_and_the_recorded_budget(toy_db: Path, tmp_path: Path) 
     with sqlite3.connect(db) as conn:
         for (trial_id,) in conn.execute("select trial_id from trials").fetchall():
             for key, value in (("peak_vram_mib", 700.0 + trial_id), ("vram_budget_mib", 4000.0)):
-                conn.execute("insert into trial_user_attributes (trial_id, key, value_json) "
-                             "values (?, ?, ?)", (trial_id, key, json.dumps(value)))
+                conn.execute(
+                    "insert into trial_user_attributes (trial_id, key, value_json) "
+                    "values (?, ?, ?)",
+                    (trial_id, key, json.dumps(value)),
+                )
     out = tmp_path / "rep"
-    result = run_look(tmp_path, "report", "study=toy", f"storage.dir={tmp_path}",
-                      "--memory-param", "family", "--out", str(out))
+    result = run_look(
+        tmp_path,
+        "report",
+        "study=toy",
+        f"storage.dir={tmp_path}",
+        "--memory-param",
+        "family",
+        "--out",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr
     page = (out / "report.html").read_text()
     assert "peak VRAM per trial (MiB)" in page
@@ -56,19 +82,28 @@ def test_report_uses_vram_and_the_recorded_budget(toy_db: Path, tmp_path: Path) 
 
 
 def test_report_renders_in_chromium_from_a_file(
-    toy_db: Path, tmp_path: Path, browser: object  # noqa: F811
+    toy_db: Path,
+    tmp_path: Path,
+    browser: object,  # noqa: F811
 ) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     out = tmp_path / "rep"
-    result = run_look(tmp_path, "report", "study=toy", f"storage.dir={toy_db.parent}",
-                      "--memory-param", "width", "--out", str(out))
+    result = run_look(
+        tmp_path,
+        "report",
+        "study=toy",
+        f"storage.dir={toy_db.parent}",
+        "--memory-param",
+        "width",
+        "--out",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr
     browser.get((out / "report.html").as_uri())  # type: ignore[attr-defined]
     plots = WebDriverWait(browser, 30).until(  # type: ignore[arg-type]
-        lambda d: len(found := d.find_elements(By.CSS_SELECTOR, ".plotly .main-svg")) >= 5
-        and found
+        lambda d: len(found := d.find_elements(By.CSS_SELECTOR, ".plotly .main-svg")) >= 5 and found
     )
     assert plots
     browser.save_screenshot(str(tmp_path / "report.png"))  # type: ignore[attr-defined]

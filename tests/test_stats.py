@@ -42,7 +42,8 @@ def study_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
             if number % 2 == 0:
                 conn.execute(
                     "update trial_user_attributes set value_json = '\"sim:0\"' "
-                    "where trial_id = ? and key = 'device'", (trial_id,)
+                    "where trial_id = ? and key = 'device'",
+                    (trial_id,),
                 )
                 for key, value in (("peak_vram_mib", 1000 + 37 * number), ("bracket", number % 4)):
                     conn.execute(  # the supervisor records a real bracket already
@@ -51,21 +52,24 @@ def study_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
                     )
                     conn.execute(
                         "insert into trial_user_attributes (trial_id, key, value_json) "
-                        "values (?, ?, ?)", (trial_id, key, json.dumps(value))
+                        "values (?, ?, ?)",
+                        (trial_id, key, json.dumps(value)),
                     )
         trial_1 = ids[1][0]
         conn.execute("delete from trial_intermediate_values where trial_id = ?", (trial_1,))
         conn.execute("update trials set state = 'PRUNED' where trial_id = ?", (trial_1,))
         conn.execute(
             "update trial_user_attributes set value_json = '\"memory_estimate\"' "
-            "where trial_id = ? and key = 'end_reason'", (trial_1,)
+            "where trial_id = ? and key = 'end_reason'",
+            (trial_1,),
         )
     return db
 
 
 def stats_json(db: Path, *args: str) -> dict[str, Any]:
-    result = run_look(db.parent.parent, "stats", "--json", "study=toy",
-                      f"storage.dir={db.parent}", *args)
+    result = run_look(
+        db.parent.parent, "stats", "--json", "study=toy", f"storage.dir={db.parent}", *args
+    )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -77,8 +81,12 @@ def sqlite3_cli(db: Path, sql: str, binds: dict[str, Any]) -> list[dict[str, Any
         literal = "NULL" if value is None else (repr(value) if value != "" else "''")
         cmds += ["-cmd", f".param set :{key} {literal}"]
     out = subprocess.run(
-        ["sqlite3", "-json", *cmds, str(db)], input=sql, capture_output=True, text=True,
-        check=True, timeout=30,
+        ["sqlite3", "-json", *cmds, str(db)],
+        input=sql,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
     ).stdout
     return json.loads(out) if out.strip() else []
 
@@ -132,8 +140,11 @@ def test_stats_figures_match_optuna(study_db: Path) -> None:
         want = sum(t.user_attrs["duration_s"] for t in sim if t.state.name == state)
         assert seconds == pytest.approx(want)
     for row in stats["memory_by_group"]:
-        vram = [t.user_attrs["peak_vram_mib"] for t in trials
-                if "peak_vram_mib" in t.user_attrs and t.params["family"] == row["value1"]]
+        vram = [
+            t.user_attrs["peak_vram_mib"]
+            for t in trials
+            if "peak_vram_mib" in t.user_attrs and t.params["family"] == row["value1"]
+        ]
         assert row["n"] == len(vram) and row["max_mib"] == max(vram)
         assert row["median_mib"] == statistics.median(vram)
         assert row["n_over"] == sum(v > 1200 for v in vram)
@@ -144,14 +155,28 @@ def test_stats_figures_match_optuna(study_db: Path) -> None:
 
 
 def test_stats_text_prints_every_section(study_db: Path) -> None:
-    result = run_look(study_db.parent.parent, "stats", "study=toy",
-                      f"storage.dir={study_db.parent}", "--vram-threshold-mib", "1200",
-                      "--group-by", "family,width")
+    result = run_look(
+        study_db.parent.parent,
+        "stats",
+        "study=toy",
+        f"storage.dir={study_db.parent}",
+        "--vram-threshold-mib",
+        "1200",
+        "--group-by",
+        "family,width",
+    )
     assert result.returncode == 0, result.stderr
-    for title in ("trials by state", "trials by end_reason", "duration by state",
-                  "pruned trials by last reported epoch", "Hyperband brackets",
-                  "GPU-seconds by state", "peak_vram_mib by family x width",
-                  "trials over 1200 MiB", "memory failures"):
+    for title in (
+        "trials by state",
+        "trials by end_reason",
+        "duration by state",
+        "pruned trials by last reported epoch",
+        "Hyperband brackets",
+        "GPU-seconds by state",
+        "peak_vram_mib by family x width",
+        "trials over 1200 MiB",
+        "memory failures",
+    ):
         assert title in result.stdout
 
 
@@ -179,7 +204,8 @@ def test_stats_user_mistakes_exit_2_and_create_nothing(
     assert list(tmp_path.iterdir()) == []
     assert not (study_db.parent / "nope.db").exists()
     assert set(sorted(p.name for p in study_db.parent.iterdir())) <= set(before) | {
-        "toy.db-wal", "toy.db-shm"
+        "toy.db-wal",
+        "toy.db-shm",
     }
 
 
@@ -190,12 +216,23 @@ def test_stats_on_postgres_equals_sqlite(tmp_path: Path, study_db: Path) -> None
             pytest.fail("HPO_TEST_POSTGRES_URL is not set in CI")
         pytest.skip("HPO_TEST_POSTGRES_URL not set")
     name = f"toy_{uuid.uuid4().hex[:8]}"
-    optuna.copy_study(from_study_name="toy", from_storage=f"sqlite:///{study_db}",
-                      to_storage=url, to_study_name=name)
+    optuna.copy_study(
+        from_study_name="toy",
+        from_storage=f"sqlite:///{study_db}",
+        to_storage=url,
+        to_study_name=name,
+    )
     try:
         args = ["--group-by", "family,width", "--vram-threshold-mib", "1200"]
-        on_pg = run_look(tmp_path, "stats", "--json", "study=toy", f"study.name={name}",
-                         f"storage.url={url}", *args)
+        on_pg = run_look(
+            tmp_path,
+            "stats",
+            "--json",
+            "study=toy",
+            f"study.name={name}",
+            f"storage.url={url}",
+            *args,
+        )
         assert on_pg.returncode == 0, on_pg.stderr
         pg = json.loads(on_pg.stdout)
         lite = stats_json(study_db, *args)

@@ -18,8 +18,9 @@ from tests.test_dashboard import start_dashboard, stop
 
 def test_status_once_shows_a_finished_study(tmp_path: Path) -> None:
     db = make_toy_study(tmp_path)
-    result = run_look(tmp_path, "status", "--once", "study=toy", f"storage.dir={db.parent}",
-                      "study.n_trials=16")
+    result = run_look(
+        tmp_path, "status", "--once", "study=toy", f"storage.dir={db.parent}", "study.n_trials=16"
+    )
     assert result.returncode == 0, result.stderr
     out = result.stdout
     finished = query(db, "select count(*) from trials where state in ('COMPLETE', 'PRUNED')")[0][0]
@@ -31,12 +32,13 @@ def test_status_once_shows_a_finished_study(tmp_path: Path) -> None:
 def test_status_and_dashboard_never_disturb_a_running_study(tmp_path: Path) -> None:
     """Poll status and every dashboard API read while the study writes; it must end clean."""
     store = tmp_path / "_optuna"
-    args = ["study=toy", f"storage.dir={store}", "par=2", "study.n_trials=24",
-            "study.epoch_s=0.03"]
+    args = ["study=toy", f"storage.dir={store}", "par=2", "study.n_trials=24", "study.epoch_s=0.03"]
     tune = start_hpo(tmp_path, *args)
     db = store / "toy.db"
-    wait_for(lambda: query(db, "select count(*) from trials where state = 'RUNNING'")[0][0],
-             what="a running trial")
+    wait_for(
+        lambda: query(db, "select count(*) from trials where state = 'RUNNING'")[0][0],
+        what="a running trial",
+    )
     dash, url = start_dashboard(tmp_path, *args)
     api = url.replace("/dashboard/studies/", "/api/studies/")
     saw_running, polls = False, 0
@@ -63,7 +65,11 @@ def test_status_live_refreshes_until_ctrl_c(tmp_path: Path) -> None:
     db = make_toy_study(tmp_path)
     proc = subprocess.Popen(
         look_cmd("status", "--interval", "0.2", "study=toy", f"storage.dir={db.parent}"),
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
     )
     time.sleep(3)
     proc.send_signal(signal.SIGINT)
@@ -92,8 +98,9 @@ def test_status_shows_a_trial_waiting_for_memory(tmp_path: Path) -> None:
     study = optuna.load_study(study_name="toy", storage=f"sqlite:///{db}")
     waiting = study.ask()  # asked by the supervisor, not yet admitted: no worker_pid
     waiting.set_user_attr("vram_reserved_mib", 1234.0)
-    result = run_look(tmp_path, "status", "--once", "study=toy", f"storage.dir={db.parent}",
-                      "study.n_trials=16")
+    result = run_look(
+        tmp_path, "status", "--once", "study=toy", f"storage.dir={db.parent}", "study.n_trials=16"
+    )
     assert result.returncode == 0, result.stderr
     line = [ln for ln in result.stdout.splitlines() if "waiting" in ln]
     assert line and str(waiting.number) in line[0] and "1234" in line[0]
