@@ -16,7 +16,7 @@ PORT ?= 8080
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install tune-criteria tune test clean-studies status dashboard stats report browser
+.PHONY: install tune-criteria tune test lint clean-studies status dashboard stats report browser
 
 install: $(STAMP)
 
@@ -40,8 +40,14 @@ tune-criteria: $(STAMP)
 tune: $(STAMP)
 	$(BIN)/hpo tune par=$(PAR) $(if $(N_TRIALS),study.n_trials=$(N_TRIALS)) $(ARGS)
 
-test: $(STAMP) browser
+# The test suite, after the checks that keep the house in order (lint, format, types).
+test: $(STAMP) browser lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check hpo tests bench
+	$(BIN)/ruff format --check hpo tests bench
+	$(BIN)/mypy hpo
 
 # The dashboard's browser test drives Debian's headless Chromium through /usr/bin/chromedriver;
 # install both when missing and we are root (the test tool never downloads a browser).

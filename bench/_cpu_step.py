@@ -14,7 +14,7 @@ import psutil
 import torch
 
 from hpo.config import compose
-from hpo.probe import _high_water_mark, _reset_high_water_mark
+from hpo.execution.probe import _high_water_mark, _reset_high_water_mark
 from hpo.studies.criteria.memory import build_step
 
 

@@ -30,10 +30,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hpo.config import compose
+from hpo.config import Settings, compose
+from hpo.contract import Decision
 from hpo.devices import GIB, MIB, Device, SimulatedGpu
 from hpo.errors import HpoError
-from hpo.memory import Admission, AdmissionKind, Estimate, MemoryGate, build_gate
+from hpo.memory import Estimate, MemoryGate, Verdict, build_gate
 from hpo.sim import load_workload
 from hpo.sim.objective import GPU_SECONDS_ATTR
 from hpo.supervisor import Supervisor
@@ -56,17 +57,15 @@ class TruthGate:
         peak = self._wl.peak_bytes(params) * (1 + self._wl.noise_frac)
         return peak + self._wl.device.context_gib * GIB
 
-    def check(self, params: dict[str, Any]) -> Admission:
+    def check(self, params: dict[str, Any]) -> Verdict:
         budget = self._inner.budget_bytes
         upper = self.true_upper(params)
         if upper > budget:
             why = f"cannot fit alone: {upper / MIB:.0f} MiB > {budget / MIB:.0f} MiB (threshold)"
-            return Admission(AdmissionKind.PRE_PRUNE, why, None, budget)
+            return Verdict(Decision.PRE_PRUNE, why, None, budget)
         if self._oracle:
             point = float(self._wl.footprint_bytes(params))
-            return Admission(
-                AdmissionKind.ADMIT, "oracle", Estimate(point, upper, "oracle", 0), budget
-            )
+            return Verdict(Decision.ADMIT, "oracle", Estimate(point, upper, "oracle", 0), budget)
         return self._inner.check(params)
 
 
@@ -123,17 +122,18 @@ def run_policy(policy: str, args: argparse.Namespace, root: Path) -> dict[str, A
         ]
     )
     workload = load_workload(str(cfg.study.workload))
+    settings = Settings.from_config(cfg)
 
-    def gate(cfg: Any, devices: list[Device]) -> Any:
-        return TruthGate(build_gate(cfg, devices), workload, oracle=policy == "oracle")
+    def gate(settings: Settings, devices: list[Device]) -> Any:
+        return TruthGate(build_gate(settings, devices), workload, oracle=policy == "oracle")
 
     from hpo.devices import open_devices
 
-    cards = [d for d in open_devices(cfg) if isinstance(d, SimulatedGpu)]
+    cards = [d for d in open_devices(settings.devices) if isinstance(d, SimulatedGpu)]
     sampler = CardSampler(cards)
     sampler.start()
     try:
-        Supervisor(cfg, poll_s=0.05, gate_factory=gate).run()
+        Supervisor(settings, poll_s=0.05, gate_factory=gate).run()
     finally:
         sampler.stop()
     db = workdir / f"packing-{policy}.db"

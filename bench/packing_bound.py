@@ -10,8 +10,8 @@ every policy's study) and reports, in wall seconds at the benchmark's time scale
   budget cannot share the card with each other, so they run one after another (``big_s``);
   the rest fill the memory beside them (where at least the smallest of them fits) and
   whatever memory × time is left over needs the whole budget;
-- ``replay_s``: hpo's own admission (:mod:`hpo.admission`, :mod:`hpo.backlog`, durations
-  learned as the supervisor learns them) told the true memory, replayed as events with no
+- ``replay_s``: hpo's own admission (:mod:`hpo.scheduling.admission`,
+  :mod:`hpo.scheduling.backlog`, durations learned as the supervisor learns them) told the true memory, replayed as events with no
   processes, no storage and no latency, with the workload's contention.
 
 ``work_s / replay_s`` is what the policy itself can reach; a measured run falls short of it by
@@ -27,11 +27,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hpo.admission import AdmissionScheduler, Decision, Placement, Slot
-from hpo.backlog import Backlog, Waiting, offer
+from hpo.contract import Decision
 from hpo.devices import GIB, Device, DeviceSnapshot
-from hpo.durations import DurationModel
 from hpo.memory import Estimate
+from hpo.scheduling.admission import AdmissionScheduler, Placement, Slot
+from hpo.scheduling.backlog import Backlog, Waiting, place_next
+from hpo.scheduling.durations import DurationModel
 from hpo.sim import load_workload
 
 
@@ -162,7 +163,10 @@ class Replay:
 
     def _offer(self, item: Waiting) -> Placement:
         expected = self.durations.predict(item.params)
-        return offer(self.backlog, self.sched, item, self._slots(), self._act, expected)
+        placement = place_next(self.backlog, self.sched, item, self._slots(), expected)
+        if self._act(item, placement):
+            self.backlog.started(item)
+        return placement
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:

@@ -5,7 +5,7 @@ in worker processes, measures their memory, and records how every trial ended.
 """
 
 from hpo.errors import ConfigError, HpoError, StudyAborted
-from hpo.runtime import TrialContext, current_context
+from hpo.execution.context import TrialContext, current_context
 
 __version__ = "0.1.0"
 

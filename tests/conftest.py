@@ -13,8 +13,15 @@ from typing import Any
 
 import pytest
 
+from hpo.config import Settings, compose
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
+
+
+def settings_of(*overrides: str) -> Settings:
+    """The typed settings of the repo's config tree with ``overrides``."""
+    return Settings.from_config(compose(list(overrides), str(CONF)))
 
 
 def hpo_cmd(*args: str) -> list[str]:

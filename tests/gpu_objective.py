@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 def objective(trial: optuna.Trial, cfg: DictConfig) -> float:
     import torch
 
-    from hpo.runtime import current_context
+    from hpo.execution.context import current_context
 
     device = torch.device(current_context().device)
     first_attempt = "retry_of" not in trial.user_attrs

@@ -1,6 +1,6 @@
 """Admission by predicted memory: placement, over-commit, backfill and starvation, par=auto.
 
-These drive :class:`~hpo.admission.AdmissionScheduler` and :class:`~hpo.backlog.Backlog` as
+These drive :class:`~hpo.scheduling.AdmissionScheduler` and :class:`~hpo.scheduling.Backlog` as
 the supervisor does, with simulated cards and a discrete clock; tests/test_packing.py runs the
 real supervisor.
 """
@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from hpo.admission import AdmissionScheduler, Decision, Placement, Slot
-from hpo.backlog import Backlog, Waiting, offer
+from hpo.contract import Decision
 from hpo.devices import GIB, SimulatedGpu, SimulatedGpuSpec
 from hpo.memory import Estimate
+from hpo.scheduling.admission import AdmissionScheduler, Placement, Slot
+from hpo.scheduling.backlog import Backlog, Waiting, place_next
 
 CTX = int(0.5 * GIB)
 
@@ -169,7 +170,9 @@ def schedule(
         return True
 
     for item in backlog.queue():
-        offer(backlog, sched, item, workers.slots(), act, durations.get(item.params["n"]))
+        duration = durations.get(item.params["n"])
+        if act(item, place_next(backlog, sched, item, workers.slots(), duration)):
+            backlog.started(item)
 
 
 def end(sched: AdmissionScheduler, workers: Workers, running: dict[int, int], n: int) -> None:
@@ -267,7 +270,7 @@ def test_a_short_trial_may_use_memory_set_aside_if_it_ends_in_time(tmp_path: Pat
 def test_ram_budget_waits_for_ram_and_learns_what_trials_need(tmp_path: Path) -> None:
     import os
 
-    from hpo.ram import RamBudget
+    from hpo.scheduling.ram import RamBudget
 
     ram = RamBudget(["batch_size"], ["model"], default_gib=1e6, margin_frac=0.05)
     fits, why = ram.fits({"model": "a", "batch_size": 8}, os.getpid())
@@ -283,7 +286,7 @@ def test_ram_budget_waits_for_ram_and_learns_what_trials_need(tmp_path: Path) ->
 
 
 def test_durations_are_learned_per_memory_group() -> None:
-    from hpo.durations import DurationModel
+    from hpo.scheduling.durations import DurationModel
 
     model = DurationModel(["model"])
     assert model.predict({"model": "a"}) is None
@@ -295,10 +298,10 @@ def test_durations_are_learned_per_memory_group() -> None:
 
 
 def test_par_auto_is_the_tightest_of_ram_device_memory_and_max_par(tmp_path: Path) -> None:
-    from hpo.autopar import auto_par
     from hpo.devices import CpuDevice
     from hpo.memory import MemoryGate, Observation
-    from hpo.ram import RamBudget
+    from hpo.scheduling.autopar import auto_par
+    from hpo.scheduling.ram import RamBudget
 
     space = {
         "model": {"type": "categorical", "choices": ["s", "l"]},

@@ -9,12 +9,15 @@ import optuna
 import pytest
 from omegaconf import DictConfig
 
-from hpo.checkpoint import CheckpointStore, atomic_write, load_json, save_json
+from hpo.checkpoint import atomic_write, load_json, save_json
 from hpo.config import compose
-from hpo.outcome import Assignment, EndReason
-from hpo.runner import TrialRunner
-from hpo.runtime import TrialContext, trial_context
+from hpo.contract import EndReason
+from hpo.devices import CpuDevice
+from hpo.execution.context import TrialContext, trial_context
+from hpo.execution.protocol import Assignment
+from hpo.execution.runner import TrialRunner
 from hpo.studies import toy
+from hpo.supervisor.checkpoints import CheckpointStore
 from tests.conftest import CONF
 
 SPACE = {
@@ -49,7 +52,7 @@ def _toy_cfg(*overrides: str) -> DictConfig:
 def _run_toy(study: optuna.Study, cfg: DictConfig, directory: Path) -> Any:
     study.enqueue_trial(PARAMS)
     trial = study.ask(SPACE)
-    runner = TrialRunner(study, toy.objective, cfg, "cpu")
+    runner = TrialRunner(study, toy.objective, cfg, "cpu", CpuDevice())
     return runner.run(Assignment(trial._trial_id, trial.number, str(directory)))
 
 

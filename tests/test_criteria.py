@@ -13,7 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 
-from hpo.config import DataLoaderConf
+from hpo.config.schema import DataLoaderConf
 from hpo.studies.criteria.config import CriteriaDataConf, CriteriaStudyConf
 from hpo.studies.criteria.data import (
     SINGLE_TRIGGER_FRACTION,

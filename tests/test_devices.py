@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from hpo.contract import EndReason
 from hpo.devices import (
     GIB,
     CpuDevice,
@@ -18,8 +19,7 @@ from hpo.devices import (
     SimulatedOutOfMemoryError,
     nvidia_count,
 )
-from hpo.outcome import EndReason
-from hpo.runner import classify_exception
+from hpo.execution.runner import classify_exception
 
 
 def _sim(tmp: Path, capacity_gib: float | None = None) -> SimulatedGpu:
@@ -58,7 +58,11 @@ def test_sim_context_is_charged_once_and_freed_with_the_process(tmp_path: Path) 
     assert gpu.snapshot().used_bytes == int(2.5 * GIB)
     gpu.release()
     assert gpu.snapshot().used_bytes == int(0.5 * GIB)  # the context stays, like CUDA's
-    assert gpu.peaks() == {"allocated": 2048.0, "footprint": 2560.0}
+    assert gpu.peak_attrs(None) == {
+        "peak_vram_allocated_mib": 2048.0,
+        "peak_vram_reserved_mib": 2048.0,
+        "peak_vram_mib": 2560.0,
+    }
 
 
 def _hold(path: str, ready: mp.synchronize.Event, stop: mp.synchronize.Event) -> None:

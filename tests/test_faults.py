@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from hpo.faults import Fault, draw_fault
+from hpo.sim.faults import Fault, draw_fault
 from tests.conftest import query, run_hpo, start_hpo, user_attrs, wait_for
 
 # A short study whose trials checkpoint after epoch 1 and meet their injected fault at epoch 2.

@@ -53,14 +53,15 @@ def test_small_card_pre_prunes_what_cannot_fit_and_tells_the_sampler(tmp_path: P
             assert t["peak_vram_mib"] > 512  # context + the trial's allocation
         elif t["end_reason"] == "oom":
             assert "Tried to allocate" in t["error"] and "peak_vram_mib" in t
-    # Pre-pruned trials are infeasible to the sampler (Optuna's constraints system attribute).
+    # Pre-pruned trials are infeasible to the sampler (trial.set_constraint("memory", ...)).
     rows = query(
         db,
         "select a.value_json from trial_system_attributes a join trial_user_attributes u "
-        "on a.trial_id = u.trial_id where a.key = 'constraints' and u.key = 'end_reason' "
-        "and u.value_json = '\"memory_estimate\"'",
+        "on a.trial_id = u.trial_id where a.key = 'constraints:memory' "
+        "and u.key = 'end_reason' and u.value_json = '\"memory_estimate\"'",
     )
-    assert rows and all(json.loads(v)[0] > 0 for (v,) in rows)
+    assert rows and len(rows) == reasons.count("memory_estimate")
+    assert all(json.loads(v) > 0 for (v,) in rows)
 
 
 def test_oom_retry_with_half_batch_is_opt_in(tmp_path: Path) -> None:
@@ -106,7 +107,9 @@ def test_the_criteria_step_builder_traces_on_fake_tensors(tmp_path: Path) -> Non
     cfg = compose(
         ["study=criteria", "study.memory.step_builder=hpo.studies.criteria.memory:build_step"]
     )
-    prior = build_prior(OmegaConf.to_container(cfg), ["batch_size"], ["model"], timeout_s=240)
+    container = OmegaConf.to_container(cfg)
+    assert isinstance(container, dict)
+    prior = build_prior(container, ["batch_size"], ["model"], timeout_s=240)
     assert prior is not None
     for model in ("tiny", "small"):
         small, big = (prior.bytes_at({"model": model}, bs) for bs in (8, 64))

@@ -14,21 +14,22 @@ from typing import Any
 import optuna
 import pytest
 
-from hpo.config import compose
+from hpo.config import Settings
+from hpo.contract import Decision
 from hpo.devices import GIB, MIB, SimulatedGpu, open_devices
-from hpo.memory import Admission, AdmissionKind, Estimate, build_gate
+from hpo.memory import Estimate, Verdict, build_gate
 from hpo.sim import load_workload
 from hpo.supervisor import Supervisor
-from tests.conftest import ROOT, run_hpo
+from tests.conftest import ROOT, run_hpo, settings_of
 
 from .test_memory_gate import _trials
 
 WORKLOAD = ROOT / "bench" / "workloads" / "criteria24.yaml"
 
 
-def sim_cfg(tmp_path: Path, *extra: str) -> Any:
-    return compose(
-        [
+def sim_cfg(tmp_path: Path, *extra: str) -> Settings:
+    return settings_of(
+        *[
             "study=simulated",
             f"storage.dir={tmp_path / '_optuna'}",
             "study.time_scale=0.004",
@@ -83,22 +84,22 @@ class TruthGate:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    def check(self, params: dict[str, Any]) -> Admission:
+    def check(self, params: dict[str, Any]) -> Verdict:
         budget = self._inner.budget_bytes
         if params["model"] == self._lie:
             upper = self._lie_gib * GIB
         else:
             upper = self._wl.footprint_bytes(params) * (1 + self._wl.noise_frac)
         if upper > budget:
-            return Admission(AdmissionKind.PRE_PRUNE, "cannot fit", None, budget)
-        return Admission(AdmissionKind.ADMIT, "truth", Estimate(upper, upper, "truth", 3), budget)
+            return Verdict(Decision.PRE_PRUNE, "cannot fit", None, budget)
+        return Verdict(Decision.ADMIT, "truth", Estimate(upper, upper, "truth", 3), budget)
 
 
 def test_a_packed_card_is_never_over_committed_and_runs_trials_side_by_side(
     tmp_path: Path,
 ) -> None:
     cfg = sim_cfg(tmp_path, "par=6", "study.n_trials=30", "study.time_scale=0.02")
-    cards = [d for d in open_devices(cfg) if isinstance(d, SimulatedGpu)]
+    cards = [d for d in open_devices(cfg.devices) if isinstance(d, SimulatedGpu)]
     ledger = Ledger(cards)
     ledger.start()
     try:

@@ -10,8 +10,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from hpo.reaper import Heartbeats, Liveness, Reaper, node_id, owner_attrs
-from hpo.storage import open_storage, prepare_storage
+from hpo.storage import StudyStore, open_storage, prepare_storage
+from hpo.supervisor.liveness import Heartbeats, Liveness, Reaper, node_id, owner_attrs
 from tests.conftest import query
 
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed")
@@ -44,14 +44,18 @@ def _age_heartbeats(db: Path, seconds: int) -> None:
     query(db, f"update trial_heartbeats set heartbeat = datetime(heartbeat, '-{seconds} seconds')")
 
 
+def _store(study: optuna.Study) -> StudyStore:
+    return StudyStore(study._storage, study.study_name)  # type: ignore[attr-defined]
+
+
 def _found(study: optuna.Study, exclude: set[int] | None = None) -> dict[int, Liveness]:
-    reaper = Reaper(study._storage, grace_period_s=60)  # type: ignore[arg-type]
-    return {tid: decision for tid, decision, _ in reaper.find(study, exclude or set())}
+    reaper = Reaper(_store(study), grace_period_s=60)
+    return {tid: decision for tid, decision, _ in reaper.find(exclude or set())}
 
 
 def test_orphan_of_a_dead_supervisor_on_this_node_is_reaped_at_once(study: optuna.Study) -> None:
     dead = _running(study, node_id=node_id(), supervisor_pid=_dead_pid(), host="here")
-    Heartbeats(study._storage, 10).beat([dead._trial_id])  # type: ignore[arg-type]
+    Heartbeats(_store(study), 10).beat([dead._trial_id])
     assert _found(study) == {dead._trial_id: Liveness.ORPHANED}
 
 
@@ -70,7 +74,7 @@ def test_live_supervisor_on_this_node_is_left_alone(study: optuna.Study) -> None
 
 def test_other_nodes_trials_wait_for_the_grace_period(study: optuna.Study, tmp_path: Path) -> None:
     other = _running(study, node_id="another-boot/123", supervisor_pid=_dead_pid(), host="b")
-    Heartbeats(study._storage, 10).beat([other._trial_id])  # type: ignore[arg-type]
+    Heartbeats(_store(study), 10).beat([other._trial_id])
     assert _found(study) == {}, "a fresh heartbeat: alive, whatever its pid says here"
     _age_heartbeats(tmp_path / "reap.db", 120)
     assert _found(study) == {other._trial_id: Liveness.STALE}
@@ -98,7 +102,7 @@ def test_ownerless_trial_is_stale_after_a_few_seconds(study: optuna.Study, tmp_p
 
 
 def test_heartbeats_respect_the_interval(study: optuna.Study, tmp_path: Path) -> None:
-    beats = Heartbeats(study._storage, 3600)  # type: ignore[arg-type]
+    beats = Heartbeats(_store(study), 3600)
     trial = _running(study)
     beats.beat([trial._trial_id])
     first = query(tmp_path / "reap.db", "select heartbeat from trial_heartbeats")

@@ -6,13 +6,12 @@ from pathlib import Path
 
 import optuna
 import pytest
-from omegaconf import OmegaConf
 
-from hpo.config import FaultConf, compose
+from hpo.config import compose
+from hpo.contract import EndReason
 from hpo.errors import ConfigError
-from hpo.outcome import EndReason
-from hpo.retry import RetryDecision, RetryPolicy, enqueue_retry
-from tests.conftest import CONF
+from hpo.supervisor.retry import RetryDecision, RetryPolicy, enqueue_retry
+from tests.conftest import CONF, settings_of
 
 POLICY = RetryPolicy(frozenset({EndReason.WORKER_DIED, EndReason.CUDA_ERROR}), max_retries=2)
 
@@ -46,7 +45,8 @@ def test_decide(reason: EndReason, attempt: int | None, decision: RetryDecision)
 
 
 def test_zero_retries_never_retries() -> None:
-    policy = RetryPolicy.from_conf(OmegaConf.structured(FaultConf(max_retries=0)))
+    faults = settings_of("study=toy", "faults.max_retries=0").faults
+    policy = RetryPolicy(faults.retry_on, faults.max_retries)
     assert policy.decide(EndReason.WORKER_DIED, _failed()) is RetryDecision.EXHAUSTED
 
 

@@ -10,9 +10,11 @@ import pytest
 from omegaconf import DictConfig
 
 from hpo.config import compose
-from hpo.outcome import Assignment, EndReason
-from hpo.runner import TrialRunner, classify_exception
-from hpo.runtime import current_context
+from hpo.contract import EndReason
+from hpo.devices import CpuDevice
+from hpo.execution.context import current_context
+from hpo.execution.protocol import Assignment
+from hpo.execution.runner import TrialRunner, classify_exception
 from hpo.studies import toy
 from tests.conftest import CONF, ROOT
 
@@ -32,7 +34,7 @@ def _run(objective: Any, cfg: DictConfig) -> tuple[optuna.Study, Any]:
             "width": optuna.distributions.IntDistribution(8, 8),
         }
     )
-    outcome = TrialRunner(study, objective, cfg, "cpu").run(
+    outcome = TrialRunner(study, objective, cfg, "cpu", CpuDevice()).run(
         Assignment(trial._trial_id, trial.number)
     )
     return study, outcome

@@ -21,16 +21,14 @@ def _fits(params: dict) -> bool:
     return not (params["model"] == "large" and params["batch_size"] == 64)
 
 
-def _constraints(trial: optuna.trial.FrozenTrial) -> tuple[float]:
-    return (-1.0,) if _fits(trial.params) else (1.0,)
-
-
 def _proposals(sampler: optuna.samplers.BaseSampler, n: int) -> list[dict]:
     study = optuna.create_study(direction="maximize", sampler=sampler)
     out = []
     for _ in range(n):
         trial = study.ask(SPACE)
         out.append(trial.params)
+        # as the supervisor reports a pre-pruned trial: infeasible through set_constraint
+        trial.set_constraint("memory", -1.0 if _fits(trial.params) else 1.0)
         study.tell(
             trial,
             trial.params["lr"] if _fits(trial.params) else None,
@@ -43,12 +41,10 @@ def test_relative_proposals_that_cannot_fit_are_redrawn() -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
 
     def tpe() -> optuna.samplers.TPESampler:
-        return optuna.samplers.TPESampler(
-            n_startup_trials=4, multivariate=True, seed=0, constraints_func=_constraints
-        )
+        return optuna.samplers.TPESampler(n_startup_trials=4, multivariate=True, seed=0)
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # multivariate
         sampler = FeasibleSampler(tpe(), _fits)
         wrapped = sum(not _fits(p) for p in _proposals(sampler, 40)[4:])
         plain = sum(not _fits(p) for p in _proposals(tpe(), 40)[4:])

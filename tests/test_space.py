@@ -5,8 +5,8 @@ from typing import Any
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
+from hpo.config.space import build_space, describe
 from hpo.errors import ConfigError
-from hpo.space import build_space, describe
 
 
 def test_build_space_maps_each_kind() -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import optuna
 import pytest
 
-from hpo import queries
+from hpo.look import queries
 from tests.look import ROOT, make_toy_study, run_look
 
 DOC = ROOT / "docs" / "sql.md"

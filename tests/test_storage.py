@@ -1,4 +1,4 @@
-"""hpo.storage: the study's storage, and one-transaction user attributes."""
+"""hpo.storage.rdb: the study's storage, and one-transaction user attributes."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage, InMemoryStorage
 
-from hpo.storage import open_storage, prepare_storage, set_user_attrs
+from hpo.storage import StudyStore, open_storage, prepare_storage
 
 
 def _sqlite(tmp_path: Path) -> BaseStorage:
@@ -30,12 +30,20 @@ def _postgres(_: Path) -> BaseStorage:
     return open_storage(url, busy_timeout_s=10)
 
 
+def _set(storage: Any, study: optuna.Study, trial: optuna.Trial, attrs: dict[str, Any]) -> None:
+    store = StudyStore(storage, study.study_name)
+    store.set_user_attrs(store.trial_id(trial.number), attrs)
+
+
 class CountingStorage:
     """Wraps a storage and counts commits of user attributes (one per call it forwards)."""
 
     def __init__(self, inner: BaseStorage) -> None:
         self._backend = inner
         self.calls = 0
+
+    def __getattr__(self, name: str) -> Any:  # reads go to the storage it wraps
+        return getattr(self._backend, name)
 
     def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
         self.calls += 1
@@ -47,8 +55,8 @@ def test_set_user_attrs_writes_all_and_overwrites(tmp_path: Path, make: Any) -> 
     storage = make(tmp_path)
     study = optuna.create_study(storage=storage, study_name=f"attrs-{uuid.uuid4().hex[:8]}")
     trial = study.ask()
-    set_user_attrs(study._storage, trial._trial_id, {"a": 1, "b": "x", "c": [1.5, None]})
-    set_user_attrs(study._storage, trial._trial_id, {"a": 2, "d": {"k": True}})
+    _set(study._storage, study, trial, {"a": 1, "b": "x", "c": [1.5, None]})
+    _set(study._storage, study, trial, {"a": 2, "d": {"k": True}})
     got = study._storage.get_trial(trial._trial_id).user_attrs
     assert got == {"a": 2, "b": "x", "c": [1.5, None], "d": {"k": True}}
 
@@ -60,7 +68,7 @@ def test_set_user_attrs_on_a_finished_trial_writes_nothing(tmp_path: Path, make:
     trial = study.ask()
     study.tell(trial, 1.0)
     with pytest.raises(UpdateFinishedTrialError):
-        set_user_attrs(study._storage, trial._trial_id, {"late": 1, "later": 2})
+        _set(study._storage, study, trial, {"late": 1, "later": 2})
     assert study._storage.get_trial(trial._trial_id).user_attrs == {}
 
 
@@ -69,7 +77,7 @@ def test_rdb_storage_takes_one_transaction_not_one_call_per_attribute(tmp_path: 
     study = optuna.create_study(storage=rdb, study_name="one-commit")
     trial = study.ask()
     counting = CountingStorage(rdb)
-    set_user_attrs(counting, trial._trial_id, {f"k{i}": i for i in range(6)})  # type: ignore[arg-type]
+    _set(counting, study, trial, {f"k{i}": i for i in range(6)})
     assert counting.calls == 0, "Optuna's RDB storage should be written in one transaction"
     assert len(rdb.get_trial(trial._trial_id).user_attrs) == 6
 
@@ -79,6 +87,6 @@ def test_other_storages_get_one_call_per_attribute() -> None:
     study = optuna.create_study(storage=memory)
     trial = study.ask()
     counting = CountingStorage(memory)
-    set_user_attrs(counting, trial._trial_id, {"a": 1, "b": 2})  # type: ignore[arg-type]
+    _set(counting, study, trial, {"a": 1, "b": 2})
     assert counting.calls == 2
     assert memory.get_trial(trial._trial_id).user_attrs == {"a": 1, "b": 2}

@@ -203,9 +203,9 @@ def test_postgres_storage_runs_a_study(tmp_path: Path, toy_args: list[str]) -> N
 def test_supervisor_import_path_never_imports_torch() -> None:
     """DESIGN: heavy imports stay in the workers; the supervisor composes and runs without torch."""
     code = (
-        "import sys; from hpo.config import compose; import hpo.cli, hpo.supervisor; "
+        "import sys; from hpo.config import Settings, compose; import hpo.cli, hpo.supervisor; "
         "from hpo.supervisor import Supervisor; "
-        f"Supervisor(compose(['study=criteria'], {str(CONF)!r})); "
+        f"Supervisor(Settings.from_config(compose(['study=criteria'], {str(CONF)!r}))); "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -1,9 +1,16 @@
-"""The device interface: what hpo needs to know about a place where trials run."""
+"""The device interface: what hpo needs to know about a place where trials run.
+
+A :class:`Device` is read by the supervisor (capacity, a snapshot of use) and, in a worker,
+bound to the trials it runs: the runner caps the process on it, the memory probe resets and
+reads its peaks. Each kind (NVIDIA, CPU, simulated card) answers these in its own way, so no
+code outside ``hpo.devices`` special-cases one of them.
+"""
 
 from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
+from typing import Any
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -45,6 +52,35 @@ class Device(abc.ABC):
     @property
     def has_memory(self) -> bool:
         return self.capacity_bytes is not None
+
+    @property
+    def context_bytes(self) -> int:
+        """Device memory a worker process holds once it has touched the device."""
+        return 0
+
+    # -- in a worker, for the trials that run on this device ------------------------------
+
+    def cap_process(self, cap_bytes: int | None) -> None:
+        """Cap this process on the device at ``cap_bytes`` (context included; None: no cap),
+        so an under-estimate fails this trial with an OOM instead of its neighbours."""
+        return None
+
+    def reset_peaks(self) -> None:
+        """Start measuring this process's peaks afresh (a trial starts)."""
+        return None
+
+    def process_bytes(self, pids: set[int]) -> int | None:
+        """Device memory held now by ``pids`` (sampled by the memory probe), where known."""
+        return None
+
+    def peak_attrs(self, sampled_peak: int | None) -> dict[str, Any]:
+        """The trial's VRAM user attributes (none for a device without memory, never a fake
+        zero); ``sampled_peak`` is the largest :meth:`process_bytes` seen during the trial."""
+        return {}
+
+    def release_cached(self) -> None:
+        """Hand cached memory back after a trial, so the next one's cap is all it may use."""
+        return None
 
 
 def capped(capacity_bytes: int, capacity_gib: float | None) -> int:

@@ -1,13 +1,22 @@
-"""NVIDIA GPUs read through NVML (nvidia-ml-py): capacity, use and utilisation, no torch."""
+"""NVIDIA GPUs: capacity, use and utilisation through NVML (nvidia-ml-py), and in a worker the
+trial's peaks and cap through the torch the objective imported.
+
+torch is never imported here: its CUDA figures are read only when the objective itself
+initialised CUDA in the worker (``sys.modules``).
+"""
 
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
-from hpo.devices._base import Device, DeviceSnapshot, capped
+from hpo.contract import Attr
+from hpo.devices._base import MIB, Device, DeviceSnapshot, capped
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_CUDA_CONTEXT_BYTES = 512 * MIB  # a torch CUDA context before calibration
 
 
 def _nvml() -> Any | None:
@@ -60,3 +69,71 @@ class NvidiaDevice(Device):
         mem = self._nvml.nvmlDeviceGetMemoryInfo(self._handle)
         util = self._nvml.nvmlDeviceGetUtilizationRates(self._handle)
         return DeviceSnapshot(self.label, self._capacity, int(mem.used), util.gpu / 100.0)
+
+    @property
+    def context_bytes(self) -> int:
+        return DEFAULT_CUDA_CONTEXT_BYTES
+
+    def cap_process(self, cap_bytes: int | None) -> None:
+        torch = sys.modules.get("torch")
+        if torch is None or not torch.cuda.is_available():
+            return  # the objective did not bring torch: nothing to cap yet
+        total = torch.cuda.get_device_properties(0).total_memory
+        if cap_bytes is None:
+            torch.cuda.set_per_process_memory_fraction(1.0, 0)
+            return
+        # The fraction caps torch's allocator, which does not hold the CUDA context.
+        allocator = max(cap_bytes - DEFAULT_CUDA_CONTEXT_BYTES, cap_bytes // 2)
+        torch.cuda.set_per_process_memory_fraction(min(1.0, allocator / total), 0)
+
+    def reset_peaks(self) -> None:
+        torch = cuda_torch()
+        if torch is not None:
+            torch.cuda.reset_peak_memory_stats()
+
+    def process_bytes(self, pids: set[int]) -> int | None:
+        """Per-process device memory (NVML, all GPUs) of ``pids``, once CUDA is in use."""
+        if cuda_torch() is None:
+            return None
+        total, seen = 0, False
+        try:
+            for index in range(self._nvml.nvmlDeviceGetCount()):
+                handle = self._nvml.nvmlDeviceGetHandleByIndex(index)
+                for proc in self._nvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                    if proc.pid in pids and proc.usedGpuMemory is not None:
+                        total += int(proc.usedGpuMemory)
+                        seen = True
+        except Exception as e:  # some containers hide other processes: fall back to torch's
+            logger.debug("NVML per-process memory unavailable: %s", e)
+            return None
+        return total if seen else None
+
+    def peak_attrs(self, sampled_peak: int | None) -> dict[str, Any]:
+        torch = cuda_torch()
+        if torch is None:
+            return {}  # the trial never used CUDA
+        reserved = torch.cuda.max_memory_reserved()
+        # NVML's per-process figure includes the CUDA context; without it (some containers
+        # hide other PID namespaces) the reserved peak is the best lower bound.
+        footprint = sampled_peak if sampled_peak is not None else reserved
+        return {
+            Attr.PEAK_VRAM_ALLOCATED_MIB: round(torch.cuda.max_memory_allocated() / MIB, 1),
+            Attr.PEAK_VRAM_RESERVED_MIB: round(reserved / MIB, 1),
+            Attr.PEAK_VRAM_MIB: round(footprint / MIB, 1),
+        }
+
+    def release_cached(self) -> None:
+        torch = cuda_torch()
+        if torch is not None:
+            torch.cuda.empty_cache()
+
+
+def cuda_torch() -> Any | None:
+    """torch, if the objective imported it and initialised CUDA in this process."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    try:
+        return torch if torch.cuda.is_initialized() else None
+    except Exception:  # a half-imported or broken torch must not fail the trial
+        return None

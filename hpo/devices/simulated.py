@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hpo.contract import Attr
 from hpo.devices._base import GIB, MIB, Device, DeviceSnapshot, capped
 
 
@@ -53,12 +54,17 @@ class SimulatedGpu(Device):
         spec: SimulatedGpuSpec,
         state_dir: str | os.PathLike[str],
         capacity_gib: float | None = None,
+        readonly: bool = False,
     ) -> None:
+        """``readonly``: only :meth:`snapshot` is used (``hpo status``); nothing is created
+        or written, not even the lock file."""
         self._index = index
+        self._readonly = readonly
         self._capacity = capped(int(spec.capacity_gib * GIB), capacity_gib)
         self._context = int(spec.context_gib * GIB)
         self._dir = Path(state_dir)
-        self._dir.mkdir(parents=True, exist_ok=True)
+        if not readonly:
+            self._dir.mkdir(parents=True, exist_ok=True)
         self._ledger = self._dir / f"sim{index}.json"
         self._lock = self._dir / f"sim{index}.lock"
         self._allocated = 0  # bytes this process allocated (without its context)
@@ -79,9 +85,15 @@ class SimulatedGpu(Device):
         return self._context
 
     def snapshot(self) -> DeviceSnapshot:
+        if self._readonly:  # the ledger is replaced atomically: a plain read is consistent
+            entries = {p: e for p, e in _read(self._ledger).items() if _alive(int(p))}
+            return self._snapshot_of(entries)
         with self._locked() as entries:
-            used = sum(e["bytes"] for e in entries.values())
-            demand = sum(e["util"] for e in entries.values())
+            return self._snapshot_of(entries)
+
+    def _snapshot_of(self, entries: dict[str, Any]) -> DeviceSnapshot:
+        used = sum(e["bytes"] for e in entries.values())
+        demand = sum(e["util"] for e in entries.values())
         return DeviceSnapshot(self.label, self._capacity, used, demand)
 
     # -- the process side: what a simulated objective calls ------------------------------
@@ -144,21 +156,31 @@ class SimulatedGpu(Device):
         demand = self.snapshot().utilization or 0.0
         return max(1.0, demand)
 
-    def reset_peak(self) -> None:
+    # -- the worker's side (see hpo.devices.Device) ----------------------------------------
+
+    def cap_process(self, cap_bytes: int | None) -> None:
+        self.set_limit(cap_bytes)
+
+    def reset_peaks(self) -> None:
         self._peak_allocated = self._allocated
 
-    def peaks(self) -> dict[str, float] | None:
-        """This process's peaks in MiB since :meth:`reset_peak` (None if it never touched)."""
+    def peak_attrs(self, sampled_peak: int | None) -> dict[str, Any]:
+        """This process's peaks since :meth:`reset_peaks`, from its own ledger entry (none if
+        it never touched the card)."""
         if not self._touched:
-            return None
+            return {}
+        allocated = round(self._peak_allocated / MIB, 1)
         return {
-            "allocated": self._peak_allocated / MIB,
-            "footprint": (self._peak_allocated + self._context) / MIB,
+            Attr.PEAK_VRAM_ALLOCATED_MIB: allocated,
+            Attr.PEAK_VRAM_RESERVED_MIB: allocated,
+            Attr.PEAK_VRAM_MIB: round((self._peak_allocated + self._context) / MIB, 1),
         }
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[dict[str, Any]]:
         """The ledger, locked, without dead processes; written back when the block ends."""
+        if self._readonly:
+            raise RuntimeError(f"{self.label} was opened read-only")
         with open(self._lock, "a+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
@@ -199,17 +221,3 @@ def _alive(pid: int) -> bool:
     except OSError:
         return True  # no procfs: trust kill(0)
     return stat.rpartition(")")[2].split()[0] != "Z"
-
-
-# The card this process's trials run on, set by the worker (read by the memory probe).
-_active: SimulatedGpu | None = None
-
-
-def activate(device: SimulatedGpu | None) -> None:
-    global _active
-    _active = device
-
-
-def active() -> SimulatedGpu | None:
-    """The simulated card of this process, if its trials run on one."""
-    return _active

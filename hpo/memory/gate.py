@@ -4,18 +4,18 @@
 learns from the study's finished trials (``peak_vram_mib``, and OOMs as censored data), and for
 each new trial returns an :class:`Admission`: admit (with the estimate recorded on the trial)
 or pre-prune (``end_reason=memory_estimate``) when the upper estimate exceeds the per-trial
-budget, capacity minus the safety margin. Pre-pruned trials are infeasible to the sampler
-through Optuna's constraints: :meth:`constraints` is the sampler's ``constraints_func``.
+budget, the largest device's budget (:func:`device_budget`). A pre-pruned trial is reported
+infeasible to the sampler with ``trial.set_constraint`` (:meth:`MemoryGate.infeasibility`).
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from hpo.contract import MEASURED, Attr, Decision, EndReason
 from hpo.devices import MIB, Device
 from hpo.memory.estimator import Estimate, MemoryEstimator, Observation
 from hpo.memory.oom import needed_lower_bound
@@ -27,16 +27,16 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-class AdmissionKind(str, enum.Enum):
-    ADMIT = "admit"
-    PRE_PRUNE = "pre_prune"
+def device_budget(device: Device, margin_frac: float) -> int:
+    """Memory trials may hold on ``device``: its capacity less the device margin (0 for none)."""
+    return int((device.capacity_bytes or 0) * (1 - margin_frac))
 
 
 @dataclass(frozen=True)
-class Admission:
-    """The gate's decision for one trial, and why."""
+class Verdict:
+    """The gate's decision for one trial (admit: it may be placed; or pre-prune), and why."""
 
-    kind: AdmissionKind
+    decision: Decision
     reason: str
     estimate: Estimate | None
     budget_bytes: int | None
@@ -45,12 +45,12 @@ class Admission:
         """User attributes recording the estimate used and the budget it was held against."""
         out: dict[str, Any] = {}
         if self.estimate is not None:
-            out["est_vram_mib"] = round(self.estimate.point_bytes / MIB, 1)
-            out["est_vram_upper_mib"] = round(self.estimate.upper_bytes / MIB, 1)
-            out["est_source"] = self.estimate.source
-            out["est_n_measured"] = self.estimate.n_measured
+            out[Attr.EST_VRAM_MIB] = round(self.estimate.point_bytes / MIB, 1)
+            out[Attr.EST_VRAM_UPPER_MIB] = round(self.estimate.upper_bytes / MIB, 1)
+            out[Attr.EST_SOURCE] = self.estimate.source
+            out[Attr.EST_N_MEASURED] = self.estimate.n_measured
         if self.budget_bytes is not None:
-            out["vram_budget_mib"] = round(self.budget_bytes / MIB, 1)
+            out[Attr.VRAM_BUDGET_MIB] = round(self.budget_bytes / MIB, 1)
         return out
 
 
@@ -68,8 +68,8 @@ class MemoryGate:
         context_bytes: float = 0.0,
         **estimator_kwargs: Any,
     ) -> None:
-        capacities = [d.capacity_bytes for d in devices if d.capacity_bytes is not None]
-        self.budget_bytes = int(max(capacities) * (1 - margin_frac)) if capacities else None
+        budgets = [device_budget(d, margin_frac) for d in devices if d.has_memory]
+        self.budget_bytes = max(budgets) if budgets else None
         self._prune = prune
         self.estimator = MemoryEstimator(
             scaling, groups, prior, context_bytes=context_bytes, **estimator_kwargs
@@ -80,12 +80,12 @@ class MemoryGate:
         """False on CPU-only runs: there is no device memory to plan."""
         return self.budget_bytes is not None
 
-    def check(self, params: Mapping[str, Any]) -> Admission:
+    def check(self, params: Mapping[str, Any]) -> Verdict:
         if not self.active:
-            return Admission(AdmissionKind.ADMIT, "no device memory to plan", None, None)
+            return Verdict(Decision.ADMIT, "no device memory to plan", None, None)
         estimate = self.estimator.predict(params)
         if estimate is None:
-            return Admission(AdmissionKind.ADMIT, "nothing known yet", None, self.budget_bytes)
+            return Verdict(Decision.ADMIT, "nothing known yet", None, self.budget_bytes)
         assert self.budget_bytes is not None
         # A single measurement extrapolated proportionally is a safe bound for admission but
         # too loose to give a configuration up for good: such a trial runs and is measured.
@@ -95,19 +95,19 @@ class MemoryGate:
                 f"estimated {estimate.upper_bytes / MIB:.0f} MiB ({estimate.source}) > budget "
                 f"{self.budget_bytes / MIB:.0f} MiB"
             )
-            return Admission(AdmissionKind.PRE_PRUNE, reason, estimate, self.budget_bytes)
-        return Admission(AdmissionKind.ADMIT, "fits the budget", estimate, self.budget_bytes)
+            return Verdict(Decision.PRE_PRUNE, reason, estimate, self.budget_bytes)
+        return Verdict(Decision.ADMIT, "fits the budget", estimate, self.budget_bytes)
 
     def observe(self, params: Mapping[str, Any], attrs: Mapping[str, Any]) -> None:
         """Learn from a finished trial's user attributes (measured peak, or an OOM bound)."""
-        peak_mib = attrs.get("peak_vram_mib")
-        if attrs.get("end_reason") == "oom":
+        peak_mib = attrs.get(Attr.PEAK_VRAM_MIB)
+        if attrs.get(Attr.END_REASON) == EndReason.OOM.value:
             peak = None if peak_mib is None else float(peak_mib) * MIB
-            bound = needed_lower_bound(peak, attrs.get("error"))
+            bound = needed_lower_bound(peak, attrs.get(Attr.ERROR))
             if bound is not None:
                 self.estimator.observe(Observation(dict(params), bound, censored=True))
             return
-        if peak_mib is None or attrs.get("end_reason") not in ("complete", "pruned"):
+        if peak_mib is None or attrs.get(Attr.END_REASON) not in MEASURED:
             return
         self.estimator.observe(Observation(dict(params), float(peak_mib) * MIB))
 
@@ -118,15 +118,9 @@ class MemoryGate:
             self.observe(trial.params, trial.user_attrs)
         return self.estimator.n_observations - before
 
-    def constraints(self, trial: FrozenTrial) -> Sequence[float]:
-        """Optuna ``constraints_func``: > 0 for a trial that cannot fit (pre-pruned or OOM)."""
-        if self.budget_bytes is None:
-            return (0.0,)
-        attrs = trial.user_attrs
-        if attrs.get("end_reason") == "memory_estimate":
-            need = float(attrs.get("est_vram_upper_mib", 0.0)) * MIB
-            return ((need - self.budget_bytes) / self.budget_bytes,)
-        peak = attrs.get("peak_vram_mib")
-        if peak is None:
-            return (0.0,)
-        return (min(0.0, (float(peak) * MIB - self.budget_bytes) / self.budget_bytes),)
+    def infeasibility(self, verdict: Verdict) -> float:
+        """The memory constraint of a pre-pruned trial for ``trial.set_constraint`` (> 0: by
+        how much, relative to the budget, its upper estimate exceeds the budget)."""
+        if verdict.estimate is None or self.budget_bytes is None:
+            return 0.0
+        return (verdict.estimate.upper_bytes - self.budget_bytes) / self.budget_bytes

@@ -95,13 +95,13 @@ def feasible_sampler(inner: BaseSampler, gate: MemoryGate, max_tries: int = 10) 
     """``inner`` wrapped so that it re-draws what ``gate`` would pre-prune (inner if inactive)."""
     if not gate.active:
         return inner
-    from hpo.memory.gate import AdmissionKind
+    from hpo.contract import Decision
 
     needed = gate.estimator.params_needed
 
     def fits(params: Mapping[str, Any]) -> bool:
         if not needed <= params.keys():  # a partial proposal: the gate decides at launch
             return True
-        return gate.check(params).kind is not AdmissionKind.PRE_PRUNE
+        return gate.check(params).decision is not Decision.PRE_PRUNE
 
     return FeasibleSampler(inner, fits, max_tries)

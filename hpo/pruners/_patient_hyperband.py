@@ -10,7 +10,7 @@ from optuna.study import StudyDirection
 
 if TYPE_CHECKING:
     from optuna.study import Study
-    from optuna.trial import FrozenTrial
+    from optuna.trial import FrozenTrial, Trial
 
 
 class PatientHyperbandPruner(HyperbandPruner):
@@ -79,9 +79,10 @@ class PatientHyperbandPruner(HyperbandPruner):
             return False
         return super().prune(study, trial)
 
-    def bracket_of(self, study: Study, trial: FrozenTrial) -> int:
+    def bracket_of(self, study: Study, trial: FrozenTrial | Trial) -> int:
         """The Hyperband bracket a trial belongs to (stable for a study name and trial number)."""
-        return self._get_bracket_id(study, trial)
+        # Hyperband reads only the trial's number (and the study's name) to pick its bracket.
+        return self._get_bracket_id(study, trial)  # type: ignore[arg-type]
 
     def stalled(self, values: list[float], direction: StudyDirection) -> bool:
         """True when the last ``patience`` values brought no improvement over the best before.

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 
 import optuna
 
-from hpo.config import StudyConf
-from hpo.devices import simulated
+from hpo.config.schema import StudyConf
+from hpo.devices.simulated import SimulatedGpu
+from hpo.execution.context import current_context
 from hpo.sim.workload import load_workload
 
 if TYPE_CHECKING:
@@ -37,8 +38,8 @@ class SimulatedStudyConf(StudyConf):
 def objective(trial: optuna.Trial, cfg: DictConfig) -> float:
     """Hold the trial's memory, run its epochs, report its curve; return the best value."""
     study = cfg.study
-    gpu = simulated.active()
-    if gpu is None:
+    gpu = current_context().handle
+    if not isinstance(gpu, SimulatedGpu):
         raise RuntimeError(f"the simulated objective needs study.device=sim, got {study.device!r}")
     wl = load_workload(str(study.workload))
     params = trial.params
@@ -65,7 +66,7 @@ def objective(trial: optuna.Trial, cfg: DictConfig) -> float:
         gpu.release()
 
 
-def _run_epoch(gpu: simulated.SimulatedGpu, work_s: float) -> None:
+def _run_epoch(gpu: SimulatedGpu, work_s: float) -> None:
     """Do ``work_s`` seconds of work, slowed down while the card is oversubscribed.
 
     Progress is measured on the clock (time slept and time spent reading the card both

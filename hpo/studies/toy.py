@@ -1,7 +1,7 @@
 """The ``toy`` study: a synthetic learning curve with no torch, for smoke runs and tests.
 
 Its knobs make a worker hold memory (in itself or in a child process, like a DataLoader
-worker) or fail in the ways GPU jobs fail (:mod:`hpo.faults`), so the orchestration can be
+worker) or fail in the ways GPU jobs fail (:mod:`hpo.sim.faults`), so the orchestration can be
 exercised in seconds on any machine. With a checkpoint directory it saves its curve after every
 epoch and a retried trial resumes from the last saved epoch.
 """
@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING
 import optuna
 
 from hpo.checkpoint import RESUMED_ATTR, load_json, save_json
-from hpo.config import StudyConf
-from hpo.faults import Fault, draw_fault, inject
-from hpo.runtime import current_context
+from hpo.config.schema import StudyConf
+from hpo.execution.context import current_context
+from hpo.sim.faults import Fault, draw_fault, inject
 
 if TYPE_CHECKING:
     from multiprocessing.synchronize import Event

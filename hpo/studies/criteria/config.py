@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from hpo.config import StudyConf
+from hpo.config.schema import StudyConf
 
 
 @dataclass

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from hpo.checkpoint import RESUMED_ATTR
-from hpo.runtime import current_context
+from hpo.execution.context import current_context
 from hpo.studies.criteria import checkpoint
 from hpo.studies.criteria.checkpoint import Progress
 from hpo.studies.criteria.data import load_splits

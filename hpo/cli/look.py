@@ -1,0 +1,173 @@
+"""The commands that look at a study without changing it: stats, status, dashboard, report.
+
+Each selects its study with the same Hydra overrides as ``hpo tune`` (``study=criteria``,
+``study.name=...``, ``storage.dir=...``); a storage or study that does not exist is a
+:class:`ConfigError` (one line, exit 2) and nothing is created. None of them imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from hpo.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+def add_look_commands(sub: Any) -> None:
+    """Add the subcommands to ``hpo``'s subparsers."""
+    stats = _with_study(sub.add_parser("stats", help="trial counts, durations, pruning, memory"))
+    stats.add_argument("--json", action="store_true", help="print the query results as JSON")
+    stats.add_argument(
+        "--vram-threshold-mib",
+        type=float,
+        default=None,
+        metavar="MIB",
+        help="also list the trials whose peak memory exceeds MIB",
+    )
+    stats.add_argument(
+        "--group-by",
+        default="model,batch_size",
+        metavar="P1[,P2]",
+        help="one or two parameters to group peak memory by (default: model,batch_size)",
+    )
+    stats.add_argument(
+        "--memory-key",
+        default=None,
+        metavar="ATTR",
+        help="user attribute of the memory figures (default: peak_vram_mib, else peak_rss_mib)",
+    )
+    status = _with_study(sub.add_parser("status", help="live view of a running study"))
+    status.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    status.add_argument(
+        "--interval", type=float, default=2.0, metavar="S", help="seconds between refreshes"
+    )
+    dash = _with_study(sub.add_parser("dashboard", help="optuna-dashboard on the study's storage"))
+    dash.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    dash.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    report = _with_study(sub.add_parser("report", help="HTML report with plots, and a PNG"))
+    report.add_argument(
+        "--out", default=None, metavar="DIR", help="output directory (default: reports/<study>)"
+    )
+    report.add_argument(
+        "--budget-mib",
+        type=float,
+        default=None,
+        metavar="MIB",
+        help="per-trial memory budget drawn on the memory plot",
+    )
+    report.add_argument(
+        "--memory-param",
+        default="batch_size",
+        metavar="NAME",
+        help="parameter on the memory plot's x axis (default: batch_size)",
+    )
+
+
+def _with_study(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--config-dir", help="directory holding config.yaml (default: ./conf)")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="Hydra overrides that select the study, e.g. study=criteria study.name=foo",
+    )
+    return parser
+
+
+def _study_ref(args: argparse.Namespace) -> Any:
+    from hpo.look.db import StudyRef
+
+    return StudyRef.from_settings(_settings(args))
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from hpo.config import Settings, compose
+
+    return Settings.from_config(compose(args.overrides, args.config_dir))
+
+
+def _quiet_logging(debug: bool) -> None:
+    import optuna
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+    root = logging.getLogger("hpo")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    root.propagate = False
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from hpo.look.db import StudyDB
+    from hpo.look.stats import StatsParams, collect, render
+
+    names = [n.strip() for n in args.group_by.split(",") if n.strip()]
+    if not 1 <= len(names) <= 2:
+        raise ConfigError(f"--group-by takes one or two parameter names, got {args.group_by!r}")
+    threshold = args.vram_threshold_mib
+    if threshold is not None and threshold < 0:
+        raise ConfigError(f"--vram-threshold-mib must be >= 0, got {threshold:g}")
+    params = StatsParams((names[0], names[1] if len(names) > 1 else ""), args.memory_key, threshold)
+    with StudyDB(_study_ref(args)) as db:
+        result = collect(db, params)
+    print(json.dumps(result, indent=2) if args.json else render(result))
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from hpo.look.status import watch
+
+    if args.interval <= 0:
+        raise ConfigError(f"--interval must be > 0, got {args.interval:g}")
+    from hpo.look.db import StudyRef
+
+    _quiet_logging(args.debug)
+    settings = _settings(args)
+    watch(
+        StudyRef.from_settings(settings),
+        settings.devices,
+        once=args.once,
+        interval_s=args.interval,
+    )
+    return 0
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    from hpo.look.dashboard import serve
+
+    if not 0 <= args.port < 65536:
+        raise ConfigError(f"--port must be in 0..65535 (0: any free port), got {args.port}")
+    _quiet_logging(args.debug)
+    serve(_study_ref(args), host=args.host, port=args.port)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hpo.look.report import write_report
+
+    if args.budget_mib is not None and args.budget_mib <= 0:
+        raise ConfigError(f"--budget-mib must be > 0, got {args.budget_mib:g}")
+    _quiet_logging(args.debug)
+    ref = _study_ref(args)
+    out = Path(args.out) if args.out else Path("reports") / ref.name
+    html, png = write_report(ref, out, budget_mib=args.budget_mib, memory_param=args.memory_param)
+    print(f"report: {html}")
+    print(f"memory plot: {png}")
+    return 0
+
+
+LOOK_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "stats": _stats,
+    "status": _status,
+    "dashboard": _dashboard,
+    "report": _report,
+}

@@ -1,0 +1,223 @@
+"""Typed, frozen settings built once from a composed and validated config.
+
+The supervisor, the scheduler, the memory gate and the devices receive these values, not the
+whole Hydra config: each setting has one type and one meaning, and derived values (the storage
+URL, the memory groups, the checkpoint root) are computed here, once. The worker still hands
+the objective the config it was written against (``objective(trial, cfg)``), which
+:attr:`Settings.objective_cfg` carries as plain containers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hpo.config.space import build_space
+from hpo.contract import EndReason
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+    from optuna.distributions import BaseDistribution
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """What to optimise, over which space, for how long, and what memory depends on."""
+
+    name: str
+    objective: str  # "module:function"
+    direction: str  # maximize | minimize
+    n_trials: int  # COMPLETE + PRUNED trials to reach, across workers and runs
+    epochs: int
+    space: Mapping[str, BaseDistribution]
+    space_conf: Mapping[str, Mapping[str, Any]]  # the declared space as written (type, low …)
+    scaling: tuple[str, ...]  # params memory grows with
+    groups: tuple[str, ...]  # params that change memory otherwise (declared or categorical)
+
+
+@dataclass(frozen=True)
+class DeviceSettings:
+    """Where trials run: what ``study.device`` names and how much memory hpo may plan with."""
+
+    kind: str  # auto | cpu | cuda | sim
+    capacity_gib: float | None  # plan as if each GPU had this much (None: what it has)
+    workload: str | None = None  # the simulated workload file (kind sim)
+    sim_state_dir: Path | None = None  # where simulated cards keep their ledgers
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    url: str  # SQLAlchemy URL (the SQLite default resolved to <dir>/<study>.db)
+    busy_timeout_s: float  # SQLite: seconds a writer waits for the lock
+
+
+@dataclass(frozen=True)
+class FaultSettings:
+    trial_timeout_s: float  # 0 = no limit
+    max_retries: int
+    retry_on: frozenset[EndReason]
+    recycle_after: int  # 0 = never
+    heartbeat_interval_s: int
+    grace_period_s: int
+    checkpoint_root: Path | None  # None: checkpoints off
+    keep_best_checkpoint: bool
+
+
+@dataclass(frozen=True)
+class MemorySettings:
+    device_margin_frac: float  # device memory kept free on each GPU (fraction of capacity)
+    ram_margin_frac: float  # host RAM kept free (fraction of the host's total)
+    prune: bool
+    quantile: float
+    min_uplift: float
+    cold_uplift: float
+    trace_timeout_s: float
+    oom_retry_halved_batch: bool
+    pack: bool
+    max_bypass: int
+    max_waiting: int
+    max_par: int
+    trial_ram_gib: float
+    step_builder: str | None = None
+    estimate_fn: str | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything ``hpo tune`` and the look commands need, typed."""
+
+    study: StudySettings
+    devices: DeviceSettings
+    storage: StorageSettings
+    faults: FaultSettings
+    memory: MemorySettings
+    par: int | None  # worker processes; None = par=auto
+    max_failures_in_a_row: int
+    log_level: str
+    pruner: Mapping[str, Any]  # the pruner node (_target_ and arguments)
+    sampler: Mapping[str, Any]  # the sampler node
+    objective_cfg: dict[str, Any] = field(repr=False)  # the resolved config, for objectives
+
+    @property
+    def auto_par(self) -> bool:
+        return self.par is None
+
+    def objective_config(self) -> DictConfig:
+        """The config the objective receives (and step builders, estimate functions)."""
+        from omegaconf import OmegaConf
+
+        return OmegaConf.create(self.objective_cfg)
+
+    def make_pruner(self) -> Any:
+        from hpo.config.validate import instantiate_node
+
+        return instantiate_node(self.pruner, "pruner")
+
+    def make_sampler(self) -> Any:
+        from hpo.config.validate import instantiate_node
+
+        return instantiate_node(self.sampler, "sampler")
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> Settings:
+        """Build the settings of a composed, validated config."""
+        from omegaconf import OmegaConf
+
+        container = OmegaConf.to_container(cfg, resolve=True)
+        assert isinstance(container, dict)
+        plain: dict[str, Any] = {str(k): v for k, v in container.items()}
+        study, mem, faults = plain["study"], plain["memory"], plain["faults"]
+        storage_dir = Path(plain["storage"]["dir"])
+        return cls(
+            study=_study(study),
+            devices=DeviceSettings(
+                kind=str(study["device"]),
+                capacity_gib=mem["capacity_gib"],
+                workload=study.get("workload"),
+                sim_state_dir=(storage_dir / f"{study['name']}.sim").resolve(),
+            ),
+            storage=StorageSettings(
+                url=storage_url(plain["storage"].get("url"), storage_dir, study["name"]),
+                busy_timeout_s=float(plain["storage"]["busy_timeout_s"]),
+            ),
+            faults=_faults(faults, storage_dir, study["name"]),
+            memory=_memory(mem, study.get("memory") or {}),
+            par=None if str(plain["par"]) == "auto" else int(plain["par"]),
+            max_failures_in_a_row=int(plain["max_failures_in_a_row"]),
+            log_level=str(plain["log_level"]),
+            pruner=plain["pruner"],
+            sampler=plain["sampler"],
+            objective_cfg=plain,
+        )
+
+
+def storage_url(url: str | None, directory: Path, study_name: str) -> str:
+    """The configured URL, or ``sqlite:///<dir>/<study name>.db``."""
+    return str(url) if url else f"sqlite:///{directory / study_name}.db"
+
+
+def memory_groups(space_conf: Mapping[str, Any], memory: Mapping[str, Any]) -> tuple[str, ...]:
+    """Params that change memory: declared, or every categorical param that does not scale."""
+    declared = memory.get("groups")
+    if declared is not None:
+        return tuple(declared)
+    scaling = set(memory.get("scaling") or ())
+    return tuple(
+        n for n, d in space_conf.items() if d.get("type") == "categorical" and n not in scaling
+    )
+
+
+def _study(study: Mapping[str, Any]) -> StudySettings:
+    space_conf = {str(k): dict(v) for k, v in study["space"].items()}
+    memory = study.get("memory") or {}
+    return StudySettings(
+        name=str(study["name"]),
+        objective=str(study["objective"]),
+        direction=str(study["direction"]),
+        n_trials=int(study["n_trials"]),
+        epochs=int(study["epochs"]),
+        space=build_space(space_conf),
+        space_conf=space_conf,
+        scaling=tuple(memory.get("scaling") or ()),
+        groups=memory_groups(space_conf, memory),
+    )
+
+
+def _faults(faults: Mapping[str, Any], storage_dir: Path, study_name: str) -> FaultSettings:
+    root: Path | None = None
+    if faults["checkpoints"]:
+        chosen = faults.get("checkpoint_dir")
+        root = Path(chosen) if chosen else storage_dir / f"{study_name}.ckpt"
+        root = root.resolve()
+    return FaultSettings(
+        trial_timeout_s=float(faults["trial_timeout_s"]),
+        max_retries=int(faults["max_retries"]),
+        retry_on=frozenset(EndReason(r) for r in faults["retry_on"]),
+        recycle_after=int(faults["recycle_after"]),
+        heartbeat_interval_s=int(faults["heartbeat_interval_s"]),
+        grace_period_s=int(faults["grace_period_s"]),
+        checkpoint_root=root,
+        keep_best_checkpoint=bool(faults["keep_best_checkpoint"]),
+    )
+
+
+def _memory(mem: Mapping[str, Any], study_memory: Mapping[str, Any]) -> MemorySettings:
+    return MemorySettings(
+        device_margin_frac=float(mem["margin_frac"]),
+        ram_margin_frac=float(mem["ram_margin_frac"]),
+        prune=bool(mem["prune"]),
+        quantile=float(mem["quantile"]),
+        min_uplift=float(mem["min_uplift"]),
+        cold_uplift=float(mem["cold_uplift"]),
+        trace_timeout_s=float(mem["trace_timeout_s"]),
+        oom_retry_halved_batch=bool(mem["oom_retry_halved_batch"]),
+        pack=bool(mem["pack"]),
+        max_bypass=int(mem["max_bypass"]),
+        max_waiting=int(mem["max_waiting"]),
+        max_par=int(mem["max_par"]),
+        trial_ram_gib=float(mem["trial_ram_gib"]),
+        step_builder=study_memory.get("step_builder"),
+        estimate_fn=study_memory.get("estimate_fn"),
+    )

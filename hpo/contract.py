@@ -1,0 +1,100 @@
+"""The names other tools depend on: per-trial user-attribute keys and end reasons.
+
+``hpo stats``, its SQL in ``docs/sql.md``, the dashboard, the report and users' own queries
+read these names from the study's storage, so they are spelled once, here, and every module
+uses the constants instead of string literals (see DESIGN.md, "Contracts").
+"""
+
+from __future__ import annotations
+
+import enum
+
+from optuna.trial import TrialState
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what counts towards study.n_trials
+
+
+class EndReason(str, enum.Enum):
+    """Why a trial ended; stored as the ``end_reason`` user attribute."""
+
+    COMPLETE = "complete"
+    PRUNED = "pruned"  # by the pruner at a rung
+    MEMORY_ESTIMATE = "memory_estimate"  # pre-pruned before launch
+    OOM = "oom"
+    CUDA_ERROR = "cuda_error"
+    WORKER_DIED = "worker_died"
+    TIMEOUT = "timeout"
+    ERROR = "error"  # an exception in the objective
+    INTERRUPTED = "interrupted"  # the user stopped the study while the trial ran
+
+    @property
+    def state(self) -> TrialState:
+        """The Optuna state a trial that ended this way is told with."""
+        if self is EndReason.COMPLETE:
+            return TrialState.COMPLETE
+        if self in (EndReason.PRUNED, EndReason.MEMORY_ESTIMATE):
+            return TrialState.PRUNED
+        return TrialState.FAIL
+
+    @property
+    def poisons_worker(self) -> bool:
+        """A CUDA error leaves the process's CUDA context unusable: the worker must exit."""
+        return self is EndReason.CUDA_ERROR
+
+    @property
+    def measured(self) -> bool:
+        """Whether the trial ran its course, so its peaks and duration describe its params."""
+        return self in (EndReason.COMPLETE, EndReason.PRUNED)
+
+
+# Infrastructure failures: they say nothing about the parameters, so they may be retried.
+RETRYABLE = (EndReason.WORKER_DIED, EndReason.CUDA_ERROR, EndReason.TIMEOUT)
+# End reasons of trials that ran and were measured (their peaks teach the estimators).
+MEASURED = (EndReason.COMPLETE.value, EndReason.PRUNED.value)
+
+
+class Attr:
+    """User-attribute keys of a trial (values are JSON: numbers, strings, lists)."""
+
+    END_REASON = "end_reason"  # an EndReason value
+    ERROR = "error"  # last lines of the traceback, or what ended the trial
+    DEVICE = "device"  # cuda:N, cpu or sim:N
+    DURATION_S = "duration_s"  # wall seconds in the runner
+    WORKER_PID = "worker_pid"
+    # measured peaks (MiB); the VRAM keys only where there is device memory, never a fake 0
+    PEAK_RSS_MIB = "peak_rss_mib"  # worker and all its children
+    PEAK_VRAM_MIB = "peak_vram_mib"  # the trial's device footprint (NVML, or reserved)
+    PEAK_VRAM_ALLOCATED_MIB = "peak_vram_allocated_mib"
+    PEAK_VRAM_RESERVED_MIB = "peak_vram_reserved_mib"
+    # the memory gate's estimate at admission (MiB) and what it was held against
+    EST_VRAM_MIB = "est_vram_mib"
+    EST_VRAM_UPPER_MIB = "est_vram_upper_mib"
+    EST_SOURCE = "est_source"
+    EST_N_MEASURED = "est_n_measured"
+    VRAM_BUDGET_MIB = "vram_budget_mib"
+    VRAM_RESERVED_MIB = "vram_reserved_mib"  # admission's reservation, context included
+    ADMIT_WAIT_S = "admit_wait_s"  # seconds the trial waited for memory
+    BRACKET = "bracket"  # Hyperband bracket of the trial
+    # retries and checkpoints
+    RETRY_OF = "retry_of"  # number of the trial this one repeats
+    RETRY_KIND = "retry_kind"  # "halved_batch" for the opt-in OOM retry
+    ATTEMPT = "attempt"  # 2 for the first retry, 3 for the next, ...
+    CHECKPOINT_DIR = "checkpoint_dir"
+    RESUMED_FROM_EPOCH = "resumed_from_epoch"
+    # who runs a trial (see hpo.supervisor.liveness)
+    HOST = "host"
+    SUPERVISOR_PID = "supervisor_pid"
+    NODE_ID = "node_id"
+
+
+class Decision(str, enum.Enum):
+    """What admission decides for an asked trial; the log line of each names it
+    (``trial 12: admit (fits sim:0: ...)``)."""
+
+    ADMIT = "admit"  # start it now (the gate: it may be placed)
+    WAIT = "wait"  # it fits some device, not now: it waits in the backlog
+    PRE_PRUNE = "pre_prune"  # it can never fit: PRUNED with end_reason=memory_estimate
+
+
+# The constraint name under which a pre-pruned trial is reported infeasible to the sampler.
+MEMORY_CONSTRAINT = "memory"

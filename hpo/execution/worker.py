@@ -1,0 +1,176 @@
+"""Worker process entry point: import the objective, then run trials the supervisor assigns.
+
+Workers ignore SIGINT (the supervisor decides how a Ctrl-C ends running trials), exit when
+the supervisor's end of the pipe closes, and exit on their own if the supervisor vanishes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any
+
+from hpo.execution.protocol import Assignment, Fatal, Ready
+
+if TYPE_CHECKING:
+    from hpo.config.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs; pickled to the spawned process."""
+
+    settings: Settings  # the objective's config travels inside (Settings.objective_cfg)
+    threads: int  # CPU threads for numeric libraries in this worker
+
+
+def load_objective(path: str) -> Any:
+    """Import ``module:function`` and return the callable."""
+    module_name, _, attr = path.partition(":")
+    module = importlib.import_module(module_name)
+    try:
+        obj = getattr(module, attr)
+    except AttributeError as e:
+        raise ImportError(f"module {module_name!r} has no attribute {attr!r}") from e
+    if not callable(obj):
+        raise ImportError(f"{path!r} is not callable")
+    return obj
+
+
+def resolve_device(setting: str) -> str:
+    """``auto`` → ``cuda:0`` when NVML sees a visible GPU, else ``cpu``; ``sim`` → ``sim:N``."""
+    if setting == "cpu":
+        return "cpu"
+    if setting == "sim":
+        return f"sim:{os.environ.get('HPO_SIM_DEVICE', '0')}"
+    if setting == "cuda" or _gpu_visible():
+        return "cuda:0"
+    return "cpu"
+
+
+def _gpu_visible() -> bool:
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    from hpo.devices import nvidia_count
+
+    return nvidia_count() > 0
+
+
+def main(conn: Connection, spec: WorkerSpec) -> None:
+    """Process target of a worker."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for var in _THREAD_VARS:
+        os.environ.setdefault(var, str(spec.threads))
+    logging.basicConfig(
+        level=spec.settings.log_level, format="[hpo worker %(process)d] %(message)s"
+    )
+    _exit_with_parent()
+    objective_path = spec.settings.study.objective
+    try:
+        objective = load_objective(objective_path)
+    except Exception as e:
+        conn.send(Fatal(f"cannot import objective {objective_path!r}: {type(e).__name__}: {e}"))
+        return
+    _warm_up()
+    conn.send(Ready(os.getpid()))
+    _serve(conn, spec, objective)
+
+
+def _warm_up() -> None:
+    """Import what the first trial needs now, so its time limit measures the trial alone."""
+    import omegaconf  # noqa: F401
+    import optuna  # noqa: F401
+
+    import hpo.config.schema  # noqa: F401
+    import hpo.execution.runner  # noqa: F401
+    import hpo.storage.rdb  # noqa: F401
+
+
+def _serve(conn: Connection, spec: WorkerSpec, objective: Any) -> None:
+    runner = None
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if not isinstance(msg, Assignment):
+            return
+        if runner is None:
+            runner = _make_runner(spec, objective, msg.device)
+        outcome = runner.run(msg)
+        try:
+            conn.send(outcome)
+        except (BrokenPipeError, OSError):
+            return
+        if outcome.end_reason.poisons_worker:
+            return
+
+
+def _make_runner(spec: WorkerSpec, objective: Any, placed: str | None) -> Any:
+    """The runner of this worker, bound to the device admission ``placed`` its first trial on."""
+    import optuna
+
+    from hpo.devices import open_device
+    from hpo.execution.runner import TrialRunner
+    from hpo.storage import open_storage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    settings = spec.settings
+    sampler = settings.make_sampler()
+    sampler.reseed_rng()  # parameters suggested define-by-run differ between workers
+    study = optuna.load_study(
+        study_name=settings.study.name,
+        storage=open_storage(settings.storage.url, settings.storage.busy_timeout_s),
+        sampler=sampler,
+        pruner=settings.make_pruner(),
+    )
+    label = placed or resolve_device(settings.devices.kind)
+    name = bind_cuda(label) if label.startswith("cuda:") else label
+    device = open_device(label, settings.devices)
+    return TrialRunner(study, objective, settings.objective_config(), name, device)
+
+
+def bind_cuda(label: str) -> str:
+    """Make GPU ``label`` (``cuda:N``, numbered as NVML sees them) this process's only visible
+    GPU, before CUDA starts; returns the device name torch then uses for it (``cuda:0``)."""
+    index = int(label.split(":", 1)[1])
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [v.strip() for v in visible.split(",")] if visible else None
+    os.environ["CUDA_VISIBLE_DEVICES"] = ids[index] if ids and index < len(ids) else str(index)
+    return "cuda:0"
+
+
+def _exit_with_parent() -> None:
+    """Exit (with the trial's children) if the supervisor disappears without telling us."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                from hpo.execution.procs import kill_tree
+
+                for child in _children():
+                    kill_tree(child)
+                os._exit(3)
+
+    threading.Thread(target=watch, name="hpo-parent-watch", daemon=True).start()
+
+
+def _children() -> list[int]:
+    import psutil
+
+    try:
+        return [p.pid for p in psutil.Process().children()]
+    except psutil.Error:
+        return []

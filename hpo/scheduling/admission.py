@@ -1,0 +1,247 @@
+"""Admission: which device a trial starts on, and whether it starts now, waits, or never runs.
+
+A trial is admitted when its upper memory estimate fits the free budget of some device. A
+device's budget is its capacity minus the safety margin; what is used of it is the context
+overhead of every live worker process that touched it plus the reservations of the trials
+running there (their upper estimates without the context). A trial with no trusted estimate
+(nothing measured yet, or an over-budget extrapolation from one point) runs alone on a device.
+
+When a trial does not fit only because idle workers hold their contexts on the device, those
+workers are reclaimed (the supervisor recycles them; a CUDA context is freed only when its
+process exits) and the trial waits until they are gone. Every decision is a :class:`Placement`
+naming the outcome (admit / wait, a :class:`~hpo.contract.Decision`) and the reason, which the
+supervisor logs; pre-pruning is the memory gate's decision (:mod:`hpo.memory.gate`).
+
+With ``memory.pack=false`` admission is memory-blind: a trial starts on the least busy device
+whenever a worker is idle, as a fixed PAR always did (pre-pruning still applies).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from hpo.contract import Decision
+from hpo.devices import MIB, Device
+from hpo.memory import Estimate, device_budget
+
+
+@dataclass(frozen=True)
+class Placement:
+    """The admission decision for one trial."""
+
+    decision: Decision
+    reason: str
+    device: int | None = None  # index of the chosen device
+    worker: Any = None  # the idle worker to run it on (admit)
+    reserve_bytes: int = 0  # device memory held for the trial beyond its worker's context
+    cap_bytes: int | None = None  # per-process limit on the device, context included
+    reclaim: tuple[Any, ...] = ()  # idle workers to recycle so their contexts free memory
+
+
+@dataclass
+class _Running:
+    device: int
+    reserve_bytes: int
+    ends_at: float  # expected end (monotonic seconds; inf while unknown)
+
+
+@dataclass(frozen=True)
+class Protection:
+    """Memory set aside on ``device`` for a starving trial, expected free by ``until``."""
+
+    device: int
+    nbytes: int
+    until: float  # monotonic time the trials in its way are expected to have ended
+
+
+@dataclass
+class Slot:
+    """What admission needs to know of one worker process."""
+
+    key: Any  # the worker handle
+    idle: bool
+    device: int | None  # the device it is bound to (it touched it), or None
+
+
+@dataclass
+class DeviceBooks:
+    """Reservations of running trials per device (the supervisor's view, not the device's)."""
+
+    devices: Sequence[Device]
+    margin_frac: float
+    context_bytes: int
+    running: dict[int, _Running] = field(default_factory=dict)  # by trial number
+
+    def budget(self, index: int) -> int:
+        return device_budget(self.devices[index], self.margin_frac)
+
+    def reserved(self, index: int) -> int:
+        return sum(r.reserve_bytes for r in self.running.values() if r.device == index)
+
+    def n_running(self, index: int) -> int:
+        return sum(r.device == index for r in self.running.values())
+
+    def hold(self, trial_number: int, placement: Placement, ends_at: float = math.inf) -> None:
+        assert placement.device is not None
+        self.running[trial_number] = _Running(placement.device, placement.reserve_bytes, ends_at)
+
+    def ends(self, index: int) -> list[tuple[float, int]]:
+        """(expected end, reservation) of the trials running on device ``index``, soonest first."""
+        here = [r for r in self.running.values() if r.device == index]
+        return sorted((r.ends_at, r.reserve_bytes) for r in here)
+
+    def release(self, trial_number: int) -> None:
+        self.running.pop(trial_number, None)
+
+
+class AdmissionScheduler:
+    """Places trials on devices by predicted memory (or blindly, with ``pack=False``)."""
+
+    def __init__(
+        self,
+        devices: Sequence[Device],
+        margin_frac: float,
+        context_bytes: int,
+        pack: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """``clock`` is the time expected ends are measured on (a replay passes its own)."""
+        self.books = DeviceBooks(devices, margin_frac, context_bytes)
+        self._clock = clock
+        self._pack = pack and any(d.has_memory for d in devices)
+        self._margin_bytes = [int((d.capacity_bytes or 0) * margin_frac) for d in devices]
+
+    @property
+    def packing(self) -> bool:
+        return self._pack
+
+    def place(
+        self,
+        estimate: Estimate | None,
+        slots: Sequence[Slot],
+        protect: Protection | None = None,
+        duration_s: float | None = None,
+    ) -> Placement:
+        """Where a trial with this estimate can start now, given the workers' states.
+
+        ``protect`` is memory set aside for a starving trial (see :mod:`hpo.scheduling.backlog`):
+        this trial may use it only if it is expected (``duration_s``) to end before it is needed.
+        """
+        ends = self._clock() + (math.inf if duration_s is None else duration_s)
+        in_time = protect is not None and math.isfinite(protect.until) and ends <= protect.until
+        protect = None if in_time else protect
+        idle = [s for s in slots if s.idle]
+        if not idle:
+            return Placement(Decision.WAIT, "no idle worker")
+        if not self._pack:
+            return self._blind(idle)
+        best: Placement | None = None
+        for index in self._by_free_memory(slots):
+            placement = self._try_device(index, estimate, slots, protect)
+            if placement.decision is Decision.ADMIT and not placement.reclaim:
+                return placement
+            if best is None or (placement.reclaim and not best.reclaim):
+                best = placement
+        assert best is not None
+        if best.reclaim:  # fits once idle workers' contexts are freed: free them, then wait
+            n = len(best.reclaim)
+            return Placement(
+                Decision.WAIT,
+                f"{best.reason}; recycling {n} idle worker(s) to free their contexts",
+                best.device,
+                reclaim=best.reclaim,
+            )
+        return best
+
+    def _blind(self, idle: Sequence[Slot]) -> Placement:
+        n = len(self.books.devices)
+        index = min(range(n), key=self.books.n_running)
+        worker = next((s for s in idle if s.device in (index, None)), idle[0])
+        device = index if worker.device in (index, None) else worker.device
+        return Placement(Decision.ADMIT, "memory-blind", device, worker.key)
+
+    def protection(self, estimate: Estimate | None, slots: Sequence[Slot]) -> Protection | None:
+        """Memory set aside for a starving trial: on the device it would go to, its estimate
+        (the whole budget when it must run alone), and when the trials in its way should end."""
+        if not self._pack:
+            return None
+        device = self.place(estimate, slots).device
+        if device is None:
+            device = self._by_free_memory(slots)[0]
+        budget = self.books.budget(device)
+        need = budget if estimate is None or estimate.upper_bytes > budget else estimate.upper_bytes
+        free = self._free(device, slots)
+        until = self._clock()
+        for ends_at, nbytes in self.books.ends(device):
+            if free >= need:
+                break
+            free, until = free + nbytes, max(until, ends_at)
+        return Protection(device, int(need), until)
+
+    def _by_free_memory(self, slots: Sequence[Slot]) -> list[int]:
+        n = len(self.books.devices)
+        return sorted(range(n), key=lambda i: -self._free(i, slots))
+
+    def _used(self, index: int, slots: Sequence[Slot]) -> int:
+        contexts = sum(s.device == index for s in slots) * self.books.context_bytes
+        return contexts + self.books.reserved(index)
+
+    def _free(self, index: int, slots: Sequence[Slot]) -> int:
+        return self.books.budget(index) - self._used(index, slots)
+
+    def _try_device(
+        self,
+        index: int,
+        estimate: Estimate | None,
+        slots: Sequence[Slot],
+        protect: Protection | None,
+    ) -> Placement:
+        books, ctx = self.books, self.books.context_bytes
+        budget, label = books.budget(index), books.devices[index].label
+        exclusive = estimate is None or estimate.upper_bytes > budget
+        protected = protect is not None and protect.device == index
+        if exclusive and (books.n_running(index) or protected):
+            return Placement(Decision.WAIT, f"no trusted estimate: waits to run alone on {label}")
+        worker = _pick_worker(index, slots)
+        if worker is None:
+            return Placement(Decision.WAIT, f"no idle worker can use {label}", index)
+        others = [s for s in slots if s.device == index and s.key is not worker.key]
+        held = len(others) * ctx + books.reserved(index)
+        if protect is not None and protected:
+            held += protect.nbytes
+        if exclusive:  # alone: every idle neighbour's context is freed first
+            need, short = budget - held - ctx, len(others) * ctx
+        else:
+            assert estimate is not None  # not exclusive
+            need = max(0, int(estimate.upper_bytes) - ctx)
+            short = held + ctx + need - budget
+        if short <= 0 and need > 0:
+            cap = min(ctx + need + self._margin_bytes[index], budget + self._margin_bytes[index])
+            why = f"fits {label}: {(ctx + need) / MIB:.0f} of {(budget - held) / MIB:.0f} MiB free"
+            return Placement(Decision.ADMIT, why, index, worker.key, need, cap)
+        why = (
+            f"{(ctx + max(need, 0)) / MIB:.0f} MiB does not fit the "
+            f"{(budget - held) / MIB:.0f} MiB free on {label}"
+        )
+        idle_here = [s.key for s in others if s.idle]
+        return Placement(Decision.WAIT, why, index, reclaim=_enough(idle_here, short, ctx))
+
+
+def _pick_worker(index: int, slots: Sequence[Slot]) -> Slot | None:
+    """An idle worker already on the device (its context is paid), else an unbound one."""
+    idle = [s for s in slots if s.idle]
+    return next((s for s in idle if s.device == index), None) or next(
+        (s for s in idle if s.device is None), None
+    )
+
+
+def _enough(idle: list[Any], short: int, ctx: int) -> tuple[Any, ...]:
+    """The fewest idle workers whose contexts cover ``short`` bytes, or () if they cannot."""
+    if short <= 0 or ctx <= 0:
+        return ()
+    n = -(-short // ctx)
+    return tuple(idle[:n]) if n <= len(idle) else ()

@@ -1,0 +1,110 @@
+"""Trials asked from the sampler that wait for memory, with backfill that never starves one.
+
+Waiting trials are offered largest first (first-fit decreasing): when the largest does not fit
+now, its memory is set aside (*protected*) on the device it waits for, and smaller trials start
+only beside that reservation, or if they are expected to end before it is needed (EASY
+backfill). Big trials, which need a nearly empty card, thus start as soon as the card has
+drained instead of waiting for a gap that backfilling small trials keeps closing.
+
+Each time a trial starts, the older ones it overtook count one bypass; once the oldest has
+been bypassed ``max_bypass`` times it comes first (and is protected) whatever its size. The
+trials running when it became protected end, nothing started after it stands in its way, and
+it fits an empty device (the gate lets no other trial through), so no trial waits forever.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from hpo.memory import Estimate
+from hpo.scheduling.admission import AdmissionScheduler, Placement, Slot
+
+
+@dataclass(eq=False)
+class Waiting:
+    """An asked trial that has not started yet."""
+
+    trial: Any  # optuna.Trial
+    params: dict[str, Any]
+    estimate: Estimate | None
+    since: float = field(default_factory=time.monotonic)
+    bypassed: int = 0
+    last_reason: str = ""  # the last wait reason logged for it (logged again only on change)
+    reestimated: dict[str, Any] | None = None  # the estimate's attrs, if it changed since asked
+    trial_id: int = -1  # the trial's storage id
+
+
+class Backlog:
+    """Waiting trials, oldest first."""
+
+    def __init__(self, max_bypass: int, limit: int) -> None:
+        if max_bypass < 0:
+            raise ValueError(f"max_bypass must be >= 0, got {max_bypass}")
+        self.items: list[Waiting] = []
+        self._max_bypass = max_bypass
+        self.limit = max(1, limit)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def starving(self) -> bool:
+        """True when the oldest trial has been overtaken ``max_bypass`` times: it comes first."""
+        return bool(self.items) and self.items[0].bypassed >= self._max_bypass
+
+    def queue(self) -> list[Waiting]:
+        """The order trials are offered in: a starving oldest trial, then the largest first
+        (unknown estimates count as largest: they run alone)."""
+        order = sorted(self.items, key=upper_bytes, reverse=True)  # stable: older first on ties
+        if self.starving:
+            order.remove(self.items[0])
+            order.insert(0, self.items[0])
+        return order
+
+    @property
+    def full(self) -> bool:
+        return len(self.items) >= self.limit
+
+    def add(self, item: Waiting) -> None:
+        self.items.append(item)
+
+    def started(self, item: Waiting) -> None:
+        """``item`` starts: every older waiting trial was overtaken once more."""
+        index = self.items.index(item)
+        for older in self.items[:index]:
+            older.bypassed += 1
+        del self.items[index]
+
+    def drop(self, item: Waiting) -> None:
+        """``item`` leaves without starting (it was found never to fit): nobody was overtaken."""
+        self.items.remove(item)
+
+    def may_ask(self) -> bool:
+        """Whether a new trial may be asked to fill an idle worker."""
+        return not self.full
+
+
+def place_next(
+    backlog: Backlog,
+    sched: AdmissionScheduler,
+    item: Waiting,
+    slots: Sequence[Slot],
+    duration_s: float | None = None,
+) -> Placement:
+    """Where ``item`` can start now: beside the memory protected for the first trial of the
+    queue, unless ``item`` is that trial or should end (after ``duration_s``) before the
+    protected one needs the memory. The caller starts it and calls :meth:`Backlog.started`."""
+    protect = None
+    first = backlog.queue()[0]
+    if item is not first:
+        protect = sched.protection(first.estimate, slots)
+    return sched.place(item.estimate, slots, protect, duration_s)
+
+
+def upper_bytes(item: Waiting) -> float:
+    """The memory ``item`` is expected to need at most (infinite while unknown)."""
+    return math.inf if item.estimate is None else item.estimate.upper_bytes

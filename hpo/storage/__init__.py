@@ -1,0 +1,11 @@
+"""The study's storage: opening and preparing it (:mod:`.rdb`), the supervisor's writes
+(:mod:`.study`), and the read-only access of the look commands (:mod:`.readonly`).
+
+This package is the only place in hpo that touches Optuna's private storage API
+(:mod:`._private`).
+"""
+
+from hpo.storage.rdb import open_storage, prepare_storage, sqlite_path, storage_exists
+from hpo.storage.study import StudyStore
+
+__all__ = ["StudyStore", "open_storage", "prepare_storage", "sqlite_path", "storage_exists"]

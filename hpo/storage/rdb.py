@@ -1,0 +1,81 @@
+"""Opening the study's storage: Optuna's RDB schema on an SQLite file (WAL) or any SQLAlchemy
+URL, created and prepared by the supervisor."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlalchemy.engine import make_url
+
+from hpo.errors import ConfigError
+
+if TYPE_CHECKING:
+    from optuna.storages import RDBStorage
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of an SQLite URL (None for other back-ends or in-memory SQLite)."""
+    try:
+        parsed = make_url(url)
+    except Exception as e:
+        raise ConfigError(f"storage.url is not a valid SQLAlchemy URL: {url!r}") from e
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    return Path(parsed.database) if parsed.database not in (None, "", ":memory:") else None
+
+
+def storage_exists(url: str) -> bool:
+    """Whether opening the storage would find existing data (always assumed for servers)."""
+    path = sqlite_path(url)
+    return path is None or path.is_file()
+
+
+def prepare_storage(url: str) -> None:
+    """Create the SQLite file's directory and switch the file to WAL mode.
+
+    WAL lets readers (workers checking the pruner, ``hpo status``) run while one writer
+    commits; the mode is stored in the file, so every later connection inherits it.
+    """
+    path = sqlite_path(url)
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(path) as conn:
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    if str(mode).lower() != "wal":
+        raise ConfigError(f"cannot switch {path} to WAL mode (got {mode!r})")
+
+
+def engine_kwargs(url: str, busy_timeout_s: float) -> dict[str, object]:
+    """SQLAlchemy engine arguments: a busy timeout for SQLite, liveness checks for servers."""
+    if sqlite_path(url) is not None:
+        return {"connect_args": {"timeout": busy_timeout_s}}
+    return {"pool_pre_ping": True}
+
+
+def open_storage(
+    url: str,
+    busy_timeout_s: float,
+    heartbeat_interval_s: int | None = None,
+    grace_period_s: int | None = None,
+) -> RDBStorage:
+    """Open (creating the schema if needed) the RDB storage at ``url``.
+
+    The supervisor passes a heartbeat interval and grace period (it records heartbeats of the
+    trials it runs and reaps stale ones); workers open the storage without them.
+    """
+    import warnings
+
+    from optuna.exceptions import ExperimentalWarning
+    from optuna.storages import RDBStorage
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeat_interval, grace_period
+        return RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs(url, busy_timeout_s),
+            heartbeat_interval=heartbeat_interval_s,
+            grace_period=grace_period_s,
+        )

@@ -1,0 +1,261 @@
+"""Starting trials: ask → gate → backlog → admission → dispatch, and learning from ended ones.
+
+The :class:`Launcher` is composed into the :class:`~hpo.supervisor.Supervisor`: it owns the
+state of the trials that have not ended (waiting in the :class:`~hpo.scheduling.Backlog` or
+running with a reservation) and the models admission decides with (the memory gate, the RAM
+budget, the learned durations). Asked trials wait until
+:class:`~hpo.scheduling.AdmissionScheduler` places them on a device (largest first, smaller ones
+backfilling), the host's RAM allows them, and an idle worker takes them; a trial the memory gate
+can never fit is pre-pruned at once. It never records how a trial ended, except a pre-pruned
+one, and it never calls back into the supervisor.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+
+from hpo.config.space import describe
+from hpo.contract import MEMORY_CONSTRAINT, Attr, Decision, EndReason
+from hpo.devices import MIB, Device
+from hpo.execution.protocol import Assignment
+from hpo.pruners import PatientHyperbandPruner
+from hpo.scheduling import AdmissionScheduler, Backlog, DurationModel, Placement, RamBudget, Slot
+from hpo.scheduling.backlog import Waiting, place_next
+from hpo.supervisor.liveness import owner_attrs
+
+if TYPE_CHECKING:
+    from optuna.distributions import BaseDistribution
+
+    from hpo.execution.pool import WorkerHandle, WorkerPool
+    from hpo.memory import MemoryGate
+    from hpo.storage import StudyStore
+    from hpo.supervisor.checkpoints import CheckpointStore
+    from hpo.supervisor.liveness import Heartbeats
+    from hpo.supervisor.recorder import TrialRecorder
+
+logger = logging.getLogger("hpo.supervisor")
+
+
+@dataclass
+class LaunchModels:
+    """What admission decides with: the devices and the models learned from ended trials."""
+
+    devices: list[Device]
+    gate: MemoryGate
+    admission: AdmissionScheduler
+    ram: RamBudget
+    durations: DurationModel
+
+
+class Launcher:
+    """Asks, admits and dispatches trials of one study; learns from the ones that ended."""
+
+    def __init__(
+        self,
+        study: optuna.Study,
+        store: StudyStore,
+        space: dict[str, BaseDistribution],
+        models: LaunchModels,
+        backlog: Backlog,
+        recorder: TrialRecorder,
+        checkpoints: CheckpointStore,
+        beats: Heartbeats,
+    ) -> None:
+        self._study, self._store, self._space = study, store, space
+        self.models = models
+        self.backlog = backlog
+        self._recorder = recorder
+        self._checkpoints = checkpoints
+        self._beats = beats
+        self._bound: dict[WorkerHandle, int | None] = {}  # worker -> device it touched
+        self._params: dict[int, dict[str, Any]] = {}  # running trials' params, by number
+
+    # --- starting trials ------------------------------------------------------------------------
+
+    def schedule(self, pool: WorkerPool, room: int) -> None:
+        """Start waiting trials that fit now (in the backlog's order: largest first), then ask
+        up to ``room`` new ones for idle workers (running and waiting trials count as asked)."""
+        self.start_waiting(pool)
+        room -= len(self.backlog)
+        while any(w.idle for w in pool.workers) and room > 0 and self.backlog.may_ask():
+            new = self._ask_admissible()
+            room -= 1
+            if new is None:  # pre-pruned: it finished, ask again
+                continue
+            self.backlog.add(new)
+            if self._offer(pool, new).decision is not Decision.ADMIT:
+                return  # it waits for memory; the next event may free some
+
+    def start_waiting(self, pool: WorkerPool) -> None:
+        """Start the waiting trials that fit now, in the backlog's order."""
+        for item in self.backlog.queue():
+            if not any(w.idle for w in pool.workers):
+                return
+            self._offer(pool, item)
+
+    def _offer(self, pool: WorkerPool, item: Waiting) -> Placement:
+        """Place ``item`` with its expected duration; start it if admitted and its RAM fits."""
+        duration = self.models.durations.predict(item.params)
+        placement = place_next(
+            self.backlog, self.models.admission, item, self._slots(pool), duration
+        )
+        placement = self._check_ram(pool, item, placement)
+        if placement.decision is Decision.ADMIT:
+            self._start(pool, item, placement)
+            self.backlog.started(item)
+        else:
+            self._wait(pool, item, placement)
+        return placement
+
+    def _check_ram(self, pool: WorkerPool, item: Waiting, placement: Placement) -> Placement:
+        """An admitted trial whose RAM does not fit waits, unless nothing runs to free any."""
+        if placement.decision is not Decision.ADMIT:
+            return placement
+        ram_ok, why = self.models.ram.fits(item.params, placement.worker.pid)
+        if ram_ok:
+            return placement
+        if not any(w.assignment is not None for w in pool.workers):
+            logger.warning("trial %d starts alone although it %s", item.trial.number, why)
+            return placement
+        return Placement(Decision.WAIT, why)
+
+    def _wait(self, pool: WorkerPool, item: Waiting, placement: Placement) -> None:
+        for idle in placement.reclaim:
+            pool.retire(idle)
+        if placement.reason != item.last_reason:
+            logger.info("trial %d: wait (%s)", item.trial.number, placement.reason)
+            item.last_reason = placement.reason
+
+    def _start(self, pool: WorkerPool, item: Waiting, placement: Placement) -> None:
+        """Reserve the trial's memory and RAM and send it to the placement's worker."""
+        worker, trial, models = placement.worker, item.trial, self.models
+        logger.info("trial %d: admit (%s)", trial.number, placement.reason)
+        expected = models.durations.predict(item.params)
+        ends_at = math.inf if expected is None else time.monotonic() + expected
+        models.admission.books.hold(trial.number, placement, ends_at)
+        models.ram.hold(trial.number, item.params, worker.pid)
+        self._bound[worker] = placement.device
+        attrs: dict[str, Any] = {
+            Attr.ADMIT_WAIT_S: round(time.monotonic() - item.since, 3),
+            **(item.reestimated or {}),
+        }
+        if models.admission.packing:
+            held = placement.reserve_bytes + models.admission.books.context_bytes
+            attrs[Attr.VRAM_RESERVED_MIB] = round(held / MIB, 1)
+        self._params[trial.number] = item.params
+        device = None if placement.device is None else models.devices[placement.device].label
+        self._dispatch(pool, worker, item, device, placement.cap_bytes, attrs)
+
+    def _dispatch(
+        self,
+        pool: WorkerPool,
+        worker: WorkerHandle,
+        item: Waiting,
+        device: str | None,
+        cap_bytes: int | None,
+        attrs: dict[str, Any],
+    ) -> None:
+        """Record ``attrs``, the worker and the checkpoint directory; send the trial to
+        ``worker`` to run on ``device`` under ``cap_bytes``."""
+        trial = item.trial
+        checkpoint_dir = self._checkpoints.dir_for(trial)
+        attrs = {**attrs, Attr.WORKER_PID: worker.pid}
+        if checkpoint_dir is not None:
+            attrs[Attr.CHECKPOINT_DIR] = checkpoint_dir
+        self._store.set_user_attrs(item.trial_id, attrs)
+        logger.debug("trial %d -> worker %d: %s", trial.number, worker.pid, describe(item.params))
+        # A dead pipe shows up as DIED in the next poll.
+        assignment = Assignment(item.trial_id, trial.number, checkpoint_dir, device, cap_bytes)
+        pool.assign(worker, assignment)
+
+    def _slots(self, pool: WorkerPool) -> list[Slot]:
+        """The workers as admission sees them; recycled ones still hold their contexts."""
+        retiring = pool.retiring
+        self._bound = {w: d for w, d in self._bound.items() if w in pool.workers or w in retiring}
+        live = [Slot(w, w.idle, self._bound.get(w)) for w in pool.workers]
+        return live + [Slot(w, False, self._bound.get(w)) for w in retiring]
+
+    # --- asking ---------------------------------------------------------------------------------
+
+    def _ask_admissible(self) -> Waiting | None:
+        """Ask Optuna for the next trial; None if the memory gate pre-pruned it (recorded)."""
+        trial, trial_id = self._ask()
+        verdict = self.models.gate.check(trial.params)
+        attrs = verdict.attrs()
+        pruner = self._study.pruner
+        if isinstance(pruner, PatientHyperbandPruner):  # for `hpo stats` by bracket
+            attrs[Attr.BRACKET] = pruner.bracket_of(self._study, trial)
+        item = Waiting(trial, dict(trial.params), verdict.estimate, trial_id=trial_id)
+        if verdict.decision is Decision.PRE_PRUNE:
+            self._pre_prune(item, verdict.reason, attrs, self.models.gate.infeasibility(verdict))
+            return None
+        self._store.set_user_attrs(trial_id, attrs)
+        return item
+
+    def _ask(self) -> tuple[optuna.Trial, int]:
+        """The next trial and its id, marked as this supervisor's at once (see liveness)."""
+        while True:
+            with warnings.catch_warnings():  # hpo records the heartbeats of ask/tell trials
+                warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
+                trial = self._study.ask(self._space)
+            trial_id = self._store.trial_id(trial.number)
+            try:
+                self._store.set_user_attrs(trial_id, owner_attrs())
+            except UpdateFinishedTrialError:  # another node's reaper took it for an orphan
+                logger.warning("trial %d was reaped before it started; asking again", trial.number)
+                continue
+            self._beats.beat([trial_id])
+            return trial, trial_id
+
+    def _pre_prune(
+        self, item: Waiting, why: str, attrs: dict[str, Any], infeasibility: float
+    ) -> None:
+        """End a trial that can never fit (``memory_estimate``) before it runs, and tell the
+        sampler it was infeasible."""
+        logger.info("trial %d: pre_prune (%s)", item.trial.number, why)
+        item.trial.set_constraint(MEMORY_CONSTRAINT, infeasibility)
+        assignment = Assignment(item.trial_id, item.trial.number, None)
+        self._recorder.record(self._study, assignment, EndReason.MEMORY_ESTIMATE, None, attrs, why)
+
+    # --- ended trials ---------------------------------------------------------------------------
+
+    def release(self, trial_number: int) -> dict[str, Any] | None:
+        """The trial ended: its reservations end with it; returns its params (None if it was
+        not started by this launcher)."""
+        self.models.admission.books.release(trial_number)
+        self.models.ram.release(trial_number)
+        return self._params.pop(trial_number, None)
+
+    def learn(self, params: dict[str, Any], attrs: dict[str, Any]) -> None:
+        """Teach the models what an ended trial measured; re-estimate the waiting trials when
+        the gate learned something."""
+        gate = self.models.gate
+        learned = gate.estimator.n_observations
+        gate.observe(params, attrs)
+        if gate.estimator.n_observations != learned:
+            self._reestimate()
+        self.models.ram.observe(params, attrs)
+        self.models.durations.observe(params, attrs)
+
+    def _reestimate(self) -> None:
+        """Estimate the waiting trials again. A trial asked before its model was measured would
+        otherwise still wait to run alone; one now known never to fit is pre-pruned."""
+        gate = self.models.gate
+        for item in list(self.backlog.items):
+            verdict = gate.check(item.params)
+            if verdict.decision is Decision.PRE_PRUNE:
+                self.backlog.drop(item)
+                self._pre_prune(item, verdict.reason, verdict.attrs(), gate.infeasibility(verdict))
+            elif verdict.estimate != item.estimate:
+                item.estimate, item.reestimated = verdict.estimate, verdict.attrs()
+
+    def waiting_trial_ids(self) -> list[int]:
+        return [item.trial_id for item in self.backlog.items]

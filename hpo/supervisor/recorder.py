@@ -1,0 +1,161 @@
+"""How the supervisor ends a trial: user attributes, tell, retry, checkpoint cleanup, log line.
+
+Every way a trial ends goes through :meth:`TrialRecorder.record` (an outcome from a worker, a
+worker that died, a time limit, a user's stop) or :meth:`TrialRecorder.reap` (a RUNNING trial
+left behind by a supervisor that is gone), so every ended trial carries an ``end_reason`` and
+every infrastructure failure meets the retry policy exactly once.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import TrialState
+
+from hpo.config.space import describe
+from hpo.contract import FINISHED, Attr, EndReason
+from hpo.errors import StudyAborted
+from hpo.execution.protocol import Assignment
+from hpo.supervisor.retry import RetryDecision, RetryPolicy, enqueue_retry
+
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
+
+    from hpo.storage import StudyStore
+    from hpo.supervisor.checkpoints import CheckpointStore
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunSummary:
+    """What one ``hpo tune`` run did."""
+
+    study_name: str
+    storage_url: str
+    target: int
+    finished: int  # COMPLETE + PRUNED trials in the study at the end
+    elapsed_s: float
+    end_reasons: collections.Counter[str] = field(default_factory=collections.Counter)
+    interrupted: bool = False
+    best: optuna.trial.FrozenTrial | None = None
+    retried: int = 0  # failed trials this run enqueued again
+    reaped: int = 0  # RUNNING trials of a vanished supervisor this run failed
+
+
+class TrialRecorder:
+    """Ends trials in the storage and keeps the run's counts."""
+
+    def __init__(
+        self,
+        summary: RunSummary,
+        retry: RetryPolicy,
+        checkpoints: CheckpointStore,
+        max_failures_in_a_row: int,
+    ) -> None:
+        self.summary = summary
+        self.done = 0  # finished trials of the study, as far as this run knows
+        self._retry = retry
+        self._checkpoints = checkpoints
+        self._max_failures = max_failures_in_a_row
+        self._failures_in_a_row = 0
+        self.store: StudyStore | None = None  # set when the study is opened
+
+    def record(
+        self,
+        study: optuna.Study,
+        assignment: Assignment,
+        reason: EndReason,
+        value: float | None,
+        attrs: dict[str, Any],
+        message: str | None = None,
+    ) -> None:
+        """End a trial this run launched; raises StudyAborted when failures pile up."""
+        assert self.store is not None
+        try:
+            attrs = {Attr.END_REASON: reason.value, **attrs}
+            self.store.set_user_attrs(assignment.trial_id, attrs)
+        except UpdateFinishedTrialError:
+            logger.warning("trial %d was already ended elsewhere", assignment.trial_number)
+            return
+        values = value if reason is EndReason.COMPLETE else None
+        frozen = study.tell(
+            assignment.trial_number, values, state=reason.state, skip_if_finished=True
+        )
+        self.summary.end_reasons[reason.value] += 1
+        if frozen.state in FINISHED:
+            self.done += 1
+            self._failures_in_a_row = 0
+        logger.info("%s", self._progress_line(frozen, reason, attrs, message))
+        self._after_end(study, frozen, reason)
+        if frozen.state == TrialState.FAIL and reason is not EndReason.INTERRUPTED:
+            self.count_failure(message or reason.value)
+
+    def reap(self, study: optuna.Study, store: StudyStore, trial_id: int, why: str) -> bool:
+        """Fail a RUNNING trial nobody runs any more (``worker_died``); False if it ended."""
+        number = store.trial(trial_id).number
+        error = f"trial {number} was left RUNNING: {why}"
+        try:
+            attrs = {Attr.END_REASON: EndReason.WORKER_DIED.value, Attr.ERROR: error}
+            store.set_user_attrs(trial_id, attrs)
+            store.fail(trial_id)
+        except UpdateFinishedTrialError:
+            return False  # another supervisor reaped it first, or its owner just ended it
+        logger.warning("reaped %s", error)
+        self.summary.reaped += 1
+        self._after_end(study, store.trial(trial_id), EndReason.WORKER_DIED)
+        return True
+
+    def interrupt(
+        self, study: optuna.Study, ended: list[tuple[Assignment, dict[str, Any], str]]
+    ) -> None:
+        """Record trials the supervisor stops (``interrupted``): ``(assignment, attrs, why)``;
+        each one that cannot be recorded is logged and the others still are."""
+        for assignment, attrs, why in ended:
+            try:
+                self.record(study, assignment, EndReason.INTERRUPTED, None, attrs, why)
+            except Exception as e:  # the study is being torn down; say what was left
+                number = assignment.trial_number
+                logger.error("could not record trial %d as interrupted: %s", number, e)
+
+    def count_failure(self, message: str) -> None:
+        self._failures_in_a_row += 1
+        if self._failures_in_a_row >= self._max_failures:
+            raise StudyAborted(f"{self._max_failures} trials failed in a row; last: {message}")
+
+    def _after_end(self, study: optuna.Study, trial: FrozenTrial, reason: EndReason) -> None:
+        retried = False
+        if trial.state == TrialState.FAIL:
+            decision = self._retry.decide(reason, trial)
+            if decision is RetryDecision.RETRY:
+                enqueue_retry(study, trial)
+                self.summary.retried += 1
+                retried = True
+            elif decision is RetryDecision.EXHAUSTED:
+                logger.warning("trial %d is not retried: retries exhausted", trial.number)
+        self._checkpoints.settle(study, trial, retried)
+
+    def _progress_line(
+        self, trial: FrozenTrial, reason: EndReason, attrs: dict[str, Any], message: str | None
+    ) -> str:
+        target = self.summary.target
+        head = f"[{self.done:>{len(str(target))}}/{target}] trial {trial.number}"
+        state = trial.state.name
+        if trial.state == TrialState.COMPLETE:
+            state += f" {trial.value:.4f}"
+        elif trial.state == TrialState.PRUNED:
+            state += f" at epoch {trial.last_step}"
+        else:
+            state += f" ({reason.value}: {message})" if message else f" ({reason.value})"
+        duration = attrs.get(Attr.DURATION_S)
+        extra = f" {duration:.1f}s" if duration is not None else ""
+        if Attr.PEAK_RSS_MIB in attrs:
+            extra += f" rss {attrs[Attr.PEAK_RSS_MIB]:.0f} MiB"
+        if Attr.PEAK_VRAM_MIB in attrs:
+            extra += f" vram {attrs[Attr.PEAK_VRAM_MIB]:.0f} MiB"
+        return f"{head} {state}{extra} | {describe(trial.params)}"

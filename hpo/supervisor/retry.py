@@ -1,0 +1,110 @@
+"""Running a failed trial again: infrastructure retries, and the opt-in smaller-batch retry.
+
+A worker that died, a poisoned CUDA context or (if configured) a timeout says nothing about the
+parameters, so the trial is run again with the same ones: the supervisor enqueues a copy with
+``retry_of`` (the failed trial's number), ``attempt`` and the failed trial's ``checkpoint_dir``.
+The copy is a WAITING trial in the storage, so it survives a supervisor restart and any
+supervisor of the study may pick it up. ``oom`` and ``error`` come from the parameters and are
+never retried as they are; with ``memory.oom_retry_halved_batch`` an OOM is retried once with
+half the batch size instead (``retry_kind=halved_batch``).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from optuna.distributions import CategoricalDistribution, IntDistribution
+
+from hpo.contract import Attr, EndReason
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.distributions import BaseDistribution
+
+logger = logging.getLogger(__name__)
+
+BATCH_PARAM = "batch_size"  # the parameter the halved-batch retry halves
+
+
+class RetryDecision(str, enum.Enum):
+    """What happens after a trial failed."""
+
+    RETRY = "retry"  # enqueue the same parameters again
+    NOT_RETRYABLE = "not_retryable"  # the failure comes from the parameters or the user
+    EXHAUSTED = "exhausted"  # the trial already had faults.max_retries retries
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Which end reasons are retried, and how often."""
+
+    retry_on: frozenset[EndReason]
+    max_retries: int  # retries after the first attempt
+
+    def decide(self, reason: EndReason, trial: optuna.trial.FrozenTrial) -> RetryDecision:
+        if reason not in self.retry_on:
+            return RetryDecision.NOT_RETRYABLE
+        if attempt_of(trial) > self.max_retries:
+            return RetryDecision.EXHAUSTED
+        return RetryDecision.RETRY
+
+
+def attempt_of(trial: optuna.trial.FrozenTrial) -> int:
+    """1 for a first attempt, 2 for its first retry, ..."""
+    return int(trial.user_attrs.get(Attr.ATTEMPT, 1))
+
+
+def enqueue_retry(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Queue the failed ``trial``'s parameters again, carrying its checkpoint directory."""
+    attrs: dict[str, object] = {Attr.RETRY_OF: trial.number, Attr.ATTEMPT: attempt_of(trial) + 1}
+    if Attr.CHECKPOINT_DIR in trial.user_attrs:
+        attrs[Attr.CHECKPOINT_DIR] = trial.user_attrs[Attr.CHECKPOINT_DIR]
+    study.enqueue_trial(dict(trial.params), user_attrs=attrs)
+    logger.info(
+        "trial %d will be retried (attempt %d) with the same parameters",
+        trial.number,
+        attrs[Attr.ATTEMPT],
+    )
+
+
+def halved_batch(
+    params: Mapping[str, Any], space: Mapping[str, BaseDistribution]
+) -> dict[str, Any] | None:
+    """``params`` with half the batch size, if the space allows that value; else None."""
+    dist = space.get(BATCH_PARAM)
+    if BATCH_PARAM not in params or dist is None:
+        return None
+    half = int(params[BATCH_PARAM]) // 2
+    if isinstance(dist, CategoricalDistribution):
+        allowed = half in dist.choices
+    elif isinstance(dist, IntDistribution):
+        allowed = half >= dist.low
+    else:
+        allowed = False
+    if half < 1 or not allowed:
+        return None
+    return {**params, BATCH_PARAM: half}
+
+
+def retry_with_half_batch(
+    study: optuna.Study,
+    number: int,
+    params: Mapping[str, Any],
+    space: Mapping[str, BaseDistribution],
+) -> bool:
+    """Queue trial ``number``'s parameters with half its batch size; False if not possible."""
+    smaller = halved_batch(params, space)
+    if smaller is None:
+        logger.info("trial %d ran out of memory; no smaller batch size to retry with", number)
+        return False
+    study.enqueue_trial(
+        smaller, user_attrs={Attr.RETRY_OF: number, Attr.RETRY_KIND: "halved_batch"}
+    )
+    logger.info(
+        "trial %d ran out of memory; retrying with batch_size=%s", number, smaller[BATCH_PARAM]
+    )
+    return True

@@ -1,0 +1,126 @@
+"""Opening a study for a run: the devices, the memory gate and the scheduling models, all
+taught from the trials the study already has; the finished count of an existing study; and the
+worker cap of ``par=auto`` derived from those models."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import optuna
+from optuna.study import StudyDirection
+
+from hpo.contract import FINISHED
+from hpo.devices import context_bytes, open_devices
+from hpo.errors import ConfigError
+from hpo.execution.procs import available_cpus
+from hpo.memory.sampling import feasible_sampler
+from hpo.scheduling import AdmissionScheduler, Backlog, DurationModel, RamBudget, auto_par
+from hpo.storage import StudyStore
+from hpo.supervisor.launcher import LaunchModels
+
+if TYPE_CHECKING:
+    from optuna.storages import RDBStorage
+
+    from hpo.config.settings import Settings, StudySettings
+    from hpo.devices import Device
+    from hpo.execution.pool import WorkerPool
+    from hpo.execution.worker import WorkerSpec
+    from hpo.memory import MemoryGate
+    from hpo.supervisor.recorder import TrialRecorder
+
+logger = logging.getLogger("hpo.supervisor")
+
+
+@dataclass
+class OpenedStudy:
+    study: optuna.Study
+    store: StudyStore
+    models: LaunchModels
+    backlog: Backlog
+
+
+def count_finished(study_settings: StudySettings, storage: RDBStorage) -> int:
+    """COMPLETE + PRUNED trials of the study if it exists (0 if not); a ConfigError if it
+    exists with the other direction."""
+    try:
+        study = optuna.load_study(study_name=study_settings.name, storage=storage)
+    except KeyError:
+        return 0
+    direction = study.direction.name.lower()
+    if direction != study_settings.direction:
+        raise ConfigError(
+            f"study {study_settings.name!r} exists with direction {direction}, "
+            f"config says {study_settings.direction}"
+        )
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def open_study(
+    settings: Settings,
+    storage: RDBStorage,
+    gate_factory: Callable[[Settings, list[Device]], MemoryGate],
+    recorder: TrialRecorder,
+) -> OpenedStudy:
+    """Create or load the study in ``storage`` with models learned from its trials."""
+    devices = open_devices(settings.devices)
+    gate = gate_factory(settings, devices)
+    mem, space = settings.memory, settings.study
+    admission = AdmissionScheduler(
+        devices, mem.device_margin_frac, context_bytes(devices), pack=mem.pack
+    )
+    ram = RamBudget(space.scaling, space.groups, mem.trial_ram_gib, mem.ram_margin_frac)
+    durations = DurationModel(space.groups)
+    study = optuna.create_study(
+        study_name=space.name,
+        storage=storage,
+        sampler=feasible_sampler(settings.make_sampler(), gate),
+        pruner=settings.make_pruner(),
+        direction=StudyDirection[space.direction.upper()],
+        load_if_exists=True,
+    )
+    earlier = study.get_trials(deepcopy=False)
+    for trial in earlier:  # what RAM and how long trials of each kind took
+        ram.observe(trial.params, trial.user_attrs)
+        durations.observe(trial.params, trial.user_attrs)
+    if gate.active:
+        learned = gate.observe_trials(earlier)
+        logger.info(
+            "memory: budget %.0f MiB per trial; learned from %d earlier trials",
+            (gate.budget_bytes or 0) / 2**20,
+            learned,
+        )
+    models = LaunchModels(devices, gate, admission, ram, durations)
+    backlog = Backlog(mem.max_bypass, mem.max_waiting)
+    store = StudyStore(storage, space.name)
+    recorder.store = store
+    return OpenedStudy(study, store, models, backlog)
+
+
+def grow_to_auto_par(
+    pool: WorkerPool,
+    models: LaunchModels,
+    settings: Settings,
+    spec_for: Callable[[int], WorkerSpec],
+) -> int:
+    """``par=auto``: derive the worker cap from what the models know, start the workers it
+    allows, and replace the first one, which started with every CPU's threads."""
+    study = settings.study
+    par, why = auto_par(
+        models.devices,
+        models.gate,
+        models.ram,
+        study.space_conf,
+        (study.scaling, study.groups),
+        settings.memory.max_par,
+    )
+    logger.info("%s", why)
+    first = list(pool.workers)
+    spec = spec_for(par)
+    pool.grow(par, spec)
+    if spec.threads != max(1, available_cpus()):  # what the first worker got (par 1)
+        for worker in first:  # started with every CPU's threads: oversubscribed now
+            pool.retire(worker)
+    return par

@@ -1,0 +1,340 @@
+"""The supervisor's event loop: starts trials through its launcher, ends them through its
+recorder, and keeps workers and trials alive.
+
+It owns the trial lifecycle and never imports torch: parameters come from the declared search
+space, results and measurements come back from the workers as
+:class:`~hpo.execution.protocol.Outcome` messages. A worker that dies fails its trial with
+``end_reason=worker_died`` and is replaced at once (the pool waits on the process sentinels, so
+a death is seen within one poll); a trial past ``faults.trial_timeout_s`` is killed with its
+worker (``timeout``); infrastructure failures are retried with the same parameters; workers
+are recycled after ``faults.recycle_after`` trials. The supervisor records an RDB heartbeat for
+every trial it runs and reaps RUNNING trials that a vanished supervisor left behind (see
+:mod:`hpo.supervisor.liveness`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import optuna
+
+from hpo.contract import FINISHED, Attr, EndReason
+from hpo.execution.pool import DIED, WorkerHandle, WorkerPool
+from hpo.execution.procs import available_cpus
+from hpo.execution.protocol import Assignment, Outcome
+from hpo.execution.worker import WorkerSpec
+from hpo.memory import MemoryGate, build_gate
+from hpo.storage import StudyStore, open_storage, prepare_storage, storage_exists
+from hpo.supervisor.checkpoints import CheckpointStore
+from hpo.supervisor.launcher import Launcher
+from hpo.supervisor.liveness import Heartbeats, Reaper
+from hpo.supervisor.recorder import RunSummary, TrialRecorder
+from hpo.supervisor.retry import RetryPolicy, retry_with_half_batch
+from hpo.supervisor.signals import StopSignals, describe_exit
+from hpo.supervisor.study import count_finished, grow_to_auto_par, open_study
+
+if TYPE_CHECKING:
+    from optuna.storages import RDBStorage
+
+    from hpo.config.settings import Settings
+    from hpo.devices import Device
+
+logger = logging.getLogger(__name__)
+
+GateFactory = Callable[["Settings", list["Device"]], MemoryGate]
+
+# Trials other supervisors finish are noticed within this time (several nodes on one study
+# may overshoot n_trials by what they finish meanwhile, as by their running trials).
+_COUNT_EVERY_S = 2.0
+
+
+class Supervisor:
+    """Runs a study to ``study.n_trials`` finished trials with ``par`` worker processes."""
+
+    def __init__(
+        self, settings: Settings, poll_s: float = 0.5, gate_factory: GateFactory | None = None
+    ) -> None:
+        """``gate_factory`` replaces :func:`~hpo.memory.build_gate` (benchmarks plug in an
+        oracle that knows the true memory of a simulated workload)."""
+        self._settings = settings
+        self._gate_factory = gate_factory or build_gate
+        self._target = settings.study.n_trials
+        self._poll_s = poll_s
+        self._signals = StopSignals()
+        faults = settings.faults
+        self._next_reap = 0.0
+        self._next_count = 0.0  # when to count the storage's finished trials again
+        url = settings.storage.url
+        self._summary = RunSummary(settings.study.name, url, self._target, 0, 0.0)
+        self._checkpoints = CheckpointStore(faults.checkpoint_root, faults.keep_best_checkpoint)
+        self._recorder = TrialRecorder(
+            self._summary,
+            RetryPolicy(faults.retry_on, faults.max_retries),
+            self._checkpoints,
+            settings.max_failures_in_a_row,
+        )
+        self._rdb: RDBStorage | None = None  # opened once, by the first step that needs it
+        self._launcher: Launcher | None = None  # built with the study (it may trace a prior)
+        self._beats: Heartbeats | None = None
+        self._reaper: Reaper | None = None
+
+    def run(self) -> RunSummary:
+        """Run until the target is reached, the user stops it, or failures pile up."""
+        start = time.monotonic()
+        self._recorder.done = self._finished_before()
+        if self._recorder.done >= self._target:
+            logger.info(
+                "study %r already has %d/%d finished trials: nothing to do",
+                self._settings.study.name,
+                self._recorder.done,
+                self._target,
+            )
+        else:
+            self._run_workers()
+        self._summary.elapsed_s = time.monotonic() - start
+        return self._summary
+
+    def _finished_before(self) -> int:
+        """Finished trials of an existing study (the storage is not created for this)."""
+        if not storage_exists(self._settings.storage.url):
+            return 0
+        self._summary.finished = count_finished(self._settings.study, self._open_storage())
+        return self._summary.finished
+
+    def _run_workers(self) -> None:
+        par = self._settings.par or 1  # par=auto: one worker until the cap is known
+        pool = WorkerPool(par, self._worker_spec(par))
+        study: optuna.Study | None = None
+        stopped_by = "stopped by the user"
+        try:
+            pool.start()
+            pool.wait_ready()  # a broken objective is a ConfigError before the storage is touched
+            study, store = self._open_study()
+            self._reap(study, store, exclude=set())  # what a killed supervisor left RUNNING
+            if self._settings.auto_par:
+                par = self._auto_par(pool)
+            logger.info(
+                "study %r: %d/%d finished, running with par=%d on %s",
+                study.study_name,
+                self._recorder.done,
+                self._target,
+                par,
+                self._settings.storage.url,
+            )
+            self._signals.install()
+            self._loop(study, store, pool)
+        except BaseException as e:
+            stopped_by = f"the supervisor stopped: {type(e).__name__}: {e}"
+            raise
+        finally:
+            self._signals.restore()
+            in_flight = [w for w in pool.workers if w.assignment is not None]
+            pool.shutdown()
+            if study is not None:
+                self._interrupt_all(study, in_flight, stopped_by)
+                self._finish_summary(study)
+
+    def _auto_par(self, pool: WorkerPool) -> int:
+        """Derive the worker cap (``par=auto``) and start the workers it allows."""
+        assert self._launcher is not None
+        return grow_to_auto_par(pool, self._launcher.models, self._settings, self._worker_spec)
+
+    def _worker_spec(self, par: int) -> WorkerSpec:
+        return WorkerSpec(self._settings, threads=max(1, available_cpus() // par))
+
+    def _open_study(self) -> tuple[optuna.Study, StudyStore]:
+        prepare_storage(self._settings.storage.url)
+        storage = self._open_storage()
+        faults = self._settings.faults
+        opened = open_study(self._settings, storage, self._gate_factory, self._recorder)
+        self._beats = Heartbeats(opened.store, faults.heartbeat_interval_s)
+        self._reaper = Reaper(opened.store, faults.grace_period_s)
+        self._launcher = Launcher(
+            opened.study,
+            opened.store,
+            dict(self._settings.study.space),
+            opened.models,
+            opened.backlog,
+            self._recorder,
+            self._checkpoints,
+            self._beats,
+        )
+        return opened.study, opened.store
+
+    def _open_storage(self) -> RDBStorage:
+        if self._rdb is None:
+            settings = self._settings
+            self._rdb = open_storage(
+                settings.storage.url,
+                settings.storage.busy_timeout_s,
+                heartbeat_interval_s=settings.faults.heartbeat_interval_s,
+                grace_period_s=settings.faults.grace_period_s,
+            )
+        return self._rdb
+
+    def _loop(self, study: optuna.Study, store: StudyStore, pool: WorkerPool) -> None:
+        rec, launcher = self._recorder, self._launcher
+        assert launcher is not None
+        while not self._signals.stop_now:
+            busy = sum(w.assignment is not None for w in pool.workers)
+            idle = any(w.idle for w in pool.workers)
+            if not self._signals.draining and idle and rec.done + busy < self._target:
+                self._catch_up(store)
+                launcher.schedule(pool, self._target - rec.done - busy)
+            elif busy == 0 and (self._signals.draining or rec.done >= self._target):
+                self._summary.interrupted = self._signals.draining
+                return
+            for worker, payload in pool.poll(self._poll_s):
+                if worker not in pool.workers:
+                    continue  # retired after a CUDA error while this batch was handled
+                if payload is DIED:
+                    self._on_died(study, pool, worker)
+                elif isinstance(payload, Outcome):
+                    self._on_outcome(study, pool, worker, payload)
+            self._enforce_timeouts(study, pool)
+            self._keep_alive(study, store, pool)
+        self._summary.interrupted = True
+
+    def _catch_up(self, store: StudyStore) -> None:
+        """Count the finished trials in storage (other supervisors' too), at most every
+        ``_COUNT_EVERY_S``: this run counts its own as it records them."""
+        now = time.monotonic()
+        if now < self._next_count:
+            return
+        self._next_count = now + _COUNT_EVERY_S
+        self._recorder.done = max(self._recorder.done, store.n_finished())
+
+    # --- events ---------------------------------------------------------------------------------
+
+    def _on_outcome(
+        self, study: optuna.Study, pool: WorkerPool, worker: WorkerHandle, outcome: Outcome
+    ) -> None:
+        assignment = worker.assignment
+        worker.assignment = None
+        if assignment is None or assignment.trial_number != outcome.trial_number:
+            logger.error(
+                "worker %d reported an unexpected trial %d", worker.pid, outcome.trial_number
+            )
+            return
+        worker.trials_done += 1
+        self._learn(study, outcome)
+        if not (self._signals.draining or self._signals.stop_now):
+            self._retire_if_spent(pool, worker, outcome)
+            assert self._launcher is not None
+            self._launcher.start_waiting(pool)  # the freed memory works while this is recorded
+        self._recorder.record(
+            study, assignment, outcome.end_reason, outcome.value, outcome.attrs, outcome.message
+        )
+
+    def _learn(self, study: optuna.Study, outcome: Outcome) -> None:
+        """Free the trial's reservations, teach the launcher's models what it measured; after
+        an OOM, maybe retry it smaller."""
+        assert self._launcher is not None
+        params = self._launcher.release(outcome.trial_number)
+        if params is None:
+            return
+        attrs = {Attr.END_REASON: outcome.end_reason.value, **outcome.attrs}
+        self._launcher.learn(params, attrs)
+        if outcome.end_reason is EndReason.OOM and self._settings.memory.oom_retry_halved_batch:
+            retry_with_half_batch(study, outcome.trial_number, params, self._settings.study.space)
+
+    def _retire_if_spent(self, pool: WorkerPool, worker: WorkerHandle, outcome: Outcome) -> None:
+        recycle_after = self._settings.faults.recycle_after
+        if outcome.end_reason.poisons_worker:  # the worker exits on its own; never reuse it
+            logger.info("replacing worker %d after a CUDA error", worker.pid)
+            pool.retire(worker)
+        elif recycle_after and worker.trials_done >= recycle_after:
+            logger.info("recycling worker %d after %d trials", worker.pid, worker.trials_done)
+            pool.retire(worker)
+
+    def _on_died(self, study: optuna.Study, pool: WorkerPool, worker: WorkerHandle) -> None:
+        code = worker.process.exitcode
+        if worker.assignment is not None:
+            error = f"worker process {describe_exit(code)} while running the trial"
+            self._fail_running(study, worker, EndReason.WORKER_DIED, error)
+        elif not worker.ready:
+            self._recorder.count_failure(f"worker {describe_exit(code)} while starting")
+        self._respawn(pool, worker)
+
+    def _enforce_timeouts(self, study: optuna.Study, pool: WorkerPool) -> None:
+        """Kill the worker (and its children) of a trial past ``faults.trial_timeout_s``."""
+        timeout_s = self._settings.faults.trial_timeout_s
+        if not timeout_s:
+            return
+        now = time.monotonic()
+        for worker in list(pool.workers):
+            if worker.assignment is None or now - worker.started_at <= timeout_s:
+                continue
+            pool.kill(worker)
+            error = f"trial ran past faults.trial_timeout_s={timeout_s:g} s; worker killed"
+            self._fail_running(study, worker, EndReason.TIMEOUT, error)
+            self._respawn(pool, worker)
+
+    def _fail_running(
+        self, study: optuna.Study, worker: WorkerHandle, reason: EndReason, error: str
+    ) -> None:
+        assert worker.assignment is not None and self._launcher is not None
+        attrs = {
+            Attr.WORKER_PID: worker.pid,
+            Attr.DURATION_S: round(time.monotonic() - worker.started_at, 3),
+            Attr.ERROR: error,
+        }
+        assignment, worker.assignment = worker.assignment, None
+        self._launcher.release(assignment.trial_number)  # nothing measured to learn from
+        self._recorder.record(study, assignment, reason, None, attrs, error)
+
+    def _respawn(self, pool: WorkerPool, worker: WorkerHandle) -> None:
+        if self._signals.draining or self._signals.stop_now:
+            pool.remove(worker)
+        else:
+            pool.replace(worker)
+
+    # --- liveness -------------------------------------------------------------------------------
+
+    def _keep_alive(self, study: optuna.Study, store: StudyStore, pool: WorkerPool) -> None:
+        """Heartbeats for the running trials; now and then, reap other supervisors' orphans."""
+        assert self._beats is not None and self._launcher is not None
+        running = [w.assignment.trial_id for w in pool.workers if w.assignment is not None]
+        running += self._launcher.waiting_trial_ids()
+        self._beats.beat(running)
+        if time.monotonic() >= self._next_reap:
+            self._reap(study, store, exclude=set(running))
+
+    def _reap(self, study: optuna.Study, store: StudyStore, exclude: set[int]) -> None:
+        assert self._reaper is not None
+        self._next_reap = time.monotonic() + self._settings.faults.heartbeat_interval_s
+        for trial_id, _, why in self._reaper.find(exclude):
+            self._recorder.reap(study, store, trial_id, why)
+
+    def _interrupt_all(self, study: optuna.Study, in_flight: list[WorkerHandle], why: str) -> None:
+        """Record the running trials, and those still waiting for memory, as interrupted."""
+        now = time.monotonic()
+        ended = []
+        for worker in in_flight:
+            assert worker.assignment is not None
+            attrs = {
+                Attr.WORKER_PID: worker.pid,
+                Attr.DURATION_S: round(now - worker.started_at, 3),
+            }
+            ended.append((worker.assignment, attrs, why))
+        if self._launcher is not None:
+            backlog = self._launcher.backlog
+            for item in backlog.items:
+                attrs = {Attr.ADMIT_WAIT_S: round(now - item.since, 3)}
+                assignment = Assignment(item.trial_id, item.trial.number, None)
+                ended.append((assignment, attrs, f"{why} (before it started)"))
+            backlog.items.clear()
+        self._recorder.interrupt(study, ended)
+
+    def _finish_summary(self, study: optuna.Study) -> None:
+        self._summary.finished = len(study.get_trials(deepcopy=False, states=FINISHED))
+        complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if complete:
+            self._summary.best = study.best_trial
+        try:
+            self._checkpoints.sweep(study)
+        except OSError as e:
+            logger.warning("could not clean up checkpoints: %s", e)
