@@ -11,8 +11,9 @@ every policy's study) and reports, in wall seconds at the benchmark's time scale
   the rest fill the memory beside them (where at least the smallest of them fits) and
   whatever memory × time is left over needs the whole budget;
 - ``replay_s``: hpo's own admission (:mod:`hpo.scheduling.admission`,
-  :mod:`hpo.scheduling.backlog`, durations learned as the supervisor learns them) told the true memory, replayed as events with no
-  processes, no storage and no latency, with the workload's contention.
+  :mod:`hpo.scheduling.backlog`, durations learned as the supervisor learns them) told the
+  true memory, replayed as events with no processes, no storage and no latency, with the
+  workload's contention.
 
 ``work_s / replay_s`` is what the policy itself can reach; a measured run falls short of it by
 what processes, SQLite and the supervisor's loop cost per trial.
