@@ -4,10 +4,25 @@ A supervisor asks Optuna for trials from a search space declared in a Hydra conf
 in worker processes, measures their memory, and records how every trial ended.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 from hpo.errors import ConfigError, HpoError, StudyAborted
 from hpo.execution.context import TrialContext, current_context
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    """``hpo.tune`` and ``hpo.load_study``, imported on first use: an objective that imports
+    hpo for ``current_context`` does not load the supervisor."""
+    if name in ("tune", "load_study"):
+        from hpo import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'hpo' has no attribute {name!r}")
+
 
 __all__ = [
     "ConfigError",
@@ -16,4 +31,6 @@ __all__ = [
     "TrialContext",
     "__version__",
     "current_context",
+    "load_study",
+    "tune",
 ]

@@ -60,5 +60,25 @@ def test_bad_config_is_one_line_config_error(overrides: list[str], match: str) -
 
 
 def test_missing_config_dir_is_reported(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="holds no config.yaml"):
-        compose([], str(tmp_path))
+    with pytest.raises(ConfigError, match="--config-dir '.*nope' is not a directory"):
+        compose([], str(tmp_path / "nope"))
+
+
+def test_a_user_config_dir_without_config_yaml_is_layered_over_the_builtins(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "mine.yaml").write_text(
+        "name: mine\nobjective: mine:objective\nn_trials: 3\nepochs: 2\n"
+        "space:\n  lr: {type: float, low: 0.001, high: 0.1, log: true}\n"
+    )
+    cfg = compose(["study=mine", "pruner=none", "study.memory.scaling=[]"], str(tmp_path))
+    assert cfg.study.n_trials == 3 and cfg.study.loader.num_workers == 0  # StudyConf defaults
+    assert cfg.project_dir == str(tmp_path.parent) and cfg.user_config_dir == str(tmp_path)
+
+
+def test_a_user_option_named_like_a_builtin_one_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "toy.yaml").write_text("name: toy\n")
+    with pytest.raises(ConfigError, match="has the name of a built-in study option"):
+        compose(["study=toy"], str(tmp_path))

@@ -10,6 +10,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from hpo.cli.logs import setup_logging
 from hpo.cli.look import LOOK_COMMANDS, add_look_commands
 from hpo.errors import ConfigError, HpoError, StudyAborted
 
@@ -30,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="Hydra overrides, e.g. study=criteria par=2 study.n_trials=20 pruner.patience=4",
     )
+    init = sub.add_parser("init", help="write a runnable study NAME into this directory")
+    init.add_argument("name", metavar="NAME", help="study and module name, e.g. mystudy")
     add_look_commands(sub)
     return parser
 
@@ -37,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "init":
+            return _init(args)
         if args.command == "tune":
             return _tune(args)
         if args.command in LOOK_COMMANDS:
@@ -63,16 +68,15 @@ def _fail(args: argparse.Namespace, e: BaseException, code: int, unexpected: boo
     return code
 
 
-def _setup_logging(level: str) -> None:
-    import optuna
+def _init(args: argparse.Namespace) -> int:
+    from pathlib import Path
 
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
-    root = logging.getLogger("hpo")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    from hpo.cli.init import init_study
+
+    for path in init_study(args.name, Path.cwd()):
+        print(f"wrote {path}")
+    print(f"run it: hpo tune study={args.name} par=2   (then: hpo stats study={args.name})")
+    return EXIT_OK
 
 
 def _tune(args: argparse.Namespace) -> int:
@@ -81,7 +85,7 @@ def _tune(args: argparse.Namespace) -> int:
 
     overrides = [*args.overrides, "log_level=DEBUG"] if args.debug else args.overrides
     settings = Settings.from_config(compose(overrides, args.config_dir))
-    _setup_logging(settings.log_level)
+    setup_logging(settings.log_level)
     summary = Supervisor(settings).run()
     print(
         f"study {summary.study_name}: {summary.finished}/{summary.target} finished trials "

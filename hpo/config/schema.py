@@ -79,7 +79,7 @@ class StorageConf:
     """Where the study lives: an SQLite file per study, or any SQLAlchemy URL."""
 
     url: str | None = None  # SQLAlchemy URL; null = SQLite file <dir>/<study name>.db
-    dir: str = "_optuna"  # directory of the SQLite files, relative to the working directory
+    dir: str = "_optuna"  # directory of the SQLite files, relative to the project directory
     busy_timeout_s: float = 60.0  # SQLite: seconds a writer waits for the lock
 
 
@@ -124,7 +124,7 @@ class MemoryConf:
 class HpoConf:
     """Top-level config of ``hpo tune``."""
 
-    study: Any = MISSING  # a StudyConf (or a subclass)
+    study: StudyConf = MISSING  # a study file is merged onto StudyConf (or its subclass)
     pruner: Any = MISSING  # a node with _target_ (an optuna BasePruner)
     sampler: Any = MISSING  # a node with _target_ (an optuna BaseSampler)
     storage: StorageConf = MISSING
@@ -133,6 +133,9 @@ class HpoConf:
     par: Any = 2  # worker processes (parallel trials), or "auto" (see hpo.scheduling.autopar)
     max_failures_in_a_row: int = 10  # stop the study after this many consecutive FAIL trials
     log_level: str = "INFO"  # DEBUG | INFO | WARNING
+    project_dir: str | None = None  # set by compose: where _optuna/ and the objective live
+    user_config_dir: str | None = None  # set by compose: the user's conf/ over the built-ins
+    python_path: list[str] = field(default_factory=list)  # more dirs to import objectives from
 
 
 def register_schemas(cs: ConfigStore | None = None) -> None:

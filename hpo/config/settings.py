@@ -99,6 +99,10 @@ class Settings:
     pruner: Mapping[str, Any]  # the pruner node (_target_ and arguments)
     sampler: Mapping[str, Any]  # the sampler node
     objective_cfg: dict[str, Any] = field(repr=False)  # the resolved config, for objectives
+    project_dir: Path = field(default_factory=Path.cwd)  # where _optuna/ and the objective live
+    # Directories the objective, step builder and estimate function are imported from (the
+    # project and the user's conf/), in the supervisor, every worker and the prior's tracer.
+    import_paths: tuple[str, ...] = ()
 
     @property
     def auto_par(self) -> bool:
@@ -129,7 +133,9 @@ class Settings:
         assert isinstance(container, dict)
         plain: dict[str, Any] = {str(k): v for k, v in container.items()}
         study, mem, faults = plain["study"], plain["memory"], plain["faults"]
-        storage_dir = Path(plain["storage"]["dir"])
+        project = Path(plain.get("project_dir") or Path.cwd()).resolve()
+        storage_dir = (project / Path(plain["storage"]["dir"]).expanduser()).resolve()
+        user_conf = plain.get("user_config_dir")
         return cls(
             study=_study(study),
             devices=DeviceSettings(
@@ -142,7 +148,7 @@ class Settings:
                 url=storage_url(plain["storage"].get("url"), storage_dir, study["name"]),
                 busy_timeout_s=float(plain["storage"]["busy_timeout_s"]),
             ),
-            faults=_faults(faults, storage_dir, study["name"]),
+            faults=_faults(faults, project, storage_dir, study["name"]),
             memory=_memory(mem, study.get("memory") or {}),
             par=None if str(plain["par"]) == "auto" else int(plain["par"]),
             max_failures_in_a_row=int(plain["max_failures_in_a_row"]),
@@ -150,6 +156,10 @@ class Settings:
             pruner=plain["pruner"],
             sampler=plain["sampler"],
             objective_cfg=plain,
+            project_dir=project,
+            import_paths=tuple(
+                str(p) for p in (project, user_conf, *plain.get("python_path", ())) if p
+            ),
         )
 
 
@@ -185,11 +195,13 @@ def _study(study: Mapping[str, Any]) -> StudySettings:
     )
 
 
-def _faults(faults: Mapping[str, Any], storage_dir: Path, study_name: str) -> FaultSettings:
+def _faults(
+    faults: Mapping[str, Any], project: Path, storage_dir: Path, study_name: str
+) -> FaultSettings:
     root: Path | None = None
     if faults["checkpoints"]:
         chosen = faults.get("checkpoint_dir")
-        root = Path(chosen) if chosen else storage_dir / f"{study_name}.ckpt"
+        root = project / chosen if chosen else storage_dir / f"{study_name}.ckpt"
         root = root.resolve()
     return FaultSettings(
         trial_timeout_s=float(faults["trial_timeout_s"]),

@@ -20,6 +20,13 @@ def first_line(e: BaseException) -> str:
 
 def validate(cfg: DictConfig) -> None:
     """Check what the types cannot: ranges, names, the search space, the pruner's arguments."""
+    from omegaconf import OmegaConf
+
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(
+            f"{missing[0]} is required: set it in the study file or as {missing[0]}=..."
+        )
     from hpo.config.space import build_space
 
     if str(cfg.par) != "auto" and (

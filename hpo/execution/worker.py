@@ -10,6 +10,7 @@ import importlib
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -76,6 +77,9 @@ def main(conn: Connection, spec: WorkerSpec) -> None:
     )
     _exit_with_parent()
     objective_path = spec.settings.study.objective
+    for directory in reversed(spec.settings.import_paths):  # the user's project first
+        if directory not in sys.path:
+            sys.path.insert(0, directory)
     try:
         objective = load_objective(objective_path)
     except Exception as e:

@@ -99,6 +99,10 @@ def evaluate(cfg: DictConfig, params: dict[str, Any]) -> dict[str, Any]:
 def main() -> None:
     request = json.loads(sys.stdin.read())
     cfg = OmegaConf.create(request["cfg"])
+    # the step builder lives in the user's project, like the objective
+    for directory in (request["cfg"].get("user_config_dir"), request["cfg"].get("project_dir")):
+        if directory and directory not in sys.path:
+            sys.path.insert(0, directory)
     results = [evaluate(cfg, dict(p)) for p in request["points"]]
     print(json.dumps(results))
 

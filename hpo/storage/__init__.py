@@ -5,7 +5,20 @@ This package is the only place in hpo that touches Optuna's private storage API
 (:mod:`._private`).
 """
 
-from hpo.storage.rdb import open_storage, prepare_storage, sqlite_path, storage_exists
+from hpo.storage.rdb import (
+    display_url,
+    open_storage,
+    prepare_storage,
+    sqlite_path,
+    storage_exists,
+)
 from hpo.storage.study import StudyStore
 
-__all__ = ["StudyStore", "open_storage", "prepare_storage", "sqlite_path", "storage_exists"]
+__all__ = [
+    "StudyStore",
+    "display_url",
+    "open_storage",
+    "prepare_storage",
+    "sqlite_path",
+    "storage_exists",
+]

@@ -26,6 +26,18 @@ def sqlite_path(url: str) -> Path | None:
     return Path(parsed.database) if parsed.database not in (None, "", ":memory:") else None
 
 
+def display_url(url: str) -> str:
+    """The storage as people are shown it: an SQLite file's absolute path, any other URL with
+    its password masked (``postgresql://user:***@host/db``)."""
+    path = sqlite_path(url)
+    if path is not None:
+        return str(path.resolve())
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy can parse: show nothing of it that may be secret
+        return "<unparseable storage URL>"
+
+
 def storage_exists(url: str) -> bool:
     """Whether opening the storage would find existing data (always assumed for servers)."""
     path = sqlite_path(url)

@@ -42,13 +42,13 @@ class OpenedStudy:
     backlog: Backlog
 
 
-def count_finished(study_settings: StudySettings, storage: RDBStorage) -> int:
-    """COMPLETE + PRUNED trials of the study if it exists (0 if not); a ConfigError if it
+def count_finished(study_settings: StudySettings, storage: RDBStorage) -> int | None:
+    """COMPLETE + PRUNED trials of the study (None: no such study yet); a ConfigError if it
     exists with the other direction."""
     try:
         study = optuna.load_study(study_name=study_settings.name, storage=storage)
     except KeyError:
-        return 0
+        return None
     direction = study.direction.name.lower()
     if direction != study_settings.direction:
         raise ConfigError(

@@ -27,7 +27,7 @@ from hpo.execution.procs import available_cpus
 from hpo.execution.protocol import Assignment, Outcome
 from hpo.execution.worker import WorkerSpec
 from hpo.memory import MemoryGate, build_gate
-from hpo.storage import StudyStore, open_storage, prepare_storage, storage_exists
+from hpo.storage import StudyStore, display_url, open_storage, prepare_storage, storage_exists
 from hpo.supervisor.checkpoints import CheckpointStore
 from hpo.supervisor.launcher import Launcher
 from hpo.supervisor.liveness import Heartbeats, Reaper
@@ -67,8 +67,9 @@ class Supervisor:
         faults = settings.faults
         self._next_reap = 0.0
         self._next_count = 0.0  # when to count the storage's finished trials again
-        url = settings.storage.url
+        url = display_url(settings.storage.url)
         self._summary = RunSummary(settings.study.name, url, self._target, 0, 0.0)
+        self._history = "new"  # or "resumed with N finished trials"
         self._checkpoints = CheckpointStore(faults.checkpoint_root, faults.keep_best_checkpoint)
         self._recorder = TrialRecorder(
             self._summary,
@@ -87,8 +88,9 @@ class Supervisor:
         self._recorder.done = self._finished_before()
         if self._recorder.done >= self._target:
             logger.info(
-                "study %r already has %d/%d finished trials: nothing to do",
+                "study %r in %s already has %d/%d finished trials: nothing to do",
                 self._settings.study.name,
+                self._summary.storage_url,
                 self._recorder.done,
                 self._target,
             )
@@ -99,9 +101,11 @@ class Supervisor:
 
     def _finished_before(self) -> int:
         """Finished trials of an existing study (the storage is not created for this)."""
-        if not storage_exists(self._settings.storage.url):
-            return 0
-        self._summary.finished = count_finished(self._settings.study, self._open_storage())
+        found = None
+        if storage_exists(self._settings.storage.url):
+            found = count_finished(self._settings.study, self._open_storage())
+        self._history = "new" if found is None else f"resumed with {found} finished trials"
+        self._summary.finished = found or 0
         return self._summary.finished
 
     def _run_workers(self) -> None:
@@ -117,12 +121,12 @@ class Supervisor:
             if self._settings.auto_par:
                 par = self._auto_par(pool)
             logger.info(
-                "study %r: %d/%d finished, running with par=%d on %s",
+                "study %r (%s) in %s: target %d finished trials, par=%d",
                 study.study_name,
-                self._recorder.done,
+                self._history,
+                display_url(self._settings.storage.url),
                 self._target,
                 par,
-                self._settings.storage.url,
             )
             self._signals.install()
             self._loop(study, store, pool)
