@@ -16,7 +16,7 @@ PORT ?= 8080
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install tune-criteria tune test lint clean-studies status dashboard stats report browser
+.PHONY: install tune-criteria tune test lint clean-studies status dashboard stats report browser gpu-wheels gpu-check
 
 install: $(STAMP)
 
@@ -82,3 +82,33 @@ report: $(STAMP)
 clean-studies:
 	rm -f _optuna/*.db _optuna/*.db-wal _optuna/*.db-shm
 	rm -rf _optuna/*.ckpt
+
+# GPU check (bench/gpu_check.py): the GPU-marked tests, the criteria presets' real peaks against
+# hpo's estimates, and study=criteria_gpu under par=2 and par=auto, in at most 8 minutes; it
+# writes gpu_check.json, gpu_check.md and gpu_check.log to $OUT (default gpu-check-out/).
+# An offline GPU machine has its own python3 with a CUDA torch but not hpo's other packages:
+# first, on a networked machine, `make gpu-wheels` puts them in $(WHEELS)/ as wheels for its
+# CPython 3.12 (never torch); `make gpu-check` there installs them into $(GPU_SITE) and runs
+# with that python3. Without $(WHEELS)/ it runs with $(VENV)'s python.
+# GPU_CHECK_ARGS="--dry-run" checks the plumbing without a GPU (CPU and a simulated card).
+WHEELS ?= .whl
+GPU_SITE ?= /tmp/hpo-site
+GPU_CHECK_ARGS ?=
+
+gpu-wheels: $(STAMP)
+	$(BIN)/python -m bench.gpu_wheels --dest $(WHEELS)
+	@du -sh $(WHEELS)
+
+gpu-check:
+	@out="$${OUT:-gpu-check-out}"; \
+	if ls $(WHEELS)/*.whl >/dev/null 2>&1; then \
+	  $(PYTHON) -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+	    --target $(GPU_SITE) $(WHEELS)/*.whl || exit 2; \
+	  PYTHONPATH="$(GPU_SITE):$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}" PYTHONUNBUFFERED=1 \
+	    $(PYTHON) -m bench.gpu_check --out "$$out" $(GPU_CHECK_ARGS); \
+	elif [ -x $(BIN)/python ]; then \
+	  PYTHONUNBUFFERED=1 $(BIN)/python -m bench.gpu_check --out "$$out" $(GPU_CHECK_ARGS); \
+	else \
+	  echo "gpu-check: no $(WHEELS)/ (run make gpu-wheels on a networked machine) and no $(VENV)/"; \
+	  exit 2; \
+	fi
