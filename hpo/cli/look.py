@@ -2,7 +2,9 @@
 
 Each selects its study with the same Hydra overrides as ``hpo tune`` (``study=criteria``,
 ``study.name=...``, ``storage.dir=...``); a storage or study that does not exist is a
-:class:`ConfigError` (one line, exit 2) and nothing is created. None of them imports torch.
+:class:`ConfigError` (one line, exit 2) and nothing is created. All of them open the study
+read-only (:mod:`hpo.storage.readonly`); only ``dashboard --allow-writes`` may change it. None of
+them imports torch.
 """
 
 from __future__ import annotations
@@ -50,6 +52,11 @@ def add_look_commands(sub: Any) -> None:
     dash = _with_study(sub.add_parser("dashboard", help="optuna-dashboard on the study's storage"))
     dash.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     dash.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    dash.add_argument(
+        "--allow-writes",
+        action="store_true",
+        help="let the browser change and delete the study (default: the storage refuses writes)",
+    )
     report = _with_study(sub.add_parser("report", help="HTML report with plots, and a PNG"))
     report.add_argument(
         "--out", default=None, metavar="DIR", help="output directory (default: reports/<study>)"
@@ -145,7 +152,7 @@ def _dashboard(args: argparse.Namespace) -> int:
     if not 0 <= args.port < 65536:
         raise ConfigError(f"--port must be in 0..65535 (0: any free port), got {args.port}")
     _quiet_logging(args.debug)
-    serve(_study_ref(args), host=args.host, port=args.port)
+    serve(_study_ref(args), host=args.host, port=args.port, allow_writes=args.allow_writes)
     return 0
 
 

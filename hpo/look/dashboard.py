@@ -1,11 +1,14 @@
 """``hpo dashboard``: optuna-dashboard on a study's storage, on 127.0.0.1 unless told otherwise.
 
 The storage is opened without creating tables (the study must exist) and served by a small
-threaded WSGI server, so the browser's parallel requests do not queue behind each other.
+threaded WSGI server, so the browser's parallel requests do not queue behind each other. It is
+read-only unless ``allow_writes``: deleting, renaming or annotating the study from the browser
+then answers HTTP 403 with the reason, and nothing is written to the study's storage.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from socketserver import ThreadingMixIn
@@ -22,6 +25,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+_HINT = "start hpo dashboard with --allow-writes to allow changes"
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
 
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
@@ -37,10 +43,12 @@ class _QuietHandler(WSGIRequestHandler):
 class DashboardServer:
     """optuna-dashboard for one study's storage; :meth:`serve_forever` blocks until stopped."""
 
-    def __init__(self, ref: StudyRef, host: str = "127.0.0.1", port: int = 8080) -> None:
+    def __init__(
+        self, ref: StudyRef, host: str = "127.0.0.1", port: int = 8080, allow_writes: bool = False
+    ) -> None:
         with StudyDB(ref) as db:  # ConfigError, nothing created, when the study is missing
             self.study_id = int(db.rows(queries.STUDY_ID)[0]["study_id"])
-        app = _create_app(ref)
+        app = _create_app(ref, allow_writes)
         try:
             self._server = make_server(
                 host, port, app, server_class=_ThreadingServer, handler_class=_QuietHandler
@@ -71,18 +79,55 @@ class DashboardServer:
         self._server.shutdown()
 
 
-def _create_app(ref: StudyRef) -> Callable[..., Any]:
+def _create_app(ref: StudyRef, allow_writes: bool) -> Callable[..., Any]:
     from optuna_dashboard import wsgi
 
-    return wsgi(open_optuna_storage(ref.url, ref.busy_timeout_s))
+    storage = open_optuna_storage(
+        ref.url, ref.busy_timeout_s, allow_writes=allow_writes, refusal=forbidden
+    )
+    app = wsgi(storage)
+    return app if allow_writes else _refusing_writes(app)
 
 
-def serve(ref: StudyRef, host: str = "127.0.0.1", port: int = 8080) -> None:
+def forbidden(message: str) -> Exception:
+    """A write the read-only storage refused, as HTTP 403 whose reason the dashboard shows."""
+    from bottle import HTTPError
+
+    logger.warning("dashboard: %s", message)
+    return HTTPError(403, f"{message}; {_HINT}")
+
+
+def _refusing_writes(app: Callable[..., Any]) -> Callable[..., Any]:
+    """Answer 403 to every request but GET/HEAD/OPTIONS (all of optuna-dashboard's writes) before
+    the dashboard sees it; the read-only storage refuses whatever would still get through."""
+
+    def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        method = str(environ.get("REQUEST_METHOD", "GET")).upper()
+        if method in _SAFE_METHODS:
+            return app(environ, start_response)
+        message = f"{method} {environ.get('PATH_INFO', '')} refused: the dashboard is read-only"
+        logger.warning("dashboard: %s", message)
+        body = json.dumps({"reason": f"{message}; {_HINT}"}).encode()
+        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        start_response("403 Forbidden", headers)
+        return [body]
+
+    return guarded
+
+
+def serve(
+    ref: StudyRef, host: str = "127.0.0.1", port: int = 8080, allow_writes: bool = False
+) -> None:
     """Run the dashboard until Ctrl-C, after printing the study page's address."""
-    server = DashboardServer(ref, host, port)
+    server = DashboardServer(ref, host, port, allow_writes)
     print(f"optuna-dashboard for study {ref.name} ({ref.url}): {server.url}", flush=True)
+    if allow_writes:
+        logger.warning("dashboard --allow-writes: the browser can change and delete the study")
     if host not in ("127.0.0.1", "localhost", "::1"):
-        logger.warning("dashboard listens on %s: anyone who can reach it can edit the study", host)
+        what = "change and delete" if allow_writes else "read"
+        logger.warning(
+            "dashboard listens on %s: anyone who can reach it can %s the study", host, what
+        )
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -1,8 +1,9 @@
 """SELECT-only access to one study for the commands that only look (stats, status, report).
 
-They never create a database, a table or a study: an SQLite file is opened with
-``mode=ro``, a server through SQLAlchemy with nothing but SELECTs, and a missing storage or
-study is a :class:`ConfigError` (one line, exit 2) before anything is touched.
+They never create a database, a table, a study or a file: an SQLite file is read through
+:func:`hpo.storage.readonly.connect_sqlite` (``immutable=1``, or ``mode=ro`` while a writer has
+a ``-wal``), a server in a read-only session, and a missing storage or study is a
+:class:`ConfigError` (one line, exit 2) before anything is touched.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from hpo.errors import ConfigError
 from hpo.look import queries
 from hpo.storage.rdb import sqlite_path
+from hpo.storage.readonly import connect_sqlite, readonly_engine_args
 
 if TYPE_CHECKING:
     from hpo.config.settings import Settings
@@ -45,12 +47,15 @@ class StudyRef:
 
 
 class StudyDB:
-    """SELECT-only connection to one study's storage; rows come back as plain dicts."""
+    """SELECT-only access to one study's storage; rows come back as plain dicts.
+
+    SQLite gets a fresh connection per query: it sees a writer that started since, and holds
+    no lock that would keep a finishing writer from removing its ``-wal``.
+    """
 
     def __init__(self, ref: StudyRef) -> None:
         self.ref = ref
         self._path = sqlite_path(ref.url)
-        self._sqlite: sqlite3.Connection | None = None
         self._engine: Any = None
         self.dialect = "sqlite" if self._path is not None else _dialect_of(ref.url)
         self._connect()
@@ -64,26 +69,32 @@ class StudyDB:
         if self._path is not None:
             if not self._path.is_file():
                 raise ConfigError(f"storage {self.ref.url} does not exist (no file {self._path})")
-            uri = f"file:{self._path.resolve()}?mode=ro"
-            self._sqlite = sqlite3.connect(uri, uri=True, timeout=self.ref.busy_timeout_s)
-            self._sqlite.row_factory = sqlite3.Row
             try:
-                self._sqlite.execute("SELECT COUNT(*) FROM studies").fetchone()
+                self._sqlite_rows("SELECT COUNT(*) FROM studies", {})
             except sqlite3.DatabaseError as e:
-                self.close()
                 raise ConfigError(f"storage {self.ref.url} is not an Optuna database: {e}") from e
             return
         from sqlalchemy import create_engine
 
-        self._engine = create_engine(self.ref.url, pool_pre_ping=True)
+        url, kwargs = readonly_engine_args(self.ref.url, self.ref.busy_timeout_s)
+        self._engine = create_engine(url, **kwargs)
+
+    def _sqlite_rows(self, sql: str, params: dict[str, Any]) -> list[Row]:
+        assert self._path is not None
+        conn = connect_sqlite(self._path, self.ref.busy_timeout_s)
+        try:
+            conn.row_factory = sqlite3.Row
+            cursor = conn.execute(sql, params)
+            return [{k: _plain(row[k]) for k in row.keys()} for row in cursor.fetchall()]
+        finally:
+            conn.close()
 
     def rows(self, sql: str, **params: Any) -> list[Row]:
         """Run one query with ``:study`` bound to this study and ``params`` to the rest."""
         params = {"study": self.ref.name, **params}
         sql = queries.for_dialect(sql, self.dialect)
-        if self._sqlite is not None:
-            cursor = self._sqlite.execute(sql, params)
-            return [{k: _plain(row[k]) for k in row.keys()} for row in cursor.fetchall()]
+        if self._path is not None:
+            return self._sqlite_rows(sql, params)
         from sqlalchemy import text
 
         with self._engine.connect() as conn:
@@ -91,9 +102,6 @@ class StudyDB:
             return [{k: _plain(v) for k, v in row._mapping.items()} for row in result]
 
     def close(self) -> None:
-        if self._sqlite is not None:
-            self._sqlite.close()
-            self._sqlite = None
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None

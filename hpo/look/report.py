@@ -1,6 +1,7 @@
 """``hpo report``: one self-contained HTML file of a study's plots, and a PNG of its memory plot.
 
-The HTML embeds plotly.js, so it opens offline and can be mailed as one file. Plots that a
+The HTML embeds plotly.js, so it opens offline and can be mailed as one file. The study is read
+through a read-only storage: writing the report changes nothing next to the database. Plots that a
 study cannot have yet (importances before two complete trials, memory without measurements)
 become a one-line note in the report instead of an error.
 """
@@ -35,9 +36,8 @@ def write_report(
 
     with StudyDB(ref):  # ConfigError, nothing created, when the storage or study is missing
         pass
-    study = optuna.load_study(
-        study_name=ref.name, storage=open_optuna_storage(ref.url, ref.busy_timeout_s)
-    )
+    storage = open_optuna_storage(ref.url, ref.busy_timeout_s)  # refuses writes
+    study = optuna.load_study(study_name=ref.name, storage=storage)
     trials = study.get_trials(deepcopy=False)
     memory = memory_data(trials, memory_param, budget_mib)
     sections = _optuna_sections(study)

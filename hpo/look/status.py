@@ -1,9 +1,10 @@
 """``hpo status``: a live terminal view of a study, read from its storage (and the devices).
 
-It only SELECTs (through :class:`~hpo.look.db.StudyDB`), so it can run from another terminal
-or node while the study runs without taking a write lock. Devices come from
-:mod:`hpo.devices` when that layer is installed (NVIDIA through NVML, simulated GPUs from
-their ledgers), else straight from NVML; a CPU-only machine shows none.
+It only SELECTs (through :class:`~hpo.look.db.StudyDB`, which creates no file), so it can run
+from another terminal or node while the study runs without taking a write lock. Devices come
+from :mod:`hpo.devices` when that layer is installed (NVIDIA through NVML, simulated GPUs from
+their ledgers, only read: no lock file, no write), else straight from NVML; a CPU-only machine
+shows none.
 """
 
 from __future__ import annotations
