@@ -45,9 +45,9 @@ def tune(
     ``objective`` is ``"module:function"`` or a module-level function, called as
     ``objective(trial, cfg)``. ``space`` maps parameter names to ``{"type": "float", "low": …,
     "high": …, "log": …}`` (as in a study YAML) or to Optuna distributions. ``storage`` is a
-    SQLAlchemy URL or a storage option (``"postgres"``; default: ``./_optuna/<name>.db``). ``overrides`` are config keys, dotted
-    keys as in ``hpo tune`` written with ``__`` (``pruner__patience=2``, ``study__epochs=8``,
-    ``sampler="random"`` picks a config group option).
+    SQLAlchemy URL or a storage option (``"postgres"``; default: ``./_optuna/<name>.db``).
+    ``overrides`` are config keys, dotted keys as in ``hpo tune`` written with ``__``
+    (``pruner__patience=2``, ``study__epochs=8``); ``sampler="random"`` picks a group option.
     """
     from hpo.cli.logs import setup_logging
     from hpo.config import Settings, compose

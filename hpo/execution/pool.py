@@ -16,7 +16,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from hpo.errors import ConfigError
-from hpo.execution.procs import kill_process_tree
+from hpo.execution.procs import end_strays, kill_process_tree
 from hpo.execution.protocol import Assignment, Fatal, Ready
 from hpo.execution.worker import WorkerSpec
 from hpo.execution.worker import main as worker_main
@@ -140,6 +140,7 @@ class WorkerPool:
 
     def replace(self, worker: WorkerHandle) -> WorkerHandle:
         """Start a new process in a dead worker's slot."""
+        self._end_strays(worker)
         worker.conn.close()
         new = self._spawn(worker.slot)
         self.workers[self.workers.index(worker)] = new
@@ -174,6 +175,7 @@ class WorkerPool:
 
     def remove(self, worker: WorkerHandle) -> None:
         """Forget a dead worker without replacing it."""
+        self._end_strays(worker)
         worker.conn.close()
         self.workers.remove(worker)
 
@@ -199,6 +201,15 @@ class WorkerPool:
             self._reap_retiring()
             time.sleep(0.05)
         self._reap_retiring(force=True)
+        end_strays(self._spec.run_id, ())
+
+    def _end_strays(self, dead: WorkerHandle) -> None:
+        """End what the dead worker's trial left running (re-parented to the supervisor, a
+        subreaper; see :mod:`hpo.execution.procs`)."""
+        live = {w.pid for w in (*self.workers, *self.retiring) if w is not dead}
+        ended = end_strays(self._spec.run_id, live)
+        if ended:
+            logger.info("ended %d process(es) worker %d left behind", ended, dead.pid)
 
 
 def _drain(conn: Connection) -> list[Any]:

@@ -33,6 +33,7 @@ class WorkerSpec:
 
     settings: Settings  # the objective's config travels inside (Settings.objective_cfg)
     threads: int  # CPU threads for numeric libraries in this worker
+    run_id: str = ""  # marks every process of this run (hpo.execution.procs.RUN_ENV)
 
 
 def load_objective(path: str) -> Any:
@@ -76,6 +77,10 @@ def main(conn: Connection, spec: WorkerSpec) -> None:
         level=spec.settings.log_level, format="[hpo worker %(process)d] %(message)s"
     )
     _exit_with_parent()
+    from hpo.execution.procs import RUN_ENV, become_subreaper
+
+    os.environ[RUN_ENV] = spec.run_id  # inherited by whatever the trials start
+    become_subreaper()  # the trial's orphaned grandchildren become ours, and end with the trial
     objective_path = spec.settings.study.objective
     for directory in reversed(spec.settings.import_paths):  # the user's project first
         if directory not in sys.path:
@@ -83,11 +88,32 @@ def main(conn: Connection, spec: WorkerSpec) -> None:
     try:
         objective = load_objective(objective_path)
     except Exception as e:
-        conn.send(Fatal(f"cannot import objective {objective_path!r}: {type(e).__name__}: {e}"))
+        _send(conn, Fatal(f"cannot import objective {objective_path!r}: {_describe_import(e)}"))
         return
     _warm_up()
-    conn.send(Ready(os.getpid()))
+    if not _send(conn, Ready(os.getpid())):
+        return  # the supervisor is gone (or killed this worker while it started)
     _serve(conn, spec, objective)
+
+
+def _send(conn: Connection, message: object) -> bool:
+    """Send to the supervisor; False (no traceback) when it is gone."""
+    try:
+        conn.send(message)
+    except (BrokenPipeError, EOFError, OSError):
+        return False
+    return True
+
+
+def _describe_import(e: BaseException) -> str:
+    """An import failure with the file and line of the failing statement in the user's code."""
+    import traceback
+
+    text = f"{type(e).__name__}: {e}"
+    if isinstance(e, SyntaxError) and e.filename:
+        return f"{text} ({e.filename}:{e.lineno})"
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if "importlib" not in f.filename]
+    return f"{text} ({frames[-1].filename}:{frames[-1].lineno})" if frames else text
 
 
 def _warm_up() -> None:
@@ -101,7 +127,10 @@ def _warm_up() -> None:
 
 
 def _serve(conn: Connection, spec: WorkerSpec, objective: Any) -> None:
+    from hpo.execution.procs import RssTrend, end_descendants
+
     runner = None
+    trend = RssTrend()
     while True:
         try:
             msg = conn.recv()
@@ -112,9 +141,11 @@ def _serve(conn: Connection, spec: WorkerSpec, objective: Any) -> None:
         if runner is None:
             runner = _make_runner(spec, objective, msg.device)
         outcome = runner.run(msg)
-        try:
-            conn.send(outcome)
-        except (BrokenPipeError, OSError):
+        strays = end_descendants()  # what the trial started must not outlive it
+        if strays:
+            logger.info("trial %d left %d process(es) running: ended", msg.trial_number, strays)
+        trend.after_trial(msg.trial_number)
+        if not _send(conn, outcome):
             return
         if outcome.end_reason.poisons_worker:
             return

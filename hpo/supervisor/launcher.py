@@ -16,6 +16,7 @@ import logging
 import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -80,12 +81,17 @@ class Launcher:
 
     # --- starting trials ------------------------------------------------------------------------
 
-    def schedule(self, pool: WorkerPool, room: int) -> None:
+    def schedule(
+        self, pool: WorkerPool, room: int, stopping: Callable[[], bool] = lambda: False
+    ) -> None:
         """Start waiting trials that fit now (in the backlog's order: largest first), then ask
-        up to ``room`` new ones for idle workers (running and waiting trials count as asked)."""
+        up to ``room`` new ones for idle workers (running and waiting trials count as asked);
+        none once ``stopping()`` (a Ctrl-C may arrive between two asks)."""
         self.start_waiting(pool)
         room -= len(self.backlog)
         while any(w.idle for w in pool.workers) and room > 0 and self.backlog.may_ask():
+            if stopping():
+                return
             new = self._ask_admissible()
             room -= 1
             if new is None:  # pre-pruned: it finished, ask again

@@ -106,9 +106,9 @@ class TrialRecorder:
             store.fail(trial_id)
         except UpdateFinishedTrialError:
             return False  # another supervisor reaped it first, or its owner just ended it
-        logger.warning("reaped %s", error)
+        logger.warning("reaped %s (its retry is not counted against the trial)", error)
         self.summary.reaped += 1
-        self._after_end(study, store.trial(trial_id), EndReason.WORKER_DIED)
+        self._after_end(study, store.trial(trial_id), EndReason.WORKER_DIED, charged=False)
         return True
 
     def interrupt(
@@ -123,17 +123,32 @@ class TrialRecorder:
                 number = assignment.trial_number
                 logger.error("could not record trial %d as interrupted: %s", number, e)
 
+    def finish(self, study: optuna.Study) -> None:
+        """The run ends: the study's finished count and best trial into the summary, and the
+        checkpoint directories no trial needs any more removed."""
+        self.summary.finished = len(study.get_trials(deepcopy=False, states=FINISHED))
+        if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            self.summary.best = study.best_trial
+        try:
+            self._checkpoints.sweep(study)
+        except OSError as e:
+            logger.warning("could not clean up checkpoints: %s", e)
+
     def count_failure(self, message: str) -> None:
         self._failures_in_a_row += 1
         if self._failures_in_a_row >= self._max_failures:
             raise StudyAborted(f"{self._max_failures} trials failed in a row; last: {message}")
 
-    def _after_end(self, study: optuna.Study, trial: FrozenTrial, reason: EndReason) -> None:
+    def _after_end(
+        self, study: optuna.Study, trial: FrozenTrial, reason: EndReason, charged: bool = True
+    ) -> None:
+        """Retry a failed trial if the policy says so; an uncharged retry (its supervisor died,
+        not the trial) keeps the trial's attempt number and so its retry budget."""
         retried = False
         if trial.state == TrialState.FAIL:
-            decision = self._retry.decide(reason, trial)
+            decision = self._retry.decide(reason, trial, charged)
             if decision is RetryDecision.RETRY:
-                enqueue_retry(study, trial)
+                enqueue_retry(study, trial, charged)
                 self.summary.retried += 1
                 retried = True
             elif decision is RetryDecision.EXHAUSTED:

@@ -45,10 +45,14 @@ class RetryPolicy:
     retry_on: frozenset[EndReason]
     max_retries: int  # retries after the first attempt
 
-    def decide(self, reason: EndReason, trial: optuna.trial.FrozenTrial) -> RetryDecision:
+    def decide(
+        self, reason: EndReason, trial: optuna.trial.FrozenTrial, charged: bool = True
+    ) -> RetryDecision:
+        """``charged=False``: the failure was not the trial's (its supervisor died), so its
+        retry budget is not consumed."""
         if reason not in self.retry_on:
             return RetryDecision.NOT_RETRYABLE
-        if attempt_of(trial) > self.max_retries:
+        if charged and attempt_of(trial) > self.max_retries:
             return RetryDecision.EXHAUSTED
         return RetryDecision.RETRY
 
@@ -58,9 +62,13 @@ def attempt_of(trial: optuna.trial.FrozenTrial) -> int:
     return int(trial.user_attrs.get(Attr.ATTEMPT, 1))
 
 
-def enqueue_retry(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    """Queue the failed ``trial``'s parameters again, carrying its checkpoint directory."""
-    attrs: dict[str, object] = {Attr.RETRY_OF: trial.number, Attr.ATTEMPT: attempt_of(trial) + 1}
+def enqueue_retry(
+    study: optuna.Study, trial: optuna.trial.FrozenTrial, charged: bool = True
+) -> None:
+    """Queue the failed ``trial``'s parameters again, carrying its checkpoint directory; an
+    uncharged retry keeps the failed trial's attempt number."""
+    attempt = attempt_of(trial) + (1 if charged else 0)
+    attrs: dict[str, object] = {Attr.RETRY_OF: trial.number, Attr.ATTEMPT: attempt}
     if Attr.CHECKPOINT_DIR in trial.user_attrs:
         attrs[Attr.CHECKPOINT_DIR] = trial.user_attrs[Attr.CHECKPOINT_DIR]
     study.enqueue_trial(dict(trial.params), user_attrs=attrs)

@@ -23,6 +23,10 @@ class StopSignals:
     def draining(self) -> bool:
         return self.interrupts >= 1
 
+    def stopping(self) -> bool:
+        """Whether the user asked to stop at all (drain or now): start no more trials."""
+        return self.draining or self.stop_now
+
     @property
     def stop_now(self) -> bool:
         return self.terminated or self.interrupts >= 2

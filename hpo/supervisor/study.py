@@ -22,7 +22,9 @@ from hpo.storage import StudyStore
 from hpo.supervisor.launcher import LaunchModels
 
 if TYPE_CHECKING:
+    from optuna.distributions import BaseDistribution
     from optuna.storages import RDBStorage
+    from optuna.trial import FrozenTrial
 
     from hpo.config.settings import Settings, StudySettings
     from hpo.devices import Device
@@ -55,7 +57,34 @@ def count_finished(study_settings: StudySettings, storage: RDBStorage) -> int | 
             f"study {study_settings.name!r} exists with direction {direction}, "
             f"config says {study_settings.direction}"
         )
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
+    trials = study.get_trials(deepcopy=False)
+    check_space(study_settings, trials)
+    return sum(t.state in FINISHED for t in trials)
+
+
+def check_space(study_settings: StudySettings, trials: list[FrozenTrial]) -> None:
+    """Compare the config's search space with the distributions the study's trials used: an
+    incompatible change is a ConfigError (nothing is written), a compatible one a warning."""
+    from optuna.distributions import check_distribution_compatibility
+
+    stored: dict[str, BaseDistribution] = {}
+    for trial in trials:  # the latest trial's distribution of each parameter
+        stored.update(trial.distributions)
+    for name, new in study_settings.space.items():
+        old = stored.get(name)
+        if old is None:
+            if stored:
+                logger.warning("study.space.%s is new to study %r", name, study_settings.name)
+            continue
+        try:
+            check_distribution_compatibility(old, new)
+        except ValueError as e:
+            raise ConfigError(
+                f"study.space.{name} cannot change in study {study_settings.name!r} "
+                f"({str(e).rstrip('.')}: stored {old}, config {new}); use a new study.name"
+            ) from e
+        if old != new:
+            logger.warning("study.space.%s changed from %s to %s", name, old, new)
 
 
 def open_study(
@@ -124,3 +153,14 @@ def grow_to_auto_par(
         for worker in first:  # started with every CPU's threads: oversubscribed now
             pool.retire(worker)
     return par
+
+
+def warn_if_oversubscribed(par: int) -> None:
+    """One line when ``par`` workers exceed the CPUs: they share them, one thread each."""
+    cpus = available_cpus()
+    if par > cpus:
+        logger.warning(
+            "par=%d on %d CPUs: the workers share them (1 thread each); par=auto sizes it",
+            par,
+            cpus,
+        )

@@ -1,40 +1,41 @@
 """The supervisor's event loop: starts trials through its launcher, ends them through its
 recorder, and keeps workers and trials alive.
 
-It owns the trial lifecycle and never imports torch: parameters come from the declared search
-space, results and measurements come back from the workers as
-:class:`~hpo.execution.protocol.Outcome` messages. A worker that dies fails its trial with
-``end_reason=worker_died`` and is replaced at once (the pool waits on the process sentinels, so
-a death is seen within one poll); a trial past ``faults.trial_timeout_s`` is killed with its
-worker (``timeout``); infrastructure failures are retried with the same parameters; workers
-are recycled after ``faults.recycle_after`` trials. The supervisor records an RDB heartbeat for
-every trial it runs and reaps RUNNING trials that a vanished supervisor left behind (see
-:mod:`hpo.supervisor.liveness`).
+It owns the trial lifecycle and never imports torch: results and measurements come back from
+the workers as :class:`~hpo.execution.protocol.Outcome` messages. A worker that dies fails its
+trial (``worker_died``) and is replaced at once (the pool waits on the process sentinels); a
+trial past ``faults.trial_timeout_s`` is killed with its worker (``timeout``); infrastructure
+failures are retried with the same parameters; workers are recycled after
+``faults.recycle_after`` trials. It records an RDB heartbeat for every trial it runs and reaps
+RUNNING trials that a vanished supervisor left behind (:mod:`hpo.supervisor.liveness`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import optuna
 
-from hpo.contract import FINISHED, Attr, EndReason
+from hpo.contract import Attr, EndReason
+from hpo.execution import procs
 from hpo.execution.pool import DIED, WorkerHandle, WorkerPool
 from hpo.execution.procs import available_cpus
 from hpo.execution.protocol import Assignment, Outcome
 from hpo.execution.worker import WorkerSpec
 from hpo.memory import MemoryGate, build_gate
 from hpo.storage import StudyStore, display_url, open_storage, prepare_storage, storage_exists
+from hpo.supervisor import study as setup
 from hpo.supervisor.checkpoints import CheckpointStore
 from hpo.supervisor.launcher import Launcher
 from hpo.supervisor.liveness import Heartbeats, Reaper
+from hpo.supervisor.lock import StudyLock
 from hpo.supervisor.recorder import RunSummary, TrialRecorder
 from hpo.supervisor.retry import RetryPolicy, retry_with_half_batch
 from hpo.supervisor.signals import StopSignals, describe_exit
-from hpo.supervisor.study import count_finished, grow_to_auto_par, open_study
 
 if TYPE_CHECKING:
     from optuna.storages import RDBStorage
@@ -81,6 +82,8 @@ class Supervisor:
         self._launcher: Launcher | None = None  # built with the study (it may trace a prior)
         self._beats: Heartbeats | None = None
         self._reaper: Reaper | None = None
+        self._lock = StudyLock(settings.storage.url, settings.study.name)
+        self._run_id = uuid.uuid4().hex  # marks this run's worker processes and their children
 
     def run(self) -> RunSummary:
         """Run until the target is reached, the user stops it, or failures pile up."""
@@ -103,19 +106,22 @@ class Supervisor:
         """Finished trials of an existing study (the storage is not created for this)."""
         found = None
         if storage_exists(self._settings.storage.url):
-            found = count_finished(self._settings.study, self._open_storage())
+            found = setup.count_finished(self._settings.study, self._open_storage())
         self._history = "new" if found is None else f"resumed with {found} finished trials"
         self._summary.finished = found or 0
         return self._summary.finished
 
     def _run_workers(self) -> None:
         par = self._settings.par or 1  # par=auto: one worker until the cap is known
+        setup.warn_if_oversubscribed(par)
+        procs.become_subreaper()  # what a dying worker leaves is re-parented to us, and ended
         pool = WorkerPool(par, self._worker_spec(par))
         study: optuna.Study | None = None
         stopped_by = "stopped by the user"
         try:
             pool.start()
             pool.wait_ready()  # a broken objective is a ConfigError before the storage is touched
+            self._lock.acquire()  # a second supervisor of this study on this node stops here
             study, store = self._open_study()
             self._reap(study, store, exclude=set())  # what a killed supervisor left RUNNING
             if self._settings.auto_par:
@@ -137,23 +143,28 @@ class Supervisor:
             self._signals.restore()
             in_flight = [w for w in pool.workers if w.assignment is not None]
             pool.shutdown()
+            procs.stop_being_subreaper()
             if study is not None:
                 self._interrupt_all(study, in_flight, stopped_by)
-                self._finish_summary(study)
+                self._recorder.finish(study)
+            self._lock.release()
 
     def _auto_par(self, pool: WorkerPool) -> int:
         """Derive the worker cap (``par=auto``) and start the workers it allows."""
         assert self._launcher is not None
-        return grow_to_auto_par(pool, self._launcher.models, self._settings, self._worker_spec)
+        return setup.grow_to_auto_par(
+            pool, self._launcher.models, self._settings, self._worker_spec
+        )
 
     def _worker_spec(self, par: int) -> WorkerSpec:
-        return WorkerSpec(self._settings, threads=max(1, available_cpus() // par))
+        threads = max(1, available_cpus() // par)
+        return WorkerSpec(self._settings, threads=threads, run_id=self._run_id)
 
     def _open_study(self) -> tuple[optuna.Study, StudyStore]:
         prepare_storage(self._settings.storage.url)
         storage = self._open_storage()
         faults = self._settings.faults
-        opened = open_study(self._settings, storage, self._gate_factory, self._recorder)
+        opened = setup.open_study(self._settings, storage, self._gate_factory, self._recorder)
         self._beats = Heartbeats(opened.store, faults.heartbeat_interval_s)
         self._reaper = Reaper(opened.store, faults.grace_period_s)
         self._launcher = Launcher(
@@ -187,7 +198,7 @@ class Supervisor:
             idle = any(w.idle for w in pool.workers)
             if not self._signals.draining and idle and rec.done + busy < self._target:
                 self._catch_up(store)
-                launcher.schedule(pool, self._target - rec.done - busy)
+                launcher.schedule(pool, self._target - rec.done - busy, self._signals.stopping)
             elif busy == 0 and (self._signals.draining or rec.done >= self._target):
                 self._summary.interrupted = self._signals.draining
                 return
@@ -332,13 +343,3 @@ class Supervisor:
                 ended.append((assignment, attrs, f"{why} (before it started)"))
             backlog.items.clear()
         self._recorder.interrupt(study, ended)
-
-    def _finish_summary(self, study: optuna.Study) -> None:
-        self._summary.finished = len(study.get_trials(deepcopy=False, states=FINISHED))
-        complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        if complete:
-            self._summary.best = study.best_trial
-        try:
-            self._checkpoints.sweep(study)
-        except OSError as e:
-            logger.warning("could not clean up checkpoints: %s", e)

@@ -1,0 +1,81 @@
+"""One supervisor per study per node: an ``fcntl`` lock that a killed supervisor never leaves.
+
+The lock file sits beside an SQLite study (``<storage dir>/<study>.lock``) or, for a server
+storage, in the user's cache directory under a hash of the storage and the study name. The
+kernel drops an ``flock`` when its process dies, however it dies, so a stale lock file is
+harmless: the next ``hpo tune`` takes it. The holder writes its pid and host into the file, so
+a second ``hpo tune`` can say which process runs the study.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import socket
+from pathlib import Path
+from typing import IO
+
+from hpo.errors import ConfigError
+from hpo.storage import display_url, sqlite_path
+
+
+def lock_path(url: str, study_name: str) -> Path:
+    """Where the lock of study ``study_name`` in ``url`` lives on this node."""
+    db = sqlite_path(url)
+    if db is not None:
+        return db.resolve().with_name(f"{study_name}.lock")
+    key = hashlib.sha256(f"{url}\0{study_name}".encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hpo" / "locks"
+    return cache / f"{study_name}-{key}.lock"
+
+
+class StudyLock:
+    """Held while a supervisor runs the study; :meth:`acquire` refuses a second one."""
+
+    def __init__(self, url: str, study_name: str) -> None:
+        self.path = lock_path(url, study_name)
+        self._url, self._name = url, study_name
+        self._file: IO[str] | None = None
+
+    def acquire(self) -> None:
+        """Take the lock, or raise ConfigError naming the process that holds it."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(self.path, "a+")  # noqa: SIM115 (held until release)
+        except OSError as e:
+            raise ConfigError(f"cannot create the study lock {self.path}: {e.strerror}") from e
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise ConfigError(
+                f"study {self._name!r} in {display_url(self._url)} is already run by {holder} "
+                "on this node: stop it first (or use another study.name)"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        self._file = handle
+
+    def release(self) -> None:
+        if self._file is None:
+            return
+        try:
+            self._file.seek(0)
+            self._file.truncate()  # no pid left behind to confuse a reader
+        except OSError:
+            pass
+        fcntl.flock(self._file, fcntl.LOCK_UN)
+        self._file.close()
+        self._file = None
+
+    def __enter__(self) -> StudyLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
