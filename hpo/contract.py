@@ -96,5 +96,10 @@ class Decision(str, enum.Enum):
     PRE_PRUNE = "pre_prune"  # it can never fit: PRUNED with end_reason=memory_estimate
 
 
+# Study system attributes the supervisor writes when a run starts (read by `hpo status`):
+# the run's target (study.n_trials) and how many trials were finished before it started.
+RUN_TARGET_ATTR = "hpo:run_n_trials"
+RUN_BASE_ATTR = "hpo:run_finished_before"
+
 # The constraint name under which a pre-pruned trial is reported infeasible to the sampler.
 MEMORY_CONSTRAINT = "memory"

@@ -81,6 +81,14 @@ def test_a_two_file_study_runs_from_its_own_directory(tmp_path: Path) -> None:
     assert states["COMPLETE"] + states["PRUNED"] == 16
     again = _hpo(project, *args, "study.n_trials=18")
     assert again.returncode == 0 and "(resumed with 16 finished trials)" in again.stderr
+    # the look commands find the study from the project too, and speak of its own parameters
+    status = _hpo(project, "status", "study=x", "--once")
+    assert status.returncode == 0, status.stderr
+    assert "18/18 finished toward the run's target (2 by this run)" in status.stdout
+    stats = _hpo(project, "stats", "study=x", "--json")
+    assert stats.returncode == 0 and '"x"' in stats.stdout  # grouped by the study's parameter
+    bad = _hpo(project, "stats", "study=x", "--group-by", "model")
+    assert bad.returncode == 2 and "--group-by 'model' is not a parameter" in bad.stderr
 
 
 def test_hpo_init_writes_a_study_that_runs_as_written(tmp_path: Path) -> None:

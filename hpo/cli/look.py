@@ -34,9 +34,10 @@ def add_look_commands(sub: Any) -> None:
     )
     stats.add_argument(
         "--group-by",
-        default="model,batch_size",
+        default=None,
         metavar="P1[,P2]",
-        help="one or two parameters to group peak memory by (default: model,batch_size)",
+        help="one or two parameters to group peak memory by (default: the study's memory "
+        "groups and scaling parameters, e.g. model,batch_size)",
     )
     stats.add_argument(
         "--memory-key",
@@ -70,9 +71,10 @@ def add_look_commands(sub: Any) -> None:
     )
     report.add_argument(
         "--memory-param",
-        default="batch_size",
+        default=None,
         metavar="NAME",
-        help="parameter on the memory plot's x axis (default: batch_size)",
+        help="parameter on the memory plot's x axis (default: the study's first memory scaling "
+        "parameter, else its first numeric one)",
     )
 
 
@@ -111,18 +113,47 @@ def _quiet_logging(debug: bool) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
+def _group_by(given: str | None, settings: Any) -> list[str]:
+    """``--group-by`` names, checked against the study's space; by default its own memory
+    groups, then its scaling parameters (at most two)."""
+    study = settings.study
+    if given is None:
+        names = [*study.groups, *study.scaling][:2] or list(study.space)[:1]
+    else:
+        names = [n.strip() for n in given.split(",") if n.strip()]
+    if not 1 <= len(names) <= 2:
+        raise ConfigError(f"--group-by takes one or two parameter names, got {given!r}")
+    unknown = [n for n in names if n not in study.space]
+    if unknown:
+        known = ", ".join(study.space)
+        raise ConfigError(f"--group-by {unknown[0]!r} is not a parameter of the study ({known})")
+    return names
+
+
+def memory_param(given: str | None, settings: Any) -> str:
+    """The report's x axis: ``--memory-param``, else the first scaling parameter, else the
+    first numeric parameter, else the first one."""
+    space = settings.study.space
+    if given is not None:
+        if given not in space:
+            known = ", ".join(space)
+            raise ConfigError(f"--memory-param {given!r} is not a parameter of the study ({known})")
+        return given
+    numeric = [n for n, d in settings.study.space_conf.items() if d.get("type") != "categorical"]
+    return ([*settings.study.scaling, *numeric] or list(space))[0]
+
+
 def _stats(args: argparse.Namespace) -> int:
-    from hpo.look.db import StudyDB
+    from hpo.look.db import StudyDB, StudyRef
     from hpo.look.stats import StatsParams, collect, render
 
-    names = [n.strip() for n in args.group_by.split(",") if n.strip()]
-    if not 1 <= len(names) <= 2:
-        raise ConfigError(f"--group-by takes one or two parameter names, got {args.group_by!r}")
+    settings = _settings(args)
+    names = _group_by(args.group_by, settings)
     threshold = args.vram_threshold_mib
     if threshold is not None and threshold < 0:
         raise ConfigError(f"--vram-threshold-mib must be >= 0, got {threshold:g}")
     params = StatsParams((names[0], names[1] if len(names) > 1 else ""), args.memory_key, threshold)
-    with StudyDB(_study_ref(args)) as db:
+    with StudyDB(StudyRef.from_settings(settings)) as db:
         result = collect(db, params)
     print(json.dumps(result, indent=2) if args.json else render(result))
     return 0
@@ -164,9 +195,13 @@ def _report(args: argparse.Namespace) -> int:
     if args.budget_mib is not None and args.budget_mib <= 0:
         raise ConfigError(f"--budget-mib must be > 0, got {args.budget_mib:g}")
     _quiet_logging(args.debug)
-    ref = _study_ref(args)
+    from hpo.look.db import StudyRef
+
+    settings = _settings(args)
+    ref = StudyRef.from_settings(settings)
+    param = memory_param(args.memory_param, settings)
     out = Path(args.out) if args.out else Path("reports") / ref.name
-    html, png = write_report(ref, out, budget_mib=args.budget_mib, memory_param=args.memory_param)
+    html, png = write_report(ref, out, budget_mib=args.budget_mib, memory_param=param)
     print(f"report: {html}")
     print(f"memory plot: {png}")
     return 0

@@ -194,6 +194,11 @@ STUDY_ID = "SELECT study_id FROM studies WHERE study_name = :study;"
 
 STUDY_NAMES = "SELECT study_name FROM studies ORDER BY study_name;"
 
+RUN_ATTRS = """\
+SELECT a.key, a.value_json FROM study_system_attributes a
+JOIN studies s ON s.study_id = a.study_id
+WHERE s.study_name = :study AND a.key LIKE 'hpo:run_%';"""
+
 HAS_ATTR = """\
 SELECT COUNT(*) AS n
 FROM trial_user_attributes a JOIN trials t ON t.trial_id = a.trial_id

@@ -78,9 +78,26 @@ def _float(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
+def _numeric(data: MemoryData) -> bool:
+    """Whether the x parameter is a number (then the axis is numeric, not categories)."""
+    return bool(data.points) and all(
+        isinstance(p.x, (int, float)) and not isinstance(p.x, bool) for p in data.points
+    )
+
+
+def _log_x(data: MemoryData) -> bool:
+    """A numeric axis spanning a factor of 8 or more (batch sizes 8…64) reads best in log."""
+    if not _numeric(data):
+        return False
+    xs = [float(p.x) for p in data.points]
+    return min(xs) > 0 and max(xs) / min(xs) >= 8
+
+
 def _x_positions(data: MemoryData) -> tuple[list[Any], list[float]]:
-    """Categories in the order of their first numeric value, or sorted numbers."""
+    """Numbers at their values; categories in order, one step apart."""
     values = sorted({p.x for p in data.points}, key=lambda v: (isinstance(v, str), v))
+    if _numeric(data):
+        return values, [float(v) for v in values]
     return values, [float(i) for i in range(len(values))]
 
 
@@ -89,11 +106,12 @@ def memory_figure(data: MemoryData) -> Any:
     import plotly.graph_objects as go
 
     fig = go.Figure()
+    numeric = _numeric(data)
     for state in sorted({p.state for p in data.points}):
         pts = [p for p in data.points if p.state == state]
         fig.add_trace(
             go.Scatter(
-                x=[str(p.x) for p in pts],
+                x=[p.x if numeric else str(p.x) for p in pts],
                 y=[p.mib for p in pts],
                 mode="markers",
                 name=state,
@@ -105,7 +123,7 @@ def memory_figure(data: MemoryData) -> Any:
     if estimated:
         fig.add_trace(
             go.Scatter(
-                x=[str(p.x) for p in estimated],
+                x=[p.x if numeric else str(p.x) for p in estimated],
                 y=[p.estimate_mib for p in estimated],
                 mode="markers",
                 name="estimate at admission",
@@ -126,7 +144,11 @@ def memory_figure(data: MemoryData) -> Any:
         yaxis_title=data.y_label,
         legend_title="trial state",
     )
-    fig.update_xaxes(type="category", categoryorder="array", categoryarray=order)
+    if numeric:
+        fig.update_xaxes(type="log" if _log_x(data) else "linear", tickvals=_x_positions(data)[0])
+    else:
+        fig.update_xaxes(type="category", categoryorder="array", categoryarray=order)
+    fig.update_yaxes(rangemode="tozero")  # a few MiB of noise must not look like a trend
     return fig
 
 
@@ -177,7 +199,10 @@ def memory_png(data: MemoryData, path: Path) -> None:
                 transform=ax.transAxes,
                 ha="center",
             )
+        if _log_x(data):
+            ax.set_xscale("log", base=2)
         ax.set_xticks(positions, [str(v) for v in values])
+        ax.set_ylim(bottom=0)  # a few MiB of noise must not look like a trend
         ax.set_xlabel(data.param)
         ax.set_ylabel(data.y_label)
         ax.set_title(f"Peak memory by {data.param} ({len(data.points)} trials)")

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from hpo.contract import RUN_BASE_ATTR, RUN_TARGET_ATTR
 from hpo.look import queries
 from hpo.look.db import Row, StudyDB, StudyRef
 
@@ -61,12 +62,13 @@ class Snapshot:
 
     study: str
     url: str
-    target: int | None
+    target: int | None  # the running (or last) run's study.n_trials, else the config's
     counts: dict[str, int]
     elapsed_s: float | None
     running: list[TrialView] = field(default_factory=list)
     recent: list[TrialView] = field(default_factory=list)
     devices: list[DeviceView] = field(default_factory=list)
+    finished_before_run: int | None = None  # finished trials when that run started
 
     @property
     def finished(self) -> int:
@@ -79,15 +81,18 @@ def take_snapshot(db: StudyDB, devices: list[DeviceView] | None = None) -> Snaps
     now = dt.datetime.now()
     running = [_running_view(db, row, now) for row in db.rows(queries.RUNNING_TRIALS)]
     recent = [_finished_view(db, row) for row in db.rows(queries.RECENT_TRIALS, limit=RECENT)]
+    run = {r["key"]: json.loads(r["value_json"]) for r in db.rows(queries.RUN_ATTRS)}
+    target = run.get(RUN_TARGET_ATTR, db.ref.n_trials)
     return Snapshot(
         db.ref.name,
         db.ref.url,
-        db.ref.n_trials,
+        int(target) if target is not None else None,
         counts,
         _elapsed(db, now, bool(running)),
         running,
         recent,
         devices or [],
+        run.get(RUN_BASE_ATTR),
     )
 
 

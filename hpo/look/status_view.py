@@ -42,11 +42,13 @@ def _header(snap: Snapshot) -> RenderableType:
     if not snap.target:
         return Group(title, Text(f"{snap.finished} finished trials (no target)"))
     done = min(snap.finished, snap.target)
+    text = f"{done}/{snap.target} finished toward the run's target"
+    if snap.finished_before_run is not None:
+        text += f" ({max(0, snap.finished - snap.finished_before_run)} by this run)"
+    if snap.finished > snap.target:
+        text += f"; {snap.finished} finished in all"
     bar = Table.grid(padding=(0, 1))
-    bar.add_row(
-        ProgressBar(total=snap.target, completed=done, width=40),
-        Text(f"{snap.finished}/{snap.target} finished (COMPLETE + PRUNED)"),
-    )
+    bar.add_row(ProgressBar(total=snap.target, completed=done, width=40), Text(text))
     return Group(title, bar)
 
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import optuna
 from optuna.study import StudyDirection
 
-from hpo.contract import FINISHED
+from hpo.contract import FINISHED, RUN_BASE_ATTR, RUN_TARGET_ATTR
 from hpo.devices import context_bytes, open_devices
 from hpo.errors import ConfigError
 from hpo.execution.procs import available_cpus
@@ -125,6 +125,9 @@ def open_study(
     backlog = Backlog(mem.max_bypass, mem.max_waiting)
     store = StudyStore(storage, space.name)
     recorder.store = store
+    finished = sum(t.state in FINISHED for t in earlier)
+    storage.set_study_system_attr(store.study_id, RUN_TARGET_ATTR, space.n_trials)
+    storage.set_study_system_attr(store.study_id, RUN_BASE_ATTR, finished)
     return OpenedStudy(study, store, models, backlog)
 
 
