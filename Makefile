@@ -89,7 +89,7 @@ clean-studies:
 # An offline GPU machine has its own python3 with a CUDA torch but not hpo's other packages:
 # first, on a networked machine, `make gpu-wheels` puts them in $(WHEELS)/ as wheels for its
 # CPython 3.12 (never torch); `make gpu-check` there installs them into $(GPU_SITE) and runs
-# with that python3. Without $(WHEELS)/ it runs with $(VENV)'s python.
+# with that python3. Where $(VENV) exists (a development machine) it runs with its python.
 # GPU_CHECK_ARGS="--dry-run" checks the plumbing without a GPU (CPU and a simulated card).
 WHEELS ?= .whl
 GPU_SITE ?= /tmp/hpo-site
@@ -101,13 +101,13 @@ gpu-wheels: $(STAMP)
 
 gpu-check:
 	@out="$${OUT:-gpu-check-out}"; \
-	if ls $(WHEELS)/*.whl >/dev/null 2>&1; then \
+	if [ -x $(BIN)/python ]; then \
+	  PYTHONUNBUFFERED=1 $(BIN)/python -m bench.gpu_check --out "$$out" $(GPU_CHECK_ARGS); \
+	elif ls $(WHEELS)/*.whl >/dev/null 2>&1; then \
 	  $(PYTHON) -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
 	    --target $(GPU_SITE) $(WHEELS)/*.whl || exit 2; \
 	  PYTHONPATH="$(GPU_SITE):$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}" PYTHONUNBUFFERED=1 \
 	    $(PYTHON) -m bench.gpu_check --out "$$out" $(GPU_CHECK_ARGS); \
-	elif [ -x $(BIN)/python ]; then \
-	  PYTHONUNBUFFERED=1 $(BIN)/python -m bench.gpu_check --out "$$out" $(GPU_CHECK_ARGS); \
 	else \
 	  echo "gpu-check: no $(WHEELS)/ (run make gpu-wheels on a networked machine) and no $(VENV)/"; \
 	  exit 2; \
