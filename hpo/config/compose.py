@@ -95,6 +95,7 @@ def compose(
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    _check_appends(overrides)
     sources = find_config_dir(config_dir)
     _check_shadowing(sources)
     register_configs()
@@ -124,6 +125,20 @@ def compose(
         _fill_from_workload(cfg, sources.project)
         validate(cfg)
     return cfg
+
+
+def _check_appends(overrides: list[str]) -> None:
+    """``+key=value`` adds a key the schema does not have, which hpo would silently ignore
+    (``+study.n_trial=3`` for ``study.n_trials``): only the free-form ``study.extra`` takes it."""
+    for override in overrides:
+        if not override.startswith("+") or override.startswith("++"):
+            continue
+        key = override[1:].split("=", 1)[0].strip()
+        if not key.startswith("study.extra."):
+            raise ConfigError(
+                f"unknown key {key!r} in {override!r}: hpo reads no such key (a typo?); "
+                "free settings for the objective go under +study.extra.NAME=..."
+            )
 
 
 def _check_shadowing(sources: ConfigSources) -> None:

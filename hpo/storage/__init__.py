@@ -6,6 +6,7 @@ This package is the only place in hpo that touches Optuna's private storage API
 """
 
 from hpo.storage.rdb import (
+    check_writable,
     display_url,
     open_storage,
     prepare_storage,
@@ -16,6 +17,7 @@ from hpo.storage.study import StudyStore
 
 __all__ = [
     "StudyStore",
+    "check_writable",
     "display_url",
     "open_storage",
     "prepare_storage",

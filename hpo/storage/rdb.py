@@ -38,6 +38,32 @@ def display_url(url: str) -> str:
         return "<unparseable storage URL>"
 
 
+def check_writable(url: str) -> None:
+    """For an SQLite study: its directory is a directory (or can be made one) on a writable
+    file system, else a ConfigError naming it (before any process starts or file is written)."""
+    import os
+
+    path = sqlite_path(url)
+    if path is None:
+        return
+    directory = path.resolve().parent
+    existing = directory
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"storage directory {directory}: {existing} is a file, not a directory")
+    import tempfile
+
+    try:  # a probe that leaves nothing behind (root passes access checks on /proc and co.)
+        tempfile.TemporaryDirectory(dir=existing).cleanup()
+    except OSError as e:
+        raise ConfigError(
+            f"storage directory {directory}: cannot write in {existing}: {e.strerror}"
+        ) from e
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ConfigError(f"storage {path} is not writable (the look commands can read it)")
+
+
 def storage_exists(url: str) -> bool:
     """Whether opening the storage would find existing data (always assumed for servers)."""
     path = sqlite_path(url)

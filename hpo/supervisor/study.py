@@ -18,7 +18,7 @@ from hpo.errors import ConfigError
 from hpo.execution.procs import available_cpus
 from hpo.memory.sampling import feasible_sampler
 from hpo.scheduling import AdmissionScheduler, Backlog, DurationModel, RamBudget, auto_par
-from hpo.storage import StudyStore
+from hpo.storage import StudyStore, check_writable  # noqa: F401 (the supervisor calls it here)
 from hpo.supervisor.launcher import LaunchModels
 
 if TYPE_CHECKING:

@@ -104,6 +104,7 @@ class Supervisor:
 
     def _finished_before(self) -> int:
         """Finished trials of an existing study (the storage is not created for this)."""
+        setup.check_writable(self._settings.storage.url)
         found = None
         if storage_exists(self._settings.storage.url):
             found = setup.count_finished(self._settings.study, self._open_storage())
