@@ -113,3 +113,20 @@ def test_report_of_a_missing_study_exits_2(tmp_path: Path) -> None:
     result = run_look(tmp_path, "report", "study=toy", f"storage.dir={tmp_path}")
     assert result.returncode == 2 and "does not exist" in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_study_without_complete_trials_gets_notes_not_empty_plots(tmp_path: Path) -> None:
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'toy.db'}"
+    study = optuna.create_study(study_name="toy", storage=storage, direction="maximize")
+    for _ in range(2):
+        trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    out = tmp_path / "rep"
+    result = run_look(tmp_path, "report", "study=toy", f"storage.dir={tmp_path}", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "There are no complete trials" not in result.stderr  # Optuna's warnings, replaced
+    text = (out / "report.html").read_text()
+    assert "no COMPLETE trial yet" in text and "needs two COMPLETE trials" in text
+    assert "no trial has reported a value yet" in text

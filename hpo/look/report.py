@@ -76,7 +76,20 @@ def _optuna_sections(study: optuna.Study) -> list[Section]:
         ("Intermediate values", vis.plot_intermediate_values),
         ("Parameter importances", importances),
     ]
-    return [(title, _figure_or_note(make, study)) for title, make in plots]
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    reported = any(t.intermediate_values for t in trials)
+    missing = {  # an empty plot says nothing: say why there is none instead
+        "Optimisation history": None if complete else "no COMPLETE trial yet",
+        "Intermediate values": None if reported else "no trial has reported a value yet",
+        "Parameter importances": None if len(complete) >= 2 else "needs two COMPLETE trials",
+    }
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # the notes replace Optuna's warnings
+    try:
+        return [(title, missing[title] or _figure_or_note(make, study)) for title, make in plots]
+    finally:
+        optuna.logging.set_verbosity(verbosity)
 
 
 def _figure_or_note(make: Callable[[optuna.Study], Any], study: optuna.Study) -> Any:
