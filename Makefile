@@ -16,7 +16,7 @@ PORT ?= 8080
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install tune-criteria tune test lint clean-studies status dashboard stats report browser gpu-wheels gpu-check
+.PHONY: install tune-criteria tune test lint clean-studies status stop dashboard stats report browser gpu-wheels gpu-check
 
 install: $(STAMP)
 
@@ -70,6 +70,10 @@ status: $(STAMP)
 # optuna-dashboard on the study's storage at http://127.0.0.1:$(PORT)
 dashboard: $(STAMP)
 	$(BIN)/hpo dashboard --port $(PORT) study=$(STUDY) $(ARGS)
+
+# Stop every node of a study from any terminal (drain; ARGS=--now interrupts running trials)
+stop: $(STAMP)
+	$(BIN)/hpo stop study=$(STUDY) $(ARGS)
 
 stats: $(STAMP)
 	$(BIN)/hpo stats study=$(STUDY) $(ARGS)

@@ -84,7 +84,8 @@ class Attr:
     # who runs a trial (see hpo.supervisor.liveness)
     HOST = "host"
     SUPERVISOR_PID = "supervisor_pid"
-    NODE_ID = "node_id"
+    NODE_ID = "node_id"  # the node's name in the study (--node-id, HPO_NODE_ID, host name)
+    PID_NAMESPACE = "pid_namespace"  # boot and PID namespace: where supervisor_pid means one
 
 
 class Decision(str, enum.Enum):
@@ -100,6 +101,11 @@ class Decision(str, enum.Enum):
 # the run's target (study.n_trials) and how many trials were finished before it started.
 RUN_TARGET_ATTR = "hpo:run_n_trials"
 RUN_BASE_ATTR = "hpo:run_finished_before"
+
+# Study system attributes of the control plane: each node of the study (a JSON record under
+# NODE_PREFIX + its name) and a stop request any terminal may write.
+NODE_PREFIX = "hpo:node:"
+STOP_ATTR = "hpo:stop"
 
 # The constraint name under which a pre-pruned trial is reported infeasible to the sampler.
 MEMORY_CONSTRAINT = "memory"

@@ -49,7 +49,7 @@ def _store(study: optuna.Study) -> StudyStore:
 
 
 def _found(study: optuna.Study, exclude: set[int] | None = None) -> dict[int, Liveness]:
-    reaper = Reaper(_store(study), grace_period_s=60)
+    reaper = Reaper(_store(study), grace_period_s=60, node_name="here")
     return {tid: decision for tid, decision, _ in reaper.find(exclude or set())}
 
 
@@ -62,7 +62,7 @@ def test_orphan_of_a_dead_supervisor_on_this_node_is_reaped_at_once(study: optun
 def test_our_own_pid_on_a_trial_at_startup_means_a_previous_supervisor(
     study: optuna.Study,
 ) -> None:
-    trial = _running(study, **owner_attrs())
+    trial = _running(study, **owner_attrs("here"))
     assert _found(study) == {trial._trial_id: Liveness.ORPHANED}
     assert _found(study, exclude={trial._trial_id}) == {}
 
@@ -110,3 +110,12 @@ def test_heartbeats_respect_the_interval(study: optuna.Study, tmp_path: Path) ->
     beats.beat([trial._trial_id])  # within the interval: no write
     assert query(tmp_path / "reap.db", "select heartbeat from trial_heartbeats") != first
     assert len(query(tmp_path / "reap.db", "select * from trial_heartbeats")) == 1
+
+
+def test_another_node_on_this_machine_waits_for_the_grace_period(study: optuna.Study) -> None:
+    """Nodes are named: a dead supervisor of node 'there' (same machine, as in a test of
+    several nodes) is another node's, reaped only after the grace period."""
+    attrs = {**owner_attrs("there"), "supervisor_pid": _dead_pid()}
+    trial = _running(study, **attrs)
+    Heartbeats(_store(study), 10).beat([trial._trial_id])
+    assert _found(study) == {}

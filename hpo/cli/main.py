@@ -10,6 +10,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from hpo.cli.control import add_stop_command, detach, stop
 from hpo.cli.logs import setup_logging
 from hpo.cli.look import LOOK_COMMANDS, add_look_commands
 from hpo.errors import ConfigError, HpoError, StudyAborted
@@ -24,7 +25,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     tune = sub.add_parser("tune", help="run a study to its n_trials with par worker processes")
-    tune.add_argument("--config-dir", help="directory holding config.yaml (default: ./conf)")
+    tune.add_argument("--config-dir", help="the user's conf/ directory (default: ./conf)")
+    tune.add_argument(
+        "--node-id",
+        help="this node's name in the study (default: $HPO_NODE_ID, else the host name)",
+    )
+    tune.add_argument(
+        "--detach",
+        action="store_true",
+        help="run in the background, the log beside the study's database; stop with hpo stop",
+    )
     tune.add_argument(
         "overrides",
         nargs="*",
@@ -33,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     init = sub.add_parser("init", help="write a runnable study NAME into this directory")
     init.add_argument("name", metavar="NAME", help="study and module name, e.g. mystudy")
+    add_stop_command(sub)
     add_look_commands(sub)
     return parser
 
@@ -44,6 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _init(args)
         if args.command == "tune":
             return _tune(args)
+        if args.command == "stop":
+            return stop(args)
         if args.command in LOOK_COMMANDS:
             return LOOK_COMMANDS[args.command](args)
     except ConfigError as e:
@@ -88,8 +101,12 @@ def _tune(args: argparse.Namespace) -> int:
     from hpo.config import Settings, compose
     from hpo.supervisor import Supervisor
 
-    overrides = [*args.overrides, "log_level=DEBUG"] if args.debug else args.overrides
+    overrides = [*args.overrides, "log_level=DEBUG"] if args.debug else list(args.overrides)
+    if args.node_id:
+        overrides.append(f"node_id={args.node_id}")
     settings = Settings.from_config(compose(overrides, args.config_dir))
+    if args.detach:
+        return detach(args, settings)
     setup_logging(settings.log_level)
     summary = Supervisor(settings).run()
     print(

@@ -81,6 +81,7 @@ class StorageConf:
     url: str | None = None  # SQLAlchemy URL; null = SQLite file <dir>/<study name>.db
     dir: str = "_optuna"  # directory of the SQLite files, relative to the project directory
     busy_timeout_s: float = 60.0  # SQLite: seconds a writer waits for the lock
+    outage_s: float = 120.0  # seconds transient storage errors are retried before giving up
 
 
 @dataclass
@@ -136,6 +137,7 @@ class HpoConf:
     project_dir: str | None = None  # set by compose: where _optuna/ and the objective live
     user_config_dir: str | None = None  # set by compose: the user's conf/ over the built-ins
     python_path: list[str] = field(default_factory=list)  # more dirs to import objectives from
+    node_id: str | None = None  # this node's name in the study (--node-id, HPO_NODE_ID, host)
 
 
 def register_schemas(cs: ConfigStore | None = None) -> None:

@@ -9,6 +9,8 @@ the objective the config it was written against (``objective(trial, cfg)``), whi
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +53,7 @@ class DeviceSettings:
 class StorageSettings:
     url: str  # SQLAlchemy URL (the SQLite default resolved to <dir>/<study>.db)
     busy_timeout_s: float  # SQLite: seconds a writer waits for the lock
+    outage_s: float = 120.0  # seconds transient storage errors are retried before giving up
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,7 @@ class Settings:
     # Directories the objective, step builder and estimate function are imported from (the
     # project and the user's conf/), in the supervisor, every worker and the prior's tracer.
     import_paths: tuple[str, ...] = ()
+    node_id: str = ""  # this node's name in the study (several supervisors, one per node)
 
     @property
     def auto_par(self) -> bool:
@@ -147,6 +151,7 @@ class Settings:
             storage=StorageSettings(
                 url=storage_url(plain["storage"].get("url"), storage_dir, study["name"]),
                 busy_timeout_s=float(plain["storage"]["busy_timeout_s"]),
+                outage_s=float(plain["storage"].get("outage_s", 120.0)),
             ),
             faults=_faults(faults, project, storage_dir, study["name"]),
             memory=_memory(mem, study.get("memory") or {}),
@@ -156,6 +161,9 @@ class Settings:
             pruner=plain["pruner"],
             sampler=plain["sampler"],
             objective_cfg=plain,
+            node_id=str(
+                plain.get("node_id") or os.environ.get("HPO_NODE_ID") or socket.gethostname()
+            ),
             project_dir=project,
             import_paths=tuple(
                 str(p) for p in (project, user_conf, *plain.get("python_path", ())) if p

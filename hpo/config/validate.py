@@ -4,6 +4,7 @@ the configured pruner and sampler.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from omegaconf import DictConfig
@@ -49,6 +50,9 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"study.name must be a plain file name, got {study.name!r}")
     if ":" not in study.objective:
         raise ConfigError(f"study.objective must be 'module:function', got {study.objective!r}")
+    node = cfg.get("node_id")
+    if node is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", str(node)):
+        raise ConfigError(f"node_id must be letters, digits, '.', '_' or '-', got {node!r}")
     if cfg.max_failures_in_a_row < 1:
         raise ConfigError(f"max_failures_in_a_row must be >= 1, got {cfg.max_failures_in_a_row}")
     if study.loader.num_workers < 0:

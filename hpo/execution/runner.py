@@ -17,6 +17,7 @@ from hpo.contract import Attr, EndReason
 from hpo.execution.context import TrialContext, trial_context
 from hpo.execution.probe import MemoryProbe
 from hpo.execution.protocol import Assignment, Outcome
+from hpo.storage.outage import StorageOutage
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -50,8 +51,13 @@ class TrialRunner:
         self._device = device
 
     def run(self, assignment: Assignment) -> Outcome:
-        """Run one trial to its end; never raises for a failure of the objective."""
-        trial = optuna.Trial(self._study, assignment.trial_id)
+        """Run one trial to its end; never raises for a failure of the objective.
+
+        A storage that stays unreachable past ``storage.outage_s`` (or fails for good) while
+        the trial starts, reports or asks the pruner raises
+        :class:`~hpo.storage.StorageOutage`: not the objective's failure, so no outcome (the
+        worker exits and the supervisor, which shares the storage, decides the trial's fate).
+        """
         ctx = TrialContext(
             device=self._name,
             trial_number=assignment.trial_number,
@@ -61,7 +67,7 @@ class TrialRunner:
         start = time.monotonic()
         self._device.cap_process(assignment.mem_cap_bytes)
         with MemoryProbe(self._device) as probe, trial_context(ctx):
-            reason, value, message = self._call(trial)
+            reason, value, message = self._call(assignment.trial_id)
         self._device.release_cached()
         attrs: dict[str, Any] = {
             **probe.attrs(),
@@ -73,11 +79,14 @@ class TrialRunner:
             attrs[Attr.ERROR] = message
         return Outcome(assignment.trial_number, reason, value, attrs, _last_line(message))
 
-    def _call(self, trial: optuna.Trial) -> tuple[EndReason, float | None, str | None]:
+    def _call(self, trial_id: int) -> tuple[EndReason, float | None, str | None]:
         try:
+            trial = optuna.Trial(self._study, trial_id)  # reads the trial: inside the try
             value = self._objective(trial, self._cfg)
         except optuna.TrialPruned:
             return EndReason.PRUNED, None, None
+        except StorageOutage:
+            raise
         except Exception as e:
             tail = traceback.format_exc().rstrip().splitlines()[-_TRACEBACK_LINES:]
             return classify_exception(e), None, "\n".join(tail)

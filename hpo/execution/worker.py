@@ -2,6 +2,9 @@
 
 Workers ignore SIGINT (the supervisor decides how a Ctrl-C ends running trials), exit when
 the supervisor's end of the pipe closes, and exit on their own if the supervisor vanishes.
+Their storage rides out outages of up to ``storage.outage_s``; past that, or on a permanent
+storage error, a worker logs one line and exits with :data:`STORAGE_EXIT`: the supervisor
+fails the trial ``worker_died`` (and retries it) if its own storage works, else stops.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+STORAGE_EXIT = 75  # EX_TEMPFAIL: the storage failed (or stayed away past storage.outage_s)
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,7 @@ def _warm_up() -> None:
 
 def _serve(conn: Connection, spec: WorkerSpec, objective: Any) -> None:
     from hpo.execution.procs import RssTrend, end_descendants
+    from hpo.storage import StorageOutage
 
     runner = None
     trend = RssTrend()
@@ -138,9 +143,14 @@ def _serve(conn: Connection, spec: WorkerSpec, objective: Any) -> None:
             return
         if not isinstance(msg, Assignment):
             return
-        if runner is None:
-            runner = _make_runner(spec, objective, msg.device)
-        outcome = runner.run(msg)
+        try:
+            if runner is None:
+                runner = _make_runner(spec, objective, msg.device)
+            outcome = runner.run(msg)
+        except StorageOutage as e:  # the supervisor sees the exit: worker_died, or it stops
+            logger.error("trial %d: %s; worker exits", msg.trial_number, e)
+            end_descendants()
+            sys.exit(STORAGE_EXIT)
         strays = end_descendants()  # what the trial started must not outlive it
         if strays:
             logger.info("trial %d left %d process(es) running: ended", msg.trial_number, strays)
@@ -165,7 +175,12 @@ def _make_runner(spec: WorkerSpec, objective: Any, placed: str | None) -> Any:
     sampler.reseed_rng()  # parameters suggested define-by-run differ between workers
     study = optuna.load_study(
         study_name=settings.study.name,
-        storage=open_storage(settings.storage.url, settings.storage.busy_timeout_s),
+        storage=open_storage(
+            settings.storage.url,
+            settings.storage.busy_timeout_s,
+            outage_s=settings.storage.outage_s,
+            quiet=True,
+        ),
         sampler=sampler,
         pruner=settings.make_pruner(),
     )

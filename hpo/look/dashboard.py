@@ -120,7 +120,7 @@ def serve(
 ) -> None:
     """Run the dashboard until Ctrl-C, after printing the study page's address."""
     server = DashboardServer(ref, host, port, allow_writes)
-    print(f"optuna-dashboard for study {ref.name} ({ref.url}): {server.url}", flush=True)
+    print(f"optuna-dashboard for study {ref.name} ({ref.shown}): {server.url}", flush=True)
     if allow_writes:
         logger.warning("dashboard --allow-writes: the browser can change and delete the study")
     if host not in ("127.0.0.1", "localhost", "::1"):

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from hpo.errors import ConfigError
 from hpo.look import queries
-from hpo.storage.rdb import sqlite_path
+from hpo.storage.rdb import display_url, sqlite_path
 from hpo.storage.readonly import connect_sqlite, readonly_engine_args
 
 if TYPE_CHECKING:
@@ -45,6 +45,11 @@ class StudyRef:
             n_trials=settings.study.n_trials,
         )
 
+    @property
+    def shown(self) -> str:
+        """The storage as people see it: the password masked (``url`` keeps it, to connect)."""
+        return display_url(self.url)
+
 
 class StudyDB:
     """SELECT-only access to one study's storage; rows come back as plain dicts.
@@ -63,16 +68,16 @@ class StudyDB:
             names = [r["study_name"] for r in self.rows(queries.STUDY_NAMES, study=None)]
             self.close()
             found = ", ".join(names) if names else "none"
-            raise ConfigError(f"no study {ref.name!r} in {ref.url} (studies there: {found})")
+            raise ConfigError(f"no study {ref.name!r} in {ref.shown} (studies there: {found})")
 
     def _connect(self) -> None:
         if self._path is not None:
             if not self._path.is_file():
-                raise ConfigError(f"storage {self.ref.url} does not exist (no file {self._path})")
+                raise ConfigError(f"storage {self.ref.shown} does not exist (no file {self._path})")
             try:
                 self._sqlite_rows("SELECT COUNT(*) FROM studies", {})
             except sqlite3.DatabaseError as e:
-                raise ConfigError(f"storage {self.ref.url} is not an Optuna database: {e}") from e
+                raise ConfigError(f"storage {self.ref.shown} is not an Optuna database: {e}") from e
             return
         from sqlalchemy import create_engine
 
@@ -118,7 +123,8 @@ def _dialect_of(url: str) -> str:
 
     name = make_url(url).get_backend_name()
     if name not in ("sqlite", "postgresql"):
-        raise ConfigError(f"storage.url must be SQLite or PostgreSQL for this command, got {url!r}")
+        shown = display_url(url)
+        raise ConfigError(f"storage.url must be SQLite or PostgreSQL for this command, got {shown}")
     return name
 
 

@@ -194,6 +194,25 @@ STUDY_ID = "SELECT study_id FROM studies WHERE study_name = :study;"
 
 STUDY_NAMES = "SELECT study_name FROM studies ORDER BY study_name;"
 
+NODES = """\
+SELECT a.key, a.value_json FROM study_system_attributes a
+JOIN studies s ON s.study_id = a.study_id
+WHERE s.study_name = :study AND a.key LIKE 'hpo:node:%';"""
+
+RUNNING_BY_NODE = """\
+SELECT u.value_json AS node, COUNT(*) AS n
+FROM trials t JOIN studies s ON s.study_id = t.study_id
+JOIN trial_user_attributes u ON u.trial_id = t.trial_id AND u.key = 'node_id'
+WHERE s.study_name = :study AND t.state = 'RUNNING'
+GROUP BY u.value_json;"""
+
+FINISHED_BY_NODE = """\
+SELECT u.value_json AS node, t.datetime_complete
+FROM trials t JOIN studies s ON s.study_id = t.study_id
+JOIN trial_user_attributes u ON u.trial_id = t.trial_id AND u.key = 'node_id'
+WHERE s.study_name = :study AND t.state IN ('COMPLETE', 'PRUNED')
+ORDER BY t.datetime_complete DESC LIMIT 5000;"""
+
 RUN_ATTRS = """\
 SELECT a.key, a.value_json FROM study_system_attributes a
 JOIN studies s ON s.study_id = a.study_id

@@ -109,7 +109,7 @@ def _write_html(path: Path, ref: StudyRef, n_trials: int, sections: list[Section
         f"<title>hpo report: {html.escape(ref.name)}</title>",
         "<style>body{font-family:sans-serif;margin:2em} .note{color:#777}</style></head><body>",
         f"<h1>Study {html.escape(ref.name)}</h1>",
-        f"<p>{n_trials} trials in <code>{html.escape(ref.url)}</code></p>",
+        f"<p>{n_trials} trials in <code>{html.escape(ref.shown)}</code></p>",
     ]
     plotly_js_included = False
     for title, content in sections:

@@ -39,7 +39,7 @@ def collect(db: StudyDB, params: StatsParams) -> dict[str, Any]:
         "memory_key": memory_key,
         "threshold_mib": params.threshold_mib,
     }
-    out: dict[str, Any] = {"study": db.ref.name, "storage": db.ref.url, "parameters": binds}
+    out: dict[str, Any] = {"study": db.ref.name, "storage": db.ref.shown, "parameters": binds}
     for name, sql in queries.STATS_QUERIES.items():
         out[name] = db.rows(sql, **binds)
     return out

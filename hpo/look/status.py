@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from hpo.contract import RUN_BASE_ATTR, RUN_TARGET_ATTR
 from hpo.look import queries
 from hpo.look.db import Row, StudyDB, StudyRef
+from hpo.look.nodes import NodeView, read_nodes
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -69,6 +70,7 @@ class Snapshot:
     recent: list[TrialView] = field(default_factory=list)
     devices: list[DeviceView] = field(default_factory=list)
     finished_before_run: int | None = None  # finished trials when that run started
+    nodes: list[NodeView] = field(default_factory=list)  # the supervisors of the study
 
     @property
     def finished(self) -> int:
@@ -85,7 +87,7 @@ def take_snapshot(db: StudyDB, devices: list[DeviceView] | None = None) -> Snaps
     target = run.get(RUN_TARGET_ATTR, db.ref.n_trials)
     return Snapshot(
         db.ref.name,
-        db.ref.url,
+        db.ref.shown,
         int(target) if target is not None else None,
         counts,
         _elapsed(db, now, bool(running)),
@@ -93,6 +95,7 @@ def take_snapshot(db: StudyDB, devices: list[DeviceView] | None = None) -> Snaps
         recent,
         devices or [],
         run.get(RUN_BASE_ATTR),
+        read_nodes(db),
     )
 
 

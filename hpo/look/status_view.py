@@ -21,6 +21,10 @@ _STATES = ("RUNNING", "COMPLETE", "PRUNED", "FAIL", "WAITING")
 def render(snap: Snapshot) -> RenderableType:
     """The whole frame: header and progress, states, running and recent trials, devices."""
     parts: list[RenderableType] = [_header(snap), _states(snap)]
+    if snap.nodes:
+        from hpo.look.nodes import render_nodes
+
+        parts.append(render_nodes(snap.nodes))
     parts.append(_trials("running trials", snap.running, running=True))
     parts.append(_trials(f"last {len(snap.recent)} finished", snap.recent, running=False))
     if snap.devices:
@@ -31,7 +35,7 @@ def render(snap: Snapshot) -> RenderableType:
 
 
 def render_error(ref: StudyRef, error: BaseException) -> RenderableType:
-    return Text(f"study {ref.name}: cannot read {ref.url} now ({error}); retrying", style="red")
+    return Text(f"study {ref.name}: cannot read {ref.shown} now ({error}); retrying", style="red")
 
 
 def _header(snap: Snapshot) -> RenderableType:

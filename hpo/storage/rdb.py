@@ -19,8 +19,10 @@ def sqlite_path(url: str) -> Path | None:
     """The database file of an SQLite URL (None for other back-ends or in-memory SQLite)."""
     try:
         parsed = make_url(url)
-    except Exception as e:
-        raise ConfigError(f"storage.url is not a valid SQLAlchemy URL: {url!r}") from e
+    except Exception:
+        raise ConfigError(  # the URL is not echoed: it may hold a password
+            "storage.url is not a valid SQLAlchemy URL (dialect+driver://user:pass@host/db)"
+        ) from None
     if parsed.get_backend_name() != "sqlite":
         return None
     return Path(parsed.database) if parsed.database not in (None, "", ":memory:") else None
@@ -98,22 +100,41 @@ def open_storage(
     busy_timeout_s: float,
     heartbeat_interval_s: int | None = None,
     grace_period_s: int | None = None,
+    outage_s: float = 120.0,
+    quiet: bool = False,
 ) -> RDBStorage:
-    """Open (creating the schema if needed) the RDB storage at ``url``.
+    """Open (creating the schema if needed) the RDB storage at ``url``, behind an outage guard
+    (:class:`~hpo.storage.resilient.ResilientStorage`) that rides out transient errors for up
+    to ``outage_s`` seconds.
 
     The supervisor passes a heartbeat interval and grace period (it records heartbeats of the
-    trials it runs and reaps stale ones); workers open the storage without them.
+    trials it runs and reaps stale ones); workers open the storage without them, ``quiet``
+    (their outage lines are debug lines: the supervisor's say it once).
     """
     import warnings
 
     from optuna.exceptions import ExperimentalWarning
     from optuna.storages import RDBStorage
 
+    from hpo.storage.outage import OutageGuard
+    from hpo.storage.resilient import ResilientStorage
+
+    guard = OutageGuard(display_url(url), outage_s, _password(url), loud=not quiet)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeat_interval, grace_period
-        return RDBStorage(
+        rdb = guard.call(
+            RDBStorage,
             url,
             engine_kwargs=engine_kwargs(url, busy_timeout_s),
             heartbeat_interval=heartbeat_interval_s,
             grace_period=grace_period_s,
         )
+    return ResilientStorage(rdb, guard)
+
+
+def _password(url: str) -> str | None:
+    try:
+        password = make_url(url).password
+    except Exception:
+        return None
+    return str(password) if password else None

@@ -3,33 +3,46 @@
 :class:`StudyStore` holds the storage the supervisor opened and the study's id, and offers the
 few operations the supervisor needs beyond ``optuna.Study``. Ids come from Optuna's public
 storage API (``get_study_id_from_name``, ``get_trial_id_from_study_id_trial_number``); what has
-no public form lives in :mod:`hpo.storage._private`.
+no public form lives in :mod:`hpo.storage._private`. With a
+:class:`~hpo.storage.resilient.ResilientStorage` (what :func:`~hpo.storage.open_storage` returns)
+the private queries ride out storage outages like the public calls do.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Collection, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from optuna.trial import TrialState
 
 from hpo.contract import FINISHED
 from hpo.storage import _private
+from hpo.storage.resilient import ResilientStorage
 
 if TYPE_CHECKING:
     from optuna.storages import RDBStorage
     from optuna.trial import FrozenTrial
 
+T = TypeVar("T")
+
+
+def _direct(fn: Callable[..., T], *args: Any) -> T:
+    return fn(*args)
+
 
 class StudyStore:
     """The storage of study ``name`` (it must exist), with trial ids cached by number."""
 
-    def __init__(self, storage: RDBStorage, name: str) -> None:
+    def __init__(self, storage: RDBStorage, name: str, url: str = "") -> None:
+        from hpo.storage.claim import SlotClaim
+
         self.storage = storage
         self.name = name
         self.study_id = storage.get_study_id_from_name(name)
+        self.claim = SlotClaim(storage, url, self.study_id)
         self._ids: dict[int, int] = {}
         self._write = _private.batch_writer(storage)
+        self._call = storage.call if isinstance(storage, ResilientStorage) else _direct
 
     def trial_id(self, number: int) -> int:
         """The storage id of trial ``number`` (one query the first time)."""
@@ -55,7 +68,7 @@ class StudyStore:
             for key, value in attrs.items():
                 self.storage.set_trial_user_attr(trial_id, key, value)
             return
-        self._write(trial_id, attrs)
+        self._call(self._write, trial_id, attrs)
 
     def n_finished(self) -> int:
         """COMPLETE + PRUNED trials of the study, every supervisor's."""
@@ -66,6 +79,13 @@ class StudyStore:
             self.study_id, deepcopy=False, states=(TrialState.RUNNING,)
         )
 
+    def set_study_attr(self, key: str, value: Any) -> None:
+        """A study system attribute (the control plane: nodes, stop requests)."""
+        self.storage.set_study_system_attr(self.study_id, key, value)
+
+    def study_attrs(self) -> dict[str, Any]:
+        return dict(self.storage.get_study_system_attrs(self.study_id))
+
     def record_heartbeat(self, trial_id: int) -> None:
         self.storage.record_heartbeat(trial_id)
 
@@ -73,7 +93,7 @@ class StudyStore:
         return _private.stale_trial_ids(self.storage, self.study_id)
 
     def has_heartbeat(self, trial_id: int) -> bool:
-        return _private.has_heartbeat(self.storage, trial_id)
+        return self._call(_private.has_heartbeat, self.storage, trial_id)
 
     def fail(self, trial_id: int) -> None:
         """Set a RUNNING trial FAIL (UpdateFinishedTrialError if it already ended)."""

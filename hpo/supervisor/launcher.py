@@ -69,8 +69,13 @@ class Launcher:
         recorder: TrialRecorder,
         checkpoints: CheckpointStore,
         beats: Heartbeats,
+        target: int,
+        node_name: str = "",
     ) -> None:
+        """``target`` is ``study.n_trials``: slots are claimed in the storage against it (see
+        :mod:`hpo.storage.claim`); ``node_name`` goes on every trial this node runs."""
         self._study, self._store, self._space = study, store, space
+        self._target, self._owner = target, owner_attrs(node_name)
         self.models = models
         self.backlog = backlog
         self._recorder = recorder
@@ -92,7 +97,10 @@ class Launcher:
         while any(w.idle for w in pool.workers) and room > 0 and self.backlog.may_ask():
             if stopping():
                 return
-            new = self._ask_admissible()
+            asked = self._ask()
+            if asked is None:
+                return  # every slot of the study is claimed (this node's or others')
+            new = self._admissible(*asked)
             room -= 1
             if new is None:  # pre-pruned: it finished, ask again
                 continue
@@ -191,9 +199,8 @@ class Launcher:
 
     # --- asking ---------------------------------------------------------------------------------
 
-    def _ask_admissible(self) -> Waiting | None:
-        """Ask Optuna for the next trial; None if the memory gate pre-pruned it (recorded)."""
-        trial, trial_id = self._ask()
+    def _admissible(self, trial: optuna.Trial, trial_id: int) -> Waiting | None:
+        """An asked trial for the backlog; None if the memory gate pre-pruned it (recorded)."""
         verdict = self.models.gate.check(trial.params)
         attrs = verdict.attrs()
         pruner = self._study.pruner
@@ -206,15 +213,19 @@ class Launcher:
         self._store.set_user_attrs(trial_id, attrs)
         return item
 
-    def _ask(self) -> tuple[optuna.Trial, int]:
-        """The next trial and its id, marked as this supervisor's at once (see liveness)."""
+    def _ask(self) -> tuple[optuna.Trial, int] | None:
+        """The next trial and its id, marked as this supervisor's at once (see liveness);
+        None when the study's slots are all claimed."""
         while True:
-            with warnings.catch_warnings():  # hpo records the heartbeats of ask/tell trials
-                warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
-                trial = self._study.ask(self._space)
+            with self._store.claim.held():
+                if not self._store.claim.free(self._target):
+                    return None
+                with warnings.catch_warnings():  # hpo records the heartbeats of ask/tell trials
+                    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
+                    trial = self._study.ask(self._space)
             trial_id = self._store.trial_id(trial.number)
             try:
-                self._store.set_user_attrs(trial_id, owner_attrs())
+                self._store.set_user_attrs(trial_id, self._owner)
             except UpdateFinishedTrialError:  # another node's reaper took it for an orphan
                 logger.warning("trial %d was reaped before it started; asking again", trial.number)
                 continue
@@ -262,6 +273,20 @@ class Launcher:
                 self._pre_prune(item, verdict.reason, verdict.attrs(), gate.infeasibility(verdict))
             elif verdict.estimate != item.estimate:
                 item.estimate, item.reestimated = verdict.estimate, verdict.attrs()
+
+    def drop_waiting(self, why: str) -> list[tuple[Assignment, dict[str, Any], str]]:
+        """Empty the backlog (the run ends): each waiting trial with its wait, to record."""
+        now = time.monotonic()
+        dropped = [
+            (
+                Assignment(item.trial_id, item.trial.number, None),
+                {Attr.ADMIT_WAIT_S: round(now - item.since, 3)},
+                why,
+            )
+            for item in self.backlog.items
+        ]
+        self.backlog.items.clear()
+        return dropped
 
     def waiting_trial_ids(self) -> list[int]:
         return [item.trial_id for item in self.backlog.items]

@@ -1,7 +1,8 @@
 """Liveness of RUNNING trials: the supervisor's heartbeats and the reaping of orphans.
 
-Every trial a supervisor launches carries who runs it (``host``, ``supervisor_pid`` and
-``node_id``, the boot and PID namespace a pid belongs to) and gets an Optuna RDB heartbeat every
+Every trial a supervisor launches carries who runs it (``host``, ``supervisor_pid``, ``node_id``,
+the node's name in the study, and ``pid_namespace``, the boot and PID namespace the pid belongs
+to) and gets an Optuna RDB heartbeat every
 ``faults.heartbeat_interval_s`` while it runs. Optuna's own heartbeat only works inside
 ``study.optimize``; hpo asks and tells, so the supervisor records the heartbeats itself.
 
@@ -9,7 +10,7 @@ A RUNNING trial that no live supervisor owns is *reaped*: failed with ``end_reas
 (its workers died with their supervisor) and handed to the retry policy. Whether its owner is
 gone is a :class:`Liveness` decision:
 
-- same ``node_id`` (this machine, this PID namespace) and the supervisor's pid is gone, reused
+- this node (same ``node_id`` and ``pid_namespace``) and the supervisor's pid is gone, reused
   by a younger process, or our own pid: ``ORPHANED`` — reaped at once, no grace period;
 - no owner at all and no heartbeat for ``OWNERLESS_S`` seconds: ``STALE`` (its supervisor died
   between asking for it and launching it, a window of milliseconds; a supervisor that finds
@@ -63,12 +64,14 @@ def node_id() -> str:
         return socket.gethostname()
 
 
-def owner_attrs() -> dict[str, object]:
-    """The user attributes that say which supervisor runs a trial."""
+def owner_attrs(node_name: str) -> dict[str, object]:
+    """The user attributes that say which supervisor runs a trial: the node's name in the
+    study, the host, the pid, and where that pid means one process (:func:`node_id`)."""
     return {
         Attr.HOST: socket.gethostname(),
         Attr.SUPERVISOR_PID: os.getpid(),
-        Attr.NODE_ID: node_id(),
+        Attr.NODE_ID: node_name,
+        Attr.PID_NAMESPACE: node_id(),
     }
 
 
@@ -107,9 +110,10 @@ class Heartbeats:
 class Reaper:
     """Finds RUNNING trials without a live owner."""
 
-    def __init__(self, store: StudyStore, grace_period_s: float) -> None:
+    def __init__(self, store: StudyStore, grace_period_s: float, node_name: str = "") -> None:
         self._store = store
         self._grace_s = grace_period_s
+        self._name = node_name
         self._node = node_id()
 
     def find(self, exclude: set[int]) -> list[tuple[int, Liveness, str]]:
@@ -133,7 +137,9 @@ class Reaper:
     ) -> tuple[Liveness, str]:
         attrs = trial.user_attrs
         pid = attrs.get(Attr.SUPERVISOR_PID)
-        if attrs.get(Attr.NODE_ID) == self._node and isinstance(pid, int):
+        ours = attrs.get(Attr.NODE_ID) == self._name and attrs.get(Attr.PID_NAMESPACE) == self._node
+        ours = ours or attrs.get(Attr.NODE_ID) == self._node  # recorded before node names
+        if ours and isinstance(pid, int):
             if pid_gone(pid, trial.datetime_start):
                 host = attrs.get(Attr.HOST, "?")
                 return Liveness.ORPHANED, f"its supervisor (pid {pid} on {host}) is gone"

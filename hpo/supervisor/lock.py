@@ -20,22 +20,23 @@ from hpo.errors import ConfigError
 from hpo.storage import display_url, sqlite_path
 
 
-def lock_path(url: str, study_name: str) -> Path:
-    """Where the lock of study ``study_name`` in ``url`` lives on this node."""
+def lock_path(url: str, study_name: str, node: str = "") -> Path:
+    """Where the lock of study ``study_name`` in ``url`` for node ``node`` lives."""
+    suffix = f".{node}" if node else ""
     db = sqlite_path(url)
     if db is not None:
-        return db.resolve().with_name(f"{study_name}.lock")
+        return db.resolve().with_name(f"{study_name}{suffix}.lock")
     key = hashlib.sha256(f"{url}\0{study_name}".encode()).hexdigest()[:16]
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hpo" / "locks"
-    return cache / f"{study_name}-{key}.lock"
+    return cache / f"{study_name}-{key}{suffix}.lock"
 
 
 class StudyLock:
     """Held while a supervisor runs the study; :meth:`acquire` refuses a second one."""
 
-    def __init__(self, url: str, study_name: str) -> None:
-        self.path = lock_path(url, study_name)
-        self._url, self._name = url, study_name
+    def __init__(self, url: str, study_name: str, node: str = "") -> None:
+        self.path = lock_path(url, study_name, node)
+        self._url, self._name, self._node = url, study_name, node
         self._file: IO[str] | None = None
 
     def acquire(self) -> None:
@@ -53,7 +54,8 @@ class StudyLock:
             handle.close()
             raise ConfigError(
                 f"study {self._name!r} in {display_url(self._url)} is already run by {holder} "
-                "on this node: stop it first (or use another study.name)"
+                f"as node {self._node!r}: stop it first (hpo stop), or give this one another "
+                "--node-id"
             ) from None
         handle.seek(0)
         handle.truncate()

@@ -21,6 +21,7 @@ from hpo.config.space import describe
 from hpo.contract import FINISHED, Attr, EndReason
 from hpo.errors import StudyAborted
 from hpo.execution.protocol import Assignment
+from hpo.storage import StorageOutage
 from hpo.supervisor.retry import RetryDecision, RetryPolicy, enqueue_retry
 
 if TYPE_CHECKING:
@@ -116,16 +117,26 @@ class TrialRecorder:
     ) -> None:
         """Record trials the supervisor stops (``interrupted``): ``(assignment, attrs, why)``;
         each one that cannot be recorded is logged and the others still are."""
-        for assignment, attrs, why in ended:
+        for i, (assignment, attrs, why) in enumerate(ended):
             try:
                 self.record(study, assignment, EndReason.INTERRUPTED, None, attrs, why)
+            except StorageOutage as e:  # one line for all: the next run reaps them
+                left = len(ended) - i
+                logger.error("%d trial(s) left RUNNING for the next run to reap: %s", left, e)
+                return
             except Exception as e:  # the study is being torn down; say what was left
                 number = assignment.trial_number
                 logger.error("could not record trial %d as interrupted: %s", number, e)
 
     def finish(self, study: optuna.Study) -> None:
         """The run ends: the study's finished count and best trial into the summary, and the
-        checkpoint directories no trial needs any more removed."""
+        checkpoint directories no trial needs any more removed (not when the storage failed)."""
+        try:
+            self._finish(study)
+        except StorageOutage as e:
+            logger.debug("no final counts: %s", e)
+
+    def _finish(self, study: optuna.Study) -> None:
         self.summary.finished = len(study.get_trials(deepcopy=False, states=FINISHED))
         if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             self.summary.best = study.best_trial

@@ -23,6 +23,13 @@ class StopSignals:
     def draining(self) -> bool:
         return self.interrupts >= 1
 
+    def request(self, mode: str) -> None:
+        """A stop requested through the storage (``hpo stop``): ``drain`` like one Ctrl-C,
+        ``now`` like two."""
+        self.interrupts = max(self.interrupts, 1)
+        if mode == "now":
+            self.terminated = True
+
     def stopping(self) -> bool:
         """Whether the user asked to stop at all (drain or now): start no more trials."""
         return self.draining or self.stop_now

@@ -123,7 +123,7 @@ def open_study(
         )
     models = LaunchModels(devices, gate, admission, ram, durations)
     backlog = Backlog(mem.max_bypass, mem.max_waiting)
-    store = StudyStore(storage, space.name)
+    store = StudyStore(storage, space.name, settings.storage.url)
     recorder.store = store
     finished = sum(t.state in FINISHED for t in earlier)
     storage.set_study_system_attr(store.study_id, RUN_TARGET_ATTR, space.n_trials)

@@ -24,7 +24,7 @@ from hpo.contract import Attr, EndReason
 from hpo.execution import procs
 from hpo.execution.pool import DIED, WorkerHandle, WorkerPool
 from hpo.execution.procs import available_cpus
-from hpo.execution.protocol import Assignment, Outcome
+from hpo.execution.protocol import Outcome
 from hpo.execution.worker import WorkerSpec
 from hpo.memory import MemoryGate, build_gate
 from hpo.storage import StudyStore, display_url, open_storage, prepare_storage, storage_exists
@@ -33,6 +33,7 @@ from hpo.supervisor.checkpoints import CheckpointStore
 from hpo.supervisor.launcher import Launcher
 from hpo.supervisor.liveness import Heartbeats, Reaper
 from hpo.supervisor.lock import StudyLock
+from hpo.supervisor.nodes import NodeRegistry
 from hpo.supervisor.recorder import RunSummary, TrialRecorder
 from hpo.supervisor.retry import RetryPolicy, retry_with_half_batch
 from hpo.supervisor.signals import StopSignals, describe_exit
@@ -82,7 +83,8 @@ class Supervisor:
         self._launcher: Launcher | None = None  # built with the study (it may trace a prior)
         self._beats: Heartbeats | None = None
         self._reaper: Reaper | None = None
-        self._lock = StudyLock(settings.storage.url, settings.study.name)
+        self._lock = StudyLock(settings.storage.url, settings.study.name, settings.node_id)
+        self._node: NodeRegistry | None = None  # this node's record in the study
         self._run_id = uuid.uuid4().hex  # marks this run's worker processes and their children
 
     def run(self) -> RunSummary:
@@ -135,6 +137,8 @@ class Supervisor:
                 self._target,
                 par,
             )
+            assert self._node is not None
+            self._node.register(par)
             self._signals.install()
             self._loop(study, store, pool)
         except BaseException as e:
@@ -148,6 +152,8 @@ class Supervisor:
             if study is not None:
                 self._interrupt_all(study, in_flight, stopped_by)
                 self._recorder.finish(study)
+            if self._node is not None:
+                self._node.leave()
             self._lock.release()
 
     def _auto_par(self, pool: WorkerPool) -> int:
@@ -167,7 +173,7 @@ class Supervisor:
         faults = self._settings.faults
         opened = setup.open_study(self._settings, storage, self._gate_factory, self._recorder)
         self._beats = Heartbeats(opened.store, faults.heartbeat_interval_s)
-        self._reaper = Reaper(opened.store, faults.grace_period_s)
+        self._reaper = Reaper(opened.store, faults.grace_period_s, self._settings.node_id)
         self._launcher = Launcher(
             opened.study,
             opened.store,
@@ -177,7 +183,11 @@ class Supervisor:
             self._recorder,
             self._checkpoints,
             self._beats,
+            self._target,
+            self._settings.node_id,
         )
+        devices, interval = opened.models.devices, faults.heartbeat_interval_s
+        self._node = NodeRegistry(opened.store, self._settings.node_id, devices, interval)
         return opened.study, opened.store
 
     def _open_storage(self) -> RDBStorage:
@@ -188,6 +198,7 @@ class Supervisor:
                 settings.storage.busy_timeout_s,
                 heartbeat_interval_s=settings.faults.heartbeat_interval_s,
                 grace_period_s=settings.faults.grace_period_s,
+                outage_s=settings.storage.outage_s,
             )
         return self._rdb
 
@@ -312,8 +323,9 @@ class Supervisor:
 
     def _keep_alive(self, study: optuna.Study, store: StudyStore, pool: WorkerPool) -> None:
         """Heartbeats for the running trials; now and then, reap other supervisors' orphans."""
-        assert self._beats is not None and self._launcher is not None
+        assert self._beats is not None and self._launcher is not None and self._node is not None
         running = [w.assignment.trial_id for w in pool.workers if w.assignment is not None]
+        self._node.tick(len(running), self._signals)  # this node's record; stop requests
         running += self._launcher.waiting_trial_ids()
         self._beats.beat(running)
         if time.monotonic() >= self._next_reap:
@@ -331,16 +343,8 @@ class Supervisor:
         ended = []
         for worker in in_flight:
             assert worker.assignment is not None
-            attrs = {
-                Attr.WORKER_PID: worker.pid,
-                Attr.DURATION_S: round(now - worker.started_at, 3),
-            }
+            attrs = {Attr.WORKER_PID: worker.pid, Attr.DURATION_S: now - worker.started_at}
             ended.append((worker.assignment, attrs, why))
         if self._launcher is not None:
-            backlog = self._launcher.backlog
-            for item in backlog.items:
-                attrs = {Attr.ADMIT_WAIT_S: round(now - item.since, 3)}
-                assignment = Assignment(item.trial_id, item.trial.number, None)
-                ended.append((assignment, attrs, f"{why} (before it started)"))
-            backlog.items.clear()
+            ended += self._launcher.drop_waiting(f"{why} (before it started)")
         self._recorder.interrupt(study, ended)

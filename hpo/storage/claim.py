@@ -1,0 +1,77 @@
+"""Exactly ``n_trials``, whatever the number of supervisors: a trial slot is claimed atomically.
+
+Every supervisor of a study (on one node or many) asks for a trial only inside
+:meth:`SlotClaim.held`, a lock shared by all of them: an ``flock`` beside an SQLite file (one
+machine by construction) or a PostgreSQL advisory lock keyed by the study. Inside it the
+supervisor counts the claimed slots — COMPLETE, PRUNED, RUNNING and WAITING trials — and asks
+only while they are fewer than the target, or when a WAITING trial (a retry, an enqueued
+configuration) is there to be taken, which turns a claimed slot RUNNING without adding one. A
+failed trial frees its slot; its retry, enqueued WAITING, holds it again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from optuna.trial import TrialState
+
+from hpo.storage import _private
+from hpo.storage.rdb import sqlite_path
+
+if TYPE_CHECKING:
+    from optuna.storages import RDBStorage
+
+logger = logging.getLogger(__name__)
+
+CLAIMED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+_ADVISORY_NAMESPACE = 0x68706F  # "hpo": the advisory lock's first key, the study id its second
+
+
+class SlotClaim:
+    """The lock around count-and-ask of one study, and the count itself."""
+
+    def __init__(self, storage: RDBStorage, url: str, study_id: int) -> None:
+        self._storage = storage
+        self._study_id = study_id
+        path = sqlite_path(url) if url else None
+        self._lock_path = None if path is None else path.resolve().with_suffix(".ask.lock")
+        self._postgres = url.startswith("postgresql")
+        if url and path is None and not self._postgres:
+            logger.warning("storage %s has no shared lock: supervisors may overshoot", url)
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Hold the study's ask lock for the block (every node's supervisors wait on it)."""
+        if self._lock_path is not None:
+            with open(self._lock_path, "a") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+        elif self._postgres:
+            from sqlalchemy import text
+
+            engine = _private.unwrap(self._storage).engine  # type: ignore[attr-defined]
+            with engine.connect() as conn:
+                keys = {"ns": _ADVISORY_NAMESPACE, "id": self._study_id}
+                conn.execute(text("SELECT pg_advisory_lock(:ns, :id)"), keys)
+                try:
+                    yield
+                finally:
+                    conn.execute(text("SELECT pg_advisory_unlock(:ns, :id)"), keys)
+                    conn.commit()
+        else:
+            yield
+
+    def free(self, target: int) -> bool:
+        """Whether a trial may be asked now (call inside :meth:`held`): fewer claimed slots
+        than ``target``, or a WAITING trial to take."""
+        get = self._storage.get_n_trials
+        if get(self._study_id, (TrialState.WAITING,)):
+            return True
+        return get(self._study_id, CLAIMED) < target
