@@ -70,4 +70,6 @@ def describe_exit(code: int | None) -> str:
             return f"was killed by {signal.Signals(-code).name}"
         except ValueError:
             return f"was killed by signal {-code}"
+    if code == 75:  # hpo.execution.worker.STORAGE_EXIT (not imported: no torch path needed)
+        return "lost the study's storage (exit code 75)"
     return f"exited with code {code}"
