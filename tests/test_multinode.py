@@ -128,3 +128,16 @@ def test_hpo_stop_from_another_terminal_drains_every_node(tmp_path: Path) -> Non
     assert all("stop requested" in out for out in outs), outs
     states = _states(url, name)
     assert states.get("RUNNING", 0) == 0 and _finished(url, name) < 5000, states
+
+
+def test_a_node_that_would_pass_the_servers_connection_cap_says_so() -> None:
+    from hpo.storage import open_storage
+    from hpo.storage.connections import check_capacity, planned
+
+    url = _pg_url()
+    storage = open_storage(url, 10)
+    assert check_capacity(storage, url, 1) is None
+    warning = check_capacity(storage, url, 200)
+    assert warning is not None and f"up to {planned(200)} connections" in warning
+    assert "max_connections=" in warning
+    assert check_capacity(storage, "sqlite:///x.db", 200) is None

@@ -168,6 +168,7 @@ def _make_runner(spec: WorkerSpec, objective: Any, placed: str | None) -> Any:
     from hpo.devices import open_device
     from hpo.execution.runner import TrialRunner
     from hpo.storage import open_storage
+    from hpo.storage.rdb import WORKER_CONNECTIONS
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     settings = spec.settings
@@ -180,6 +181,7 @@ def _make_runner(spec: WorkerSpec, objective: Any, placed: str | None) -> Any:
             settings.storage.busy_timeout_s,
             outage_s=settings.storage.outage_s,
             quiet=True,
+            connections=WORKER_CONNECTIONS,
         ),
         sampler=sampler,
         pruner=settings.make_pruner(),

@@ -88,11 +88,17 @@ def prepare_storage(url: str) -> None:
         raise ConfigError(f"cannot switch {path} to WAL mode (got {mode!r})")
 
 
-def engine_kwargs(url: str, busy_timeout_s: float) -> dict[str, object]:
-    """SQLAlchemy engine arguments: a busy timeout for SQLite, liveness checks for servers."""
+SUPERVISOR_CONNECTIONS = 5  # a server's connections one supervisor holds at most
+WORKER_CONNECTIONS = 2  # and each worker (one for the trial, one spare)
+
+
+def engine_kwargs(url: str, busy_timeout_s: float, connections: int = 5) -> dict[str, object]:
+    """SQLAlchemy engine arguments: a busy timeout for SQLite; for a server, liveness checks
+    and a pool of at most ``connections`` (PostgreSQL's default cap is 100 for everyone)."""
     if sqlite_path(url) is not None:
         return {"connect_args": {"timeout": busy_timeout_s}}
-    return {"pool_pre_ping": True}
+    size = max(1, connections - 1)
+    return {"pool_pre_ping": True, "pool_size": size, "max_overflow": connections - size}
 
 
 def open_storage(
@@ -102,6 +108,7 @@ def open_storage(
     grace_period_s: int | None = None,
     outage_s: float = 120.0,
     quiet: bool = False,
+    connections: int = SUPERVISOR_CONNECTIONS,
 ) -> RDBStorage:
     """Open (creating the schema if needed) the RDB storage at ``url``, behind an outage guard
     (:class:`~hpo.storage.resilient.ResilientStorage`) that rides out transient errors for up
@@ -125,7 +132,7 @@ def open_storage(
         rdb = guard.call(
             RDBStorage,
             url,
-            engine_kwargs=engine_kwargs(url, busy_timeout_s),
+            engine_kwargs=engine_kwargs(url, busy_timeout_s, connections),
             heartbeat_interval=heartbeat_interval_s,
             grace_period=grace_period_s,
         )

@@ -38,6 +38,7 @@ class StudyStore:
 
         self.storage = storage
         self.name = name
+        self.url = url
         self.study_id = storage.get_study_id_from_name(name)
         self.claim = SlotClaim(storage, url, self.study_id)
         self._ids: dict[int, int] = {}

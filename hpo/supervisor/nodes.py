@@ -65,6 +65,12 @@ class NodeRegistry:
         self._obeyed: float | None = None
 
     def register(self, par: int) -> None:
+        """Join the study (and say so if this node's connections would not fit the server)."""
+        from hpo.storage.connections import check_capacity
+
+        warning = check_capacity(self._store.storage, self._store.url, par)
+        if warning:
+            logger.warning("%s", warning)
         self._record["par"] = par
         self._write(running=0, state="running")
         logger.info("node %r joined the study (pid %d)", self.name, os.getpid())
