@@ -2,6 +2,9 @@
 
 ``python -m bench.estimator --json OUT [--workload FILE] [--trials 150]``
 
+With ``--workload`` other than the default ``criteria24``, only part 1 runs (unless
+``--criteria``): every figure is then of that workload alone.
+
 Part 1, simulated: runs the real supervisor (``hpo tune study=simulated``, one worker, real
 SQLite) on a workload file, then compares every recorded estimate (``est_vram_mib``) with the
 peak the trial measured, counts feasible trials that were pre-pruned, and the share of
@@ -38,12 +41,13 @@ from pathlib import Path
 from typing import Any
 
 from hpo.config import compose
-from hpo.devices import MIB
+from hpo.devices import GIB, MIB
 from hpo.memory import MemoryEstimator, Observation
 from hpo.memory.prior import Prior, build_prior
 from hpo.sim import load_workload
 
 ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_WORKLOAD = ROOT / "bench" / "workloads" / "criteria24.yaml"
 PRESETS = ("tiny", "small", "base", "large")
 BATCH_SIZES = (8, 16, 32, 64)
 
@@ -62,8 +66,13 @@ def run_simulated_seeds(workload: str, trials: int, seeds: int) -> dict[str, Any
     """The simulated study once per sampler seed; shares and counts pooled over the runs."""
     runs = [run_simulated(workload, trials, seed) for seed in range(seeds)]
     pooled: dict[str, Any] = {"runs": runs, "warm_errors": []}
-    for key in ("trials", "warm_n", "wrongly_pruned", "feasible", "pre_pruned", "oom", "wall_s"):
+    for key in (
+        "trials", "warm_n", "wrongly_pruned", "feasible", "pre_pruned", "oom", "wall_s",
+        "estimated", "over_upper",
+    ):  # fmt: skip
         pooled[key] = sum(r[key] for r in runs)
+    pooled["over_upper_frac"] = pooled["over_upper"] / max(1, pooled["estimated"])
+    pooled["over_upper_max"] = max(r["over_upper_max"] for r in runs)
     for key in ("infeasible_share_first_third", "infeasible_share_last_third"):
         pooled[key] = sum(r[key] for r in runs) / len(runs)
     pooled["warm_errors"] = [e for r in runs for e in r["warm_errors"]]
@@ -76,11 +85,13 @@ def run_simulated_seeds(workload: str, trials: int, seeds: int) -> dict[str, Any
 
 
 def run_simulated(workload: str, trials: int, seed: int) -> dict[str, Any]:
+    declared = load_workload(str(Path(workload).resolve())).scaling
+    scaling = [f"study.memory.scaling=[{','.join(declared)}]"] if declared else []
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [
             sys.executable, "-m", "hpo.cli", "tune", "--config-dir", str(ROOT / "conf"),
             "study=simulated", f"study.workload={Path(workload).resolve()}", "par=1",
-            f"study.n_trials={trials}", f"storage.dir={tmp}", f"sampler.seed={seed}",
+            f"study.n_trials={trials}", f"storage.dir={tmp}", f"sampler.seed={seed}", *scaling,
         ]  # fmt: skip
         start = time.monotonic()
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
@@ -115,11 +126,15 @@ def _read_trials(db: Path) -> list[dict[str, Any]]:
 
 def _score_simulated(rows: list[dict[str, Any]], wl: Any, budget_mib: float | None) -> dict:
     budget = (budget_mib or 0) * MIB
-    feasible = [wl.footprint_bytes(r["params"]) * (1 + wl.noise_frac) <= budget for r in rows]
-    errors, under_upper = [], []
+    ctx = wl.device.context_gib * GIB
+    feasible = [wl.peak_bytes(r["params"]) * (1 + wl.noise_frac) + ctx <= budget for r in rows]
+    errors, under_upper, over = [], [], []
     for r in rows:
         a = r["attrs"]
-        if a.get("est_n_measured", 0) >= 3 and "peak_vram_mib" in a and a["end_reason"] != "oom":
+        ran = "peak_vram_mib" in a and a.get("end_reason") in ("complete", "pruned")
+        if ran and "est_vram_upper_mib" in a:  # every estimate, warm or not
+            over.append(a["peak_vram_mib"] / a["est_vram_upper_mib"] - 1)
+        if a.get("est_n_measured", 0) >= 3 and ran:
             errors.append((a["est_vram_mib"] - a["peak_vram_mib"]) / a["peak_vram_mib"])
             under_upper.append((a["peak_vram_mib"] - a["est_vram_upper_mib"]) / a["peak_vram_mib"])
     pruned = [r["attrs"].get("end_reason") == "memory_estimate" for r in rows]
@@ -135,6 +150,9 @@ def _score_simulated(rows: list[dict[str, Any]], wl: Any, budget_mib: float | No
         "feasible": n_feasible,
         "pre_pruned": sum(pruned),
         "oom": sum(r["attrs"].get("end_reason") == "oom" for r in rows),
+        "estimated": len(over),
+        "over_upper": sum(o > 0 for o in over),
+        "over_upper_max": max([0.0] + over),
         "infeasible_share_first_third": 1 - sum(feasible[:third]) / max(1, third),
         "infeasible_share_last_third": 1 - sum(feasible[-third:]) / max(1, third),
     }
@@ -222,20 +240,28 @@ def leave_one_family_out(
 # -- the report -----------------------------------------------------------------------------------
 
 
-def summarise(sim: dict[str, Any], cpu: dict[str, Any]) -> dict[str, Any]:
-    warm = sim["warm_errors"] + cpu["warm_errors"]
-    cold = cpu["lofo_cold_errors"]
-    uppers = [sim["warm_upper_max_under_rel"], cpu["warm_upper_max_under_rel"]]
-    return {
+def summarise(sim: dict[str, Any], cpu: dict[str, Any] | None) -> dict[str, Any]:
+    """The figures; without ``cpu`` (another workload) the warm ones are the workload's alone."""
+    warm = sim["warm_errors"] + (cpu["warm_errors"] if cpu else [])
+    uppers = [sim["warm_upper_max_under_rel"]] + ([cpu["warm_upper_max_under_rel"]] if cpu else [])
+    out: dict[str, Any] = {
         "warm_p90_abs_rel_error": quantile([abs(e) for e in warm], 0.9),
         # under-prediction of the upper estimate, the one admission and pre-pruning act on
         "warm_max_under_rel": max([0.0] + [u for u in uppers if u is not None]),
         "warm_point_max_under_rel": max([0.0] + [-e for e in warm]),
         "warm_n": len(warm),
-        "cold_p90_abs_rel_error": quantile([abs(e) for e in cold], 0.9),
-        "cold_point_max_under_rel": max([0.0] + [-e for e in cold]),
-        "cold_upper_max_under_rel": max(0.0, cpu["cold_upper_max_under_rel"] or 0.0),
-        "cold_n": len(cold),
+    }
+    if cpu is not None:
+        cold = cpu["lofo_cold_errors"]
+        out |= {
+            "cold_p90_abs_rel_error": quantile([abs(e) for e in cold], 0.9),
+            "cold_point_max_under_rel": max([0.0] + [-e for e in cold]),
+            "cold_upper_max_under_rel": max(0.0, cpu["cold_upper_max_under_rel"] or 0.0),
+            "cold_n": len(cold),
+        }
+    return out | {
+        "over_upper_frac": sim["over_upper_frac"],
+        "over_upper_max": sim["over_upper_max"],
         "wrongly_pruned_frac": sim["wrongly_pruned"] / max(1, sim["feasible"]),
         "infeasible_share_first_third": sim["infeasible_share_first_third"],
         "infeasible_share_last_third": sim["infeasible_share_last_third"],
@@ -248,16 +274,26 @@ def summarise(sim: dict[str, Any], cpu: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", help="write the results here")
-    ap.add_argument("--workload", default=str(ROOT / "bench/workloads/criteria24.yaml"))
+    ap.add_argument("--workload", default=str(DEFAULT_WORKLOAD))
     ap.add_argument("--trials", type=int, default=150, help="trials of the simulated study")
     ap.add_argument("--repeats", type=int, default=2, help="CPU measurements per configuration")
     ap.add_argument("--seeds", type=int, default=3, help="simulated studies (sampler seeds)")
     ap.add_argument("--seed", type=int, default=0, help="order of the CPU replay")
+    ap.add_argument(
+        "--criteria",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="part 2, the criteria presets on this CPU (default: only for criteria24)",
+    )
     args = ap.parse_args(argv)
+    if args.criteria is None:
+        args.criteria = Path(args.workload).resolve() == DEFAULT_WORKLOAD
     print(f"simulated study: {args.trials} trials of {args.workload}", flush=True)
     sim = run_simulated_seeds(args.workload, args.trials, args.seeds)
-    print("criteria presets: tracing on fake tensors, measuring real CPU steps", flush=True)
-    cpu = replay_criteria(criteria_prior(), measure_cpu(args.repeats), args.seed)
+    cpu = None
+    if args.criteria:
+        print("criteria presets: tracing on fake tensors, measuring real CPU steps", flush=True)
+        cpu = replay_criteria(criteria_prior(), measure_cpu(args.repeats), args.seed)
     result = summarise(sim, cpu)
     _print_table(result, sim)
     if args.json:
@@ -271,6 +307,8 @@ def _print_table(result: dict[str, Any], sim: dict[str, Any]) -> None:
         "warm_max_under_rel": "<= 0.05",
         "cold_p90_abs_rel_error": "<= 0.25",
         "cold_upper_max_under_rel": "0 (safe side)",
+        "over_upper_frac": "<= 0.02",
+        "over_upper_max": "<= 0.05",
         "wrongly_pruned_frac": "<= 0.02",
         "infeasible_share_last_third": "< first third / 2",
         "infeasible_learned": "True",

@@ -10,11 +10,16 @@ time scaled by ``--time-scale``) once per policy, on the same random sample of c
 - ``aware``: hpo's admission (``memory.pack=true``, cap 8) with what its estimator learns;
 - ``oracle``: the same admission told the true memory of every configuration.
 
-Every policy skips configurations that cannot fit even alone on the card (the seeds' static
-threshold), here from the workload's ground truth. Per policy it reports trials per
+The memory-blind and memory-aware policies rely on hpo's own gate to pre-prune what cannot
+fit (nothing is skipped by the workload's ground truth); only the oracle skips, by the truth,
+what cannot fit alone (the seeds' static threshold). Per policy it reports trials per
 (simulated) hour (completed or pruned by the pruner), OOM crashes, useful GPU work (GPU-seconds
 of compute in those trials per wall-second; 1.0 is the card's limit), the card's busy fraction
-and memory packing (held / capacity), both time-averaged from a sampler of the card's ledger.
+and memory packing (held / capacity), both time-averaged from a sampler of the card's ledger;
+and how honest the estimates were: ``wrongly_pre_pruned`` (pre-pruned although the workload
+says the configuration fits the budget with its worst noise), ``over_upper_frac`` and
+``over_upper_max`` (trials that ran whose measured peak exceeded their upper estimate: the
+share, and the largest excess relative to the estimate).
 """
 
 from __future__ import annotations
@@ -44,29 +49,30 @@ AWARE_CAP = 8
 
 
 class TruthGate:
-    """A gate that skips what cannot fit alone by the workload's truth (every policy), and for
-    the oracle also estimates every trial by its true footprint; otherwise hpo's own gate."""
+    """The oracle's gate: skips what cannot fit alone by the workload's truth and estimates
+    every other trial by its true footprint."""
 
-    def __init__(self, inner: MemoryGate, workload: Any, oracle: bool) -> None:
-        self._inner, self._wl, self._oracle = inner, workload, oracle
+    def __init__(self, inner: MemoryGate, workload: Any) -> None:
+        self._inner, self._wl = inner, workload
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    def true_upper(self, params: dict[str, Any]) -> float:
-        peak = self._wl.peak_bytes(params) * (1 + self._wl.noise_frac)
-        return peak + self._wl.device.context_gib * GIB
-
     def check(self, params: dict[str, Any]) -> Verdict:
         budget = self._inner.budget_bytes
-        upper = self.true_upper(params)
+        upper = true_upper(self._wl, params)
         if upper > budget:
             why = f"cannot fit alone: {upper / MIB:.0f} MiB > {budget / MIB:.0f} MiB (threshold)"
             return Verdict(Decision.PRE_PRUNE, why, None, budget)
-        if self._oracle:
-            point = float(self._wl.footprint_bytes(params))
-            return Verdict(Decision.ADMIT, "oracle", Estimate(point, upper, "oracle", 0), budget)
-        return self._inner.check(params)
+        point = float(self._wl.footprint_bytes(params))
+        return Verdict(Decision.ADMIT, "oracle", Estimate(point, upper, "oracle", 0), budget)
+
+
+def true_upper(workload: Any, params: dict[str, Any]) -> float:
+    """The most a run of ``params`` holds by the workload: its peak with the worst noise, and
+    the context."""
+    peak = workload.peak_bytes(params) * (1 + workload.noise_frac)
+    return peak + workload.device.context_gib * GIB
 
 
 class CardSampler(threading.Thread):
@@ -103,6 +109,8 @@ def run_policy(policy: str, args: argparse.Namespace, root: Path) -> dict[str, A
     """One study under ``policy``; its metrics."""
     workdir = root / policy
     par = AWARE_CAP if policy in ("aware", "oracle") else int(policy.removeprefix("par"))
+    declared = load_workload(args.workload).scaling  # the workload's memory-scaling params
+    scaling = [f"study.memory.scaling=[{','.join(declared)}]"] if declared else []
     cfg = compose(
         [
             "study=simulated",
@@ -118,6 +126,7 @@ def run_policy(policy: str, args: argparse.Namespace, root: Path) -> dict[str, A
             "faults.recycle_after=0",
             "max_failures_in_a_row=1000000",  # blind PAR loses trials to OOM; keep going
             "log_level=WARNING",
+            *scaling,
             *args.override,
         ]
     )
@@ -125,7 +134,8 @@ def run_policy(policy: str, args: argparse.Namespace, root: Path) -> dict[str, A
     settings = Settings.from_config(cfg)
 
     def gate(settings: Settings, devices: list[Device]) -> Any:
-        return TruthGate(build_gate(settings, devices), workload, oracle=policy == "oracle")
+        inner = build_gate(settings, devices)
+        return TruthGate(inner, workload) if policy == "oracle" else inner
 
     from hpo.devices import open_devices
 
@@ -138,6 +148,8 @@ def run_policy(policy: str, args: argparse.Namespace, root: Path) -> dict[str, A
         sampler.stop()
     db = workdir / f"packing-{policy}.db"
     row = measure(db, sampler, float(cfg.study.time_scale))
+    budget = workload.device.capacity_gib * GIB * (1 - settings.memory.device_margin_frac)
+    row.update(honesty(db, f"packing-{policy}", workload, budget))
     row["by_family"] = by_family(db, f"packing-{policy}", workload.family_param)
     return row
 
@@ -172,6 +184,31 @@ def measure(db: Path, sampler: CardSampler, time_scale: float) -> dict[str, Any]
         "gpu_busy_frac": round(busy, 3),
         "mem_packing_frac": round(held, 3),
         "wall_s": round(wall, 1),
+    }
+
+
+def honesty(db: Path, study_name: str, workload: Any, budget: float) -> dict[str, Any]:
+    """Wrongly pre-pruned trials, and trials that ran above their upper estimate."""
+    import optuna
+
+    study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{db}")
+    wrong, oom_fits, over, estimated = 0, 0, [], 0
+    for trial in study.get_trials(deepcopy=False):
+        attrs = trial.user_attrs
+        reason = attrs.get("end_reason")
+        fits = true_upper(workload, dict(trial.params)) <= budget
+        wrong += reason == "memory_estimate" and fits
+        oom_fits += reason == "oom" and fits
+        upper, peak = attrs.get("est_vram_upper_mib"), attrs.get("peak_vram_mib")
+        if reason in ("complete", "pruned") and upper is not None and peak is not None:
+            estimated += 1
+            if peak > upper:
+                over.append(peak / upper - 1)
+    return {
+        "wrongly_pre_pruned": wrong,
+        "oom_of_fitting": oom_fits,  # OOMs of configurations the workload says fit
+        "over_upper_frac": round(len(over) / max(1, estimated), 4),
+        "over_upper_max": round(max(over, default=0.0), 4),
     }
 
 
@@ -211,6 +248,15 @@ def summarise(policies: dict[str, dict[str, Any]]) -> dict[str, Any]:
         return round(aware[key] / policies[other][key], 3)
 
     out["aware_vs_oracle"] = ratio("useful_gpu_frac", "oracle")
+    if aware is not None:
+        for key in (
+            "oom_crashes",
+            "oom_of_fitting",
+            "wrongly_pre_pruned",
+            "over_upper_frac",
+            "over_upper_max",
+        ):
+            out[f"aware_{key}"] = aware[key]
     out["aware_vs_par2"] = ratio("useful_gpu_frac", "par2")
     out["aware_vs_best_safe"] = ratio("trials_per_hour", best_safe)
     return out
@@ -224,16 +270,23 @@ def print_table(result: dict[str, Any]) -> None:
         "gpu_busy_frac",
         "mem_packing_frac",
         "wall_s",
+        "skipped",
+        "wrongly_pre_pruned",
+        "over_upper_frac",
+        "over_upper_max",
     )
-    print(f"{'policy':8}" + "".join(f"{c:>18}" for c in cols))
+    print(f"{'policy':8}" + "".join(f"{c:>19}" for c in cols))
     for name, row in result["policies"].items():
-        print(f"{name:8}" + "".join(f"{row[c]:>18}" for c in cols))
+        print(f"{name:8}" + "".join(f"{row[c]:>19}" for c in cols))
     print("useful / lost to OOM, by family:")
     for name, row in result["policies"].items():
         fams = "  ".join(f"{f} {v['useful']}/{v['oom']}" for f, v in row["by_family"].items())
         print(f"  {name:8}{fams}")
     for key in ("best_safe_fixed_par", "aware_vs_oracle", "aware_vs_par2", "aware_vs_best_safe"):
         print(f"{key}: {result[key]}")
+    for key in [k for k in result if k.startswith("aware_") and k not in ("aware_vs_oracle",)]:
+        if not key.startswith("aware_vs"):
+            print(f"{key}: {result[key]}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

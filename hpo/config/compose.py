@@ -155,7 +155,8 @@ def _check_shadowing(sources: ConfigSources) -> None:
 
 
 def _fill_from_workload(cfg: DictConfig, project: Path) -> None:
-    """A simulated study: resolve its workload file and take the search space from it."""
+    """A simulated study: resolve its workload file and take the search space (and, unless the
+    study declares them, the memory-scaling parameters) from it."""
     workload = cfg.study.get("workload")
     if not workload:
         return
@@ -166,6 +167,8 @@ def _fill_from_workload(cfg: DictConfig, project: Path) -> None:
         candidates = [project / path, _SOURCE_CONF.parent / path]
         path = next((c for c in candidates if c.exists()), candidates[0])
     cfg.study.workload = str(path.resolve())
+    if not cfg.study.memory.scaling:  # the workload says what memory grows with
+        cfg.study.memory.scaling = list(load_workload(cfg.study.workload).scaling or ["batch_size"])
     if not cfg.study.space:
         from omegaconf.errors import OmegaConfBaseException
 

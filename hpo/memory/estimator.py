@@ -1,12 +1,29 @@
 """Predicting a trial's peak device memory from its parameters, with an upper bound.
 
 Trials are grouped by the parameters that change memory (the model family); within a group,
-memory is affine in ``x``, the product of the memory-scaling parameters (batch size, sequence
-length). A group with measurements at two or more ``x`` is fitted from them; with one, the
-prior's slope (calibrated) or a safe proportional rule extrapolates; with none, the prior,
-calibrated on the other groups' measurements (a device factor and a context overhead), or
-uncalibrated with a cold uplift. An OOM is censored data: that configuration, and every larger
-one of its group, needs more than the bound it failed at.
+memory is fitted in the memory-scaling parameters (batch size, sequence length, …) by
+:mod:`hpo.memory.fit`: affine in their product, with a term of one parameter alone or a
+quadratic one where the data call for it, monotone in each. A group with measurements at two
+or more sizes is fitted from them; with one, the prior's slope (calibrated) or a safe
+proportional rule extrapolates; with none, the prior, calibrated on the other groups'
+measurements (a device factor and a context overhead), or uncalibrated with a cold uplift.
+
+The upper bound is the point plus a margin from the data's own spread: an upper quantile of
+the leave-one-out residuals of every group's fit and of repeated configurations (the
+run-to-run noise, blended with a generous default while few are known), plus twice the fit's
+own standard error at that configuration (large with few measurements, far outside them),
+plus 5 % per doubling beyond the measured sizes (a convex curve lies above any line through
+its points outside their range), and outside the measured configurations never below the
+fit with every quadratic term the data allow. An OOM is censored data: that configuration,
+and every one of its group at least as large in every scaling parameter, needs more than the
+bound.
+
+The upper bound is what admission reserves; what pre-pruning weighs (``prune_bytes``) is the
+evidence that a configuration cannot run: the largest mean measured for a configuration it
+dominates (memory is monotone), an OOM bound, and a fit's point at its optimistic end (one
+standard error less) plus the noise of repeated runs, but only from a fit with enough
+configurations to have determined it. Wide margins thus reserve generously but never give a
+configuration that fits up for good.
 """
 
 from __future__ import annotations
@@ -17,7 +34,22 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from hpo.memory.fit import (
+    GroupFit,
+    Line,
+    Point,
+    dominated_mean,
+    dominating_mean,
+    fit_group,
+    fit_line,
+    repeat_residuals,
+)
 from hpo.memory.prior import Prior
+
+_UNKNOWN_NOISE = 0.10  # relative noise assumed before any spread is measured
+_NOISE_WEIGHT = 4  # residuals that default counts as, blended with the measured ones
+_Z = 2.0  # standard errors of the fit added to the noise quantile
+_EXTRAPOLATE = 0.05  # added to the margin per doubling beyond the measured sizes
 
 
 @dataclass(frozen=True)
@@ -37,15 +69,23 @@ class Estimate:
     upper_bytes: float
     source: str  # fit | one-point | calibrated-prior | cold-prior | oom-bound
     n_measured: int  # measured trials of the same group
+    # what a run may reach if the fit is at its optimistic end (its point less one standard
+    # error, plus the noise): what pre-pruning holds against the device (None: the upper)
+    prune_bytes: float | None = None
+
+    @property
+    def evidence_bytes(self) -> float:
+        return self.upper_bytes if self.prune_bytes is None else self.prune_bytes
 
 
 @dataclass(frozen=True)
-class _Line:
-    intercept: float
-    slope: float
+class Noise:
+    """Run-to-run spread of measured peaks, relative: an upper quantile and an RMS."""
 
-    def at(self, x: float) -> float:
-        return self.intercept + self.slope * x
+    quantile: float
+    rms: float
+    n: int  # residuals it was estimated from
+    pure: float  # upper quantile of repeated configurations alone
 
 
 class MemoryEstimator:
@@ -68,17 +108,22 @@ class MemoryEstimator:
         self._quantile = quantile
         self._min_uplift = min_uplift
         self._cold_uplift = cold_uplift
-        self._measured: dict[tuple[Any, ...], list[tuple[float, float]]] = defaultdict(list)
-        self._bounds: dict[tuple[Any, ...], list[tuple[float, float]]] = defaultdict(list)
+        self._measured: dict[tuple[Any, ...], list[Point]] = defaultdict(list)
+        self._bounds: dict[tuple[Any, ...], list[Point]] = defaultdict(list)
+        self._fits: dict[tuple[Any, ...], GroupFit | None] = {}
+        self._noise: Noise | None = None
 
     # -- learning ---------------------------------------------------------------------
 
     def observe(self, obs: Observation) -> None:
-        key, x = self.group_of(obs.params), self.x_of(obs.params)
+        key, s = self.group_of(obs.params), self.s_of(obs.params)
         if not math.isfinite(obs.peak_bytes) or obs.peak_bytes <= 0:
             return
         target = self._bounds if obs.censored else self._measured
-        target[key].append((x, float(obs.peak_bytes)))
+        target[key].append((s, float(obs.peak_bytes)))
+        if not obs.censored:
+            self._fits.pop(key, None)
+            self._noise = None
 
     @property
     def has_prior(self) -> bool:
@@ -97,128 +142,156 @@ class MemoryEstimator:
     def n_measured(self, params: Mapping[str, Any]) -> int:
         return len(self._measured.get(self.group_of(params), ()))
 
+    def measured_peaks(self, params: Mapping[str, Any]) -> list[float]:
+        """Peaks measured for exactly this configuration (its group and scaling values)."""
+        s = self.s_of(params)
+        return [y for sp, y in self._measured.get(self.group_of(params), ()) if sp == s]
+
     def group_of(self, params: Mapping[str, Any]) -> tuple[Any, ...]:
         return tuple(params.get(g) for g in self._groups)
 
+    def s_of(self, params: Mapping[str, Any]) -> tuple[float, ...]:
+        return tuple(float(params[name]) for name in self._scaling)
+
     def x_of(self, params: Mapping[str, Any]) -> float:
-        x = 1.0
-        for name in self._scaling:
-            x *= float(params[name])
-        return x
+        return math.prod(self.s_of(params))
 
     # -- predicting -------------------------------------------------------------------
 
     def predict(self, params: Mapping[str, Any]) -> Estimate | None:
         """The estimate for ``params``; None when nothing is known about its group yet."""
-        key, x = self.group_of(params), self.x_of(params)
+        key, s = self.group_of(params), self.s_of(params)
         points = self._measured.get(key, [])
-        found = self._from_measurements(params, points, x) if points else self._from_prior(params)
-        bound = self._oom_bound(key, x)
+        found = self._from_measurements(params, key, s) if points else self._from_prior(params)
+        bound = self._oom_bound(key, s)
         if found is None:
             if bound is None:
                 return None
             return Estimate(bound, bound * (1 + self._min_uplift), "oom-bound", 0)
-        point, uplift, source = found
-        upper = point * (1 + uplift)
+        point, uplift, source, prune = found
+        upper = point * (1 + max(self._min_uplift, uplift))
+        fit = self._group_fit(key) if points else None
+        if fit is not None and fit.beyond(s) > 0:  # convex growth the F-test let pass
+            upper = max(upper, fit.convex_at(s) * (1 + self.noise().quantile))
+        ceiling = dominating_mean(points, s) if fit is not None and fit.below(s) else None
+        if ceiling is not None:  # a line through convex data misses small sizes most
+            upper = max(upper, ceiling * (1 + self.noise().quantile))
+        if bound is not None and prune is not None:
+            prune = max(prune, bound)  # it needed more than that, whatever the fit
         if bound is not None and bound > point:
             point, upper, source = bound, max(upper, bound * (1 + self._min_uplift)), "oom-bound"
-        return Estimate(point, upper, source, len(points))
+        return Estimate(point, upper, source, len(points), prune)
+
+    def noise(self) -> Noise:
+        """The spread of measured peaks around the fits, pooled over every group; and the
+        spread of repeated configurations alone, which no misfit inflates (cached until the
+        next peak)."""
+        if self._noise is None:
+            residuals: list[float] = []
+            repeats: list[float] = []
+            for key, points in self._measured.items():
+                fit = self._group_fit(key)
+                repeats += repeat_residuals(points)
+                residuals += list(fit.loo) if fit is not None else repeat_residuals(points)
+            q, rms, n = self._pool(residuals)
+            self._noise = Noise(q, rms, n, self._pool(repeats)[0])
+        return self._noise
+
+    def _pool(self, residuals: list[float]) -> tuple[float, float, int]:
+        """(upper quantile, RMS, n) of relative residuals, blended with a generous default
+        while they are few."""
+        n, w = len(residuals), _NOISE_WEIGHT
+        if n == 0:
+            return _UNKNOWN_NOISE, _UNKNOWN_NOISE / 2, 0
+        mags = sorted(abs(r) for r in residuals)
+        level = (1 + self._quantile) / 2  # of |r|: one-sided, that many more are covered
+        q = mags[min(n - 1, max(0, math.ceil(level * n) - 1))] * (1 + 1 / math.sqrt(n))
+        rms = math.sqrt(sum(r * r for r in residuals) / n)
+        return (
+            (n * q + w * _UNKNOWN_NOISE) / (n + w),
+            (n * rms + w * _UNKNOWN_NOISE / 2) / (n + w),
+            n,
+        )
+
+    def _group_fit(self, key: tuple[Any, ...]) -> GroupFit | None:
+        if key not in self._fits:
+            self._fits[key] = fit_group(self._measured.get(key, []))
+        return self._fits[key]
 
     def _from_measurements(
-        self, params: Mapping[str, Any], points: list[tuple[float, float]], x: float
-    ) -> tuple[float, float, str]:
-        line = self._fit(points)
-        if line is not None:
-            return self._extend(line, params, points, x), self._uplift(x, points), "fit"
+        self, params: Mapping[str, Any], key: tuple[Any, ...], s: tuple[float, ...]
+    ) -> tuple[float, float, str, float | None]:
+        points, noise = self._measured[key], self.noise()
+        fit = self._group_fit(key)
+        floor = dominated_mean(points, s)
+        if fit is not None:
+            point, se = self._extend(fit, params, points, s), noise.rms * fit.rel_se(s)
+            margin = noise.quantile + _Z * se + _EXTRAPOLATE * fit.beyond(s)
+            # Evidence only from a fit with a configuration more than its terms per extra
+            # scaling param (two sizes of a 2-param group say nothing of the other way).
+            if len({p[0] for p in points}) >= len(fit.terms) + len(s) - 1:
+                floor = max(floor, point * max(0.0, 1 - se) * (1 + noise.pure))
+            return point, margin, "fit", floor
         # One x measured: extrapolate with the calibrated prior's slope, else proportionally
         # (safe when memory is affine with a non-negative intercept, as it is).
-        x0 = points[0][0]
+        x, x0 = math.prod(s), math.prod(points[0][0])
         y0 = sum(y for _, y in points) / len(points)
         slope = self._prior_slope(params)
-        if slope is not None:
-            point = y0 + slope * (x - x0)
-        else:
-            point = y0 * max(1.0, x / x0)
-        return point, self._uplift(x, points), "one-point"
+        point = y0 + slope * (x - x0) if slope is not None else y0 * max(1.0, x / x0)
+        # Below the measured size a flat point is safe (memory is monotone).
+        down = slope is not None
+        beyond = sum(
+            math.log2(max(v / m, m / v if down else 1.0, 1.0))
+            for v, m in zip(s, points[0][0], strict=True)
+        )
+        margin = noise.quantile + _Z * noise.rms / math.sqrt(len(points))
+        if slope is not None:  # the calibrated prior's slope is evidence; proportion is not
+            floor = max(floor, point * (1 + noise.pure))
+        return point, margin + _EXTRAPOLATE * beyond, "one-point", floor
 
     def _extend(
-        self, line: _Line, params: Mapping[str, Any], points: list[tuple[float, float]], x: float
+        self,
+        fit: GroupFit,
+        params: Mapping[str, Any],
+        points: list[Point],
+        s: tuple[float, ...],
     ) -> float:
-        """The fit at ``x``; outside the measured sizes, from the nearest end with whichever of
-        the fitted and the calibrated prior's slope predicts more (the safe side)."""
-        slope = self._prior_slope(params)
-        lo, hi = min(p[0] for p in points), max(p[0] for p in points)
-        if slope is None or lo <= x <= hi:
-            return line.at(x)
+        """The fit at ``s``; for a fit affine in ``x`` outside the measured ``x``, from the
+        nearest end with whichever of the fitted and the calibrated prior's slope predicts
+        more (the safe side)."""
+        slope, line = self._prior_slope(params), fit.slope
+        xs = [math.prod(p[0]) for p in points]
+        lo, hi, x = min(xs), max(xs), math.prod(s)
+        if slope is None or line is None or lo <= x <= hi:
+            return fit.at(s)
         edge = hi if x > hi else lo
-        steeper, flatter = max(slope, line.slope), min(slope, line.slope)
-        return line.at(edge) + (steeper if x > hi else flatter) * (x - edge)
+        at_edge = fit.coef[0] + line * edge
+        steeper, flatter = max(slope, line), min(slope, line)
+        return at_edge + (steeper if x > hi else flatter) * (x - edge)
 
-    def _from_prior(self, params: Mapping[str, Any]) -> tuple[float, float, str] | None:
+    def _from_prior(self, params: Mapping[str, Any]) -> tuple[float, float, str, None] | None:
         traced = self._prior.bytes_at(params, self.x_of(params)) if self._prior else None
         if traced is None:
             return None
         found = self._calibration()
         if found is None:
-            return traced + self._context, self._cold_uplift, "cold-prior"
+            return traced + self._context, self._cold_uplift, "cold-prior", None
         calibration, spread = found
         # State costs its size; the rest is scaled by the device factor, plus the context.
         state = self._state(params)
         point = state + calibration.at(traced - state)
-        # How well the prior transfers between groups bounds how wrong it can be for this one.
-        return point, self._min_uplift + spread, "calibrated-prior"
+        # How well the prior transfers between groups bounds how wrong it can be for this
+        # one; the noise of a single run comes on top.
+        margin = self._min_uplift + spread + self.noise().quantile
+        return point, margin, "calibrated-prior", None
 
-    def _oom_bound(self, key: tuple[Any, ...], x: float) -> float | None:
-        bounds = [y for xb, y in self._bounds.get(key, []) if xb <= x]
+    def _oom_bound(self, key: tuple[Any, ...], s: tuple[float, ...]) -> float | None:
+        bounds = [
+            y
+            for sb, y in self._bounds.get(key, [])
+            if all(b <= v for b, v in zip(sb, s, strict=True))
+        ]
         return max(bounds) if bounds else None
-
-    @staticmethod
-    def _fit(
-        points: list[tuple[float, float]], weights: Sequence[float] | None = None
-    ) -> _Line | None:
-        """Weighted least squares y = a + b·x with b ≥ 0 and a ≥ 0; None with fewer than two x."""
-        xs = [p[0] for p in points]
-        if len(set(xs)) < 2:
-            return None
-        ws = list(weights) if weights is not None else [1.0] * len(points)
-        sw = sum(ws)
-        mx = sum(w * x for w, (x, _) in zip(ws, points, strict=True)) / sw
-        my = sum(w * y for w, (_, y) in zip(ws, points, strict=True)) / sw
-        sxx = sum(w * (x - mx) ** 2 for w, (x, _) in zip(ws, points, strict=True))
-        sxy = sum(w * (x - mx) * (y - my) for w, (x, y) in zip(ws, points, strict=True))
-        slope = max(0.0, sxy / sxx) if sxx > 0 else 0.0
-        intercept = my - slope * mx
-        if intercept < 0:  # memory never shrinks below zero: fit through the origin
-            num = sum(w * x * y for w, (x, y) in zip(ws, points, strict=True))
-            intercept, slope = (
-                0.0,
-                num / sum(w * x * x for w, (x, _) in zip(ws, points, strict=True)),
-            )
-        return _Line(intercept, slope)
-
-    def _uplift(self, x: float, points: list[tuple[float, float]]) -> float:
-        """Relative margin of the upper bound: residual quantile, more when extrapolating."""
-        uplift = max(self._min_uplift, self._pooled_uplift())
-        xs = [p[0] for p in points]
-        # Beyond the measured sizes, either way: a convex curve (allocator rounding and
-        # fragmentation) lies above any line through its points outside their range.
-        beyond = max(x / max(xs), min(xs) / x, 1.0)
-        return uplift + 0.05 * math.log2(beyond)
-
-    def _pooled_uplift(self) -> float:
-        """Upper quantile of |relative residuals| of every group's fit (the run-to-run noise)."""
-        residuals: list[float] = []
-        for points in self._measured.values():
-            line = self._fit(points)
-            if line is None:
-                continue
-            residuals += [abs(y - line.at(x)) / max(line.at(x), 1.0) for x, y in points]
-        if len(residuals) < 3:
-            return self._min_uplift
-        residuals.sort()
-        k = min(len(residuals) - 1, math.ceil(self._quantile * len(residuals)) - 1)
-        # In-sample residuals understate the noise of a fit with few points.
-        return max(self._min_uplift, residuals[k] * 1.5)
 
     def _prior_slope(self, params: Mapping[str, Any]) -> float | None:
         if self._prior is None:
@@ -232,7 +305,7 @@ class MemoryEstimator:
     def _state(self, params: Mapping[str, Any]) -> float:
         return self._prior.state_bytes(params) if self._prior is not None else 0.0
 
-    def _calibration(self) -> tuple[_Line, float] | None:
+    def _calibration(self) -> tuple[Line, float] | None:
         """measured − state ≈ context + factor × (traced − state), over every measured trial the
         prior covers, fitted on relative error; with how far that transfers between groups."""
         if self._prior is None:
@@ -241,8 +314,8 @@ class MemoryEstimator:
         for key, points in self._measured.items():
             params = dict(zip(self._groups, key, strict=True))
             state = self._state(params)
-            for x, y in points:
-                traced = self._prior.bytes_at(params, x)
+            for sp, y in points:
+                traced = self._prior.bytes_at(params, math.prod(sp))
                 if traced is not None:
                     pairs.setdefault(key, []).append((traced - state, y - state, y))
         if not pairs:
@@ -251,18 +324,18 @@ class MemoryEstimator:
         line = self._calibrate(every)
         return line, max(self._min_uplift, self._transfer_spread(pairs, line))
 
-    def _calibrate(self, pairs: list[tuple[float, float, float]]) -> _Line:
+    def _calibrate(self, pairs: list[tuple[float, float, float]]) -> Line:
         """The (context, factor) line through (dynamic traced, dynamic measured, measured)."""
-        line = self._fit([(t, d) for t, d, _ in pairs], [1.0 / (y * y) for *_, y in pairs])
+        line = fit_line([(t, d) for t, d, _ in pairs], [1.0 / (y * y) for *_, y in pairs])
         if line is not None:
             return line
         # One traced size measured: a factor on top of the known context.
         traced, dynamic = pairs[0][0], sum(p[1] for p in pairs) / len(pairs)
         factor = max(0.0, dynamic - self._context) / traced if traced > 0 else 1.0
-        return _Line(self._context, factor)
+        return Line(self._context, factor)
 
     def _transfer_spread(
-        self, pairs: dict[tuple[Any, ...], list[tuple[float, float, float]]], line: _Line
+        self, pairs: dict[tuple[Any, ...], list[tuple[float, float, float]]], line: Line
     ) -> float:
         """Largest relative error of the calibration on a group it was not fitted on (each
         group left out in turn); in-sample, plus the cold uplift, with a single group."""

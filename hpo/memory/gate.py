@@ -2,10 +2,26 @@
 
 :class:`MemoryGate` owns a :class:`~hpo.memory.estimator.MemoryEstimator` for one study: it
 learns from the study's finished trials (``peak_vram_mib``, and OOMs as censored data), and for
-each new trial returns an :class:`Admission`: admit (with the estimate recorded on the trial)
-or pre-prune (``end_reason=memory_estimate``) when the upper estimate exceeds the per-trial
-budget, the largest device's budget (:func:`device_budget`). A pre-pruned trial is reported
-infeasible to the sampler with ``trial.set_constraint`` (:meth:`MemoryGate.infeasibility`).
+each new trial returns a :class:`Verdict`: admit (with the estimate recorded on the trial) or
+pre-prune (``end_reason=memory_estimate``). A pre-pruned trial is reported infeasible to the
+sampler with ``trial.set_constraint`` (:meth:`MemoryGate.infeasibility`).
+
+The rules, in order:
+
+- **Measured feasibility wins.** A configuration (same group and scaling values) that has run
+  with a measured peak within the budget is never pre-pruned, whatever its estimate: at worst
+  its upper estimate exceeds the budget and it waits to run alone, with the whole card.
+- **Pre-prune only what cannot run even alone**: when the upper estimate exceeds the most a
+  trial may hold alone, the largest device's budget plus the margin (the per-process cap a
+  lone trial gets, :mod:`hpo.scheduling.admission`). A trial between the budget and that runs
+  alone and is measured; an estimate whose only uncertainty is the noise margin never gives a
+  configuration that fits up for good.
+- **An OOM is evidence only against the trial that caused it**: its bound (peak + the failed
+  request) is learned when the trial needed more than its own reservation
+  (``vram_reserved_mib``, where recorded), or its message says its own per-process cap
+  refused the allocation (:func:`~hpo.memory.oom.hit_own_limit`); an OOM from a card that
+  others over-committed (a memory-blind policy) teaches nothing, unless the bound alone
+  exceeds the budget.
 """
 
 from __future__ import annotations
@@ -18,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from hpo.contract import MEASURED, Attr, Decision, EndReason
 from hpo.devices import MIB, Device
 from hpo.memory.estimator import Estimate, MemoryEstimator, Observation
-from hpo.memory.oom import needed_lower_bound
+from hpo.memory.oom import hit_own_limit, needed_lower_bound
 from hpo.memory.prior import Prior
 
 if TYPE_CHECKING:
@@ -70,6 +86,13 @@ class MemoryGate:
     ) -> None:
         budgets = [device_budget(d, margin_frac) for d in devices if d.has_memory]
         self.budget_bytes = max(budgets) if budgets else None
+        # the most one trial may hold, alone on a device: its budget plus the margin
+        alone = [
+            device_budget(d, margin_frac) + int((d.capacity_bytes or 0) * margin_frac)
+            for d in devices
+            if d.has_memory
+        ]
+        self.alone_bytes = max(alone) if alone else None
         self._prune = prune
         self.estimator = MemoryEstimator(
             scaling, groups, prior, context_bytes=context_bytes, **estimator_kwargs
@@ -86,14 +109,20 @@ class MemoryGate:
         estimate = self.estimator.predict(params)
         if estimate is None:
             return Verdict(Decision.ADMIT, "nothing known yet", None, self.budget_bytes)
-        assert self.budget_bytes is not None
+        assert self.budget_bytes is not None and self.alone_bytes is not None
+        fitted = [p for p in self.estimator.measured_peaks(params) if p <= self.budget_bytes]
+        if fitted:
+            why = f"measured {min(fitted) / MIB:.0f} MiB within the budget before"
+            return Verdict(Decision.ADMIT, why, estimate, self.budget_bytes)
         # A single measurement extrapolated proportionally is a safe bound for admission but
         # too loose to give a configuration up for good: such a trial runs and is measured.
         trusted = estimate.source != "one-point" or self.estimator.has_prior
-        if self._prune and trusted and estimate.upper_bytes > self.budget_bytes:
+        evidence = estimate.evidence_bytes if trusted else (estimate.prune_bytes or 0.0)
+        if self._prune and evidence > self.alone_bytes:
             reason = (
-                f"estimated {estimate.upper_bytes / MIB:.0f} MiB ({estimate.source}) > budget "
-                f"{self.budget_bytes / MIB:.0f} MiB"
+                f"estimated {estimate.upper_bytes / MIB:.0f} MiB ({estimate.source}) > "
+                f"{self.alone_bytes / MIB:.0f} MiB, the most a trial may hold alone (budget "
+                f"{self.budget_bytes / MIB:.0f} MiB + margin)"
             )
             return Verdict(Decision.PRE_PRUNE, reason, estimate, self.budget_bytes)
         return Verdict(Decision.ADMIT, "fits the budget", estimate, self.budget_bytes)
@@ -104,12 +133,21 @@ class MemoryGate:
         if attrs.get(Attr.END_REASON) == EndReason.OOM.value:
             peak = None if peak_mib is None else float(peak_mib) * MIB
             bound = needed_lower_bound(peak, attrs.get(Attr.ERROR))
-            if bound is not None:
+            if bound is not None and self._own_oom(bound, attrs):
                 self.estimator.observe(Observation(dict(params), bound, censored=True))
             return
         if peak_mib is None or attrs.get(Attr.END_REASON) not in MEASURED:
             return
         self.estimator.observe(Observation(dict(params), float(peak_mib) * MIB))
+
+    def _own_oom(self, bound: float, attrs: Mapping[str, Any]) -> bool:
+        """Whether an OOM says something about the trial's own needs (module docstring)."""
+        reserved = attrs.get(Attr.VRAM_RESERVED_MIB)
+        if reserved is not None:
+            return bound > float(reserved) * MIB
+        if hit_own_limit(attrs.get(Attr.ERROR)):
+            return True
+        return self.budget_bytes is not None and bound > self.budget_bytes
 
     def observe_trials(self, trials: Sequence[FrozenTrial]) -> int:
         """Learn from trials already in the storage; returns how many taught something."""

@@ -92,6 +92,7 @@ class Workload:
     space: Mapping[str, Any]  # the study's search space (hpo ParamConf mappings)
     epochs: int
     noise_frac: float  # measured peaks vary by up to ± this fraction around the terms
+    scaling: tuple[str, ...] = ()  # memory-scaling params it declares (memory.scaling)
 
     def family(self, params: Mapping[str, Any]) -> Family:
         return self.families[str(params[self.family_param])]
@@ -139,6 +140,7 @@ def _parse(raw: Any, name: str) -> Workload:
         space=_mapping(raw, "space"),
         epochs=int(raw.get("epochs", 12)),
         noise_frac=float(raw.get("noise_frac", 0.0)),
+        scaling=tuple(str(p) for p in (raw.get("memory") or {}).get("scaling") or ()),
     )
     _check(wl)
     return wl
@@ -179,6 +181,9 @@ def _check(wl: Workload) -> None:
     unknown = [c for c in choices if str(c) not in wl.families]
     if unknown:
         raise ValueError(f"space.{wl.family_param} has choices without a family: {unknown}")
+    unknown_scaling = [p for p in wl.scaling if p not in wl.space]
+    if unknown_scaling:
+        raise ValueError(f"memory.scaling names params not in space: {unknown_scaling}")
     for fname, fam in wl.families.items():
         if fam.epoch_s <= 0:
             raise ValueError(f"families.{fname}.epoch_s must be > 0, got {fam.epoch_s}")

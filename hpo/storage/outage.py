@@ -140,6 +140,9 @@ def _first_line(e: BaseException) -> str:
     return text[:300]
 
 
+_TAIL_S = 10.0  # a failure this soon after an outage ended belongs to it
+
+
 class OutageGuard:
     """Runs storage calls, riding out transient failures for up to ``outage_s`` seconds.
 
@@ -158,6 +161,8 @@ class OutageGuard:
         self._secret = secret or None
         self._level = logging.WARNING if loud else logging.DEBUG
         self._since: float | None = None  # monotonic start of the current outage
+        self._back_at = -1e9  # when the last outage ended
+        self._silent = False  # this outage is the tail of the last one (not logged again)
         self.gave_up: str | None = None  # why, once the guard stopped retrying
 
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -176,13 +181,15 @@ class OutageGuard:
                 raise
             raise self._give_up(diagnosis) from e
         if self._since is not None:
-            logger.log(
-                self._level,
-                "storage %s is back after an outage of %.1f s",
-                self.where,
-                time.monotonic() - self._since,
-            )
-            self._since = None
+            if not self._silent:
+                logger.log(
+                    self._level,
+                    "storage %s is back after an outage of %.1f s",
+                    self.where,
+                    time.monotonic() - self._since,
+                )
+            self._since, self._silent = None, False
+            self._back_at = time.monotonic()
         return result
 
     def _transient(self, e: BaseException) -> bool:
@@ -198,6 +205,11 @@ class OutageGuard:
         if self._since is not None:
             return
         self._since = state.start_time
+        # Pooled connections opened before a server restart fail once more right after it is
+        # back: the same outage, not a new one to announce.
+        self._silent = time.monotonic() - self._back_at < _TAIL_S
+        if self._silent:
+            return
         error = state.outcome.exception() if state.outcome is not None else None
         diagnosis = diagnose(error) if error is not None else None
         cause = self.mask(diagnosis.cause) if diagnosis else "unknown"

@@ -83,6 +83,7 @@ class Launcher:
         self._beats = beats
         self._bound: dict[WorkerHandle, int | None] = {}  # worker -> device it touched
         self._params: dict[int, dict[str, Any]] = {}  # running trials' params, by number
+        self._reserved: dict[int, float | None] = {}  # their vram_reserved_mib, by number
 
     # --- starting trials ------------------------------------------------------------------------
 
@@ -165,6 +166,7 @@ class Launcher:
             held = placement.reserve_bytes + models.admission.books.context_bytes
             attrs[Attr.VRAM_RESERVED_MIB] = round(held / MIB, 1)
         self._params[trial.number] = item.params
+        self._reserved[trial.number] = attrs.get(Attr.VRAM_RESERVED_MIB)
         device = None if placement.device is None else models.devices[placement.device].label
         self._dispatch(pool, worker, item, device, placement.cap_bytes, attrs)
 
@@ -244,12 +246,15 @@ class Launcher:
 
     # --- ended trials ---------------------------------------------------------------------------
 
-    def release(self, trial_number: int) -> dict[str, Any] | None:
+    def release(self, trial_number: int) -> tuple[dict[str, Any] | None, dict[str, Any]]:
         """The trial ended: its reservations end with it; returns its params (None if it was
-        not started by this launcher)."""
+        not started by this launcher) and the reservation it ran under (``vram_reserved_mib``,
+        which tells the gate whether an OOM was the trial's own)."""
         self.models.admission.books.release(trial_number)
         self.models.ram.release(trial_number)
-        return self._params.pop(trial_number, None)
+        reserved = self._reserved.pop(trial_number, None)
+        held = {} if reserved is None else {Attr.VRAM_RESERVED_MIB: reserved}
+        return self._params.pop(trial_number, None), held
 
     def learn(self, params: dict[str, Any], attrs: dict[str, Any]) -> None:
         """Teach the models what an ended trial measured; re-estimate the waiting trials when

@@ -260,10 +260,10 @@ class Supervisor:
         """Free the trial's reservations, teach the launcher's models what it measured; after
         an OOM, maybe retry it smaller."""
         assert self._launcher is not None
-        params = self._launcher.release(outcome.trial_number)
+        params, reserved = self._launcher.release(outcome.trial_number)
         if params is None:
             return
-        attrs = {Attr.END_REASON: outcome.end_reason.value, **outcome.attrs}
+        attrs = {Attr.END_REASON: outcome.end_reason.value, **reserved, **outcome.attrs}
         self._launcher.learn(params, attrs)
         if outcome.end_reason is EndReason.OOM and self._settings.memory.oom_retry_halved_batch:
             retry_with_half_batch(study, outcome.trial_number, params, self._settings.study.space)

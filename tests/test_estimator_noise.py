@@ -1,0 +1,196 @@
+"""The estimator on noisy data: measured feasibility wins, OOMs bound only their own trial,
+two scaling parameters with a quadratic term, and upper bounds that cover the noise."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+from hpo.contract import Decision
+from hpo.memory import MemoryEstimator, MemoryGate, Observation
+from hpo.memory.fit import fit_group
+from hpo.memory.oom import hit_own_limit
+
+MIB, GIB = 2**20, 2**30
+
+
+class Card:
+    """Just what the gate reads of a device."""
+
+    has_memory = True
+    label = "test:0"
+
+    def __init__(self, gib: float) -> None:
+        self.capacity_bytes = int(gib * GIB)
+
+
+def _gate(gib: float = 80, scaling: tuple[str, ...] = ("batch_size",)) -> MemoryGate:
+    return MemoryGate([Card(gib)], scaling, ["model"], 0.05, context_bytes=512 * MIB)
+
+
+def _measured(gate: MemoryGate, params: dict, mib: float) -> None:
+    gate.observe(params, {"end_reason": "complete", "peak_vram_mib": mib})
+
+
+def test_a_configuration_measured_within_budget_is_never_pre_pruned() -> None:
+    """Three noisy sizes make a steep fit; bs 64 measured just under the 77,824 MiB budget
+    (and once, with noise, above it) is admitted again, never pre-pruned."""
+    gate = _gate()
+    assert gate.budget_bytes == int(77824 * MIB)
+    for bs, mib in ((8, 10_000), (16, 21_000), (32, 41_000), (8, 9_400), (16, 19_500)):
+        _measured(gate, {"model": "xl", "batch_size": bs}, mib)
+    steep = gate.check({"model": "xl", "batch_size": 64})
+    assert steep.estimate is not None and steep.estimate.point_bytes > 78_000 * MIB
+    for mib in (75_940, 79_100, 76_500):
+        _measured(gate, {"model": "xl", "batch_size": 64}, mib)
+        verdict = gate.check({"model": "xl", "batch_size": 64})
+        assert verdict.decision is Decision.ADMIT, verdict.reason
+
+
+def test_an_estimate_between_the_budget_and_the_card_runs_alone_instead_of_pre_pruned() -> None:
+    """The noise margin may lift a configuration that fits over the budget: it then waits to
+    run alone (upper > budget), but is only pre-pruned beyond what a lone trial may hold."""
+    gate = _gate()
+    for bs, noise in itertools.product((8, 16, 24), (0.97, 1.0, 1.03)):
+        _measured(gate, {"model": "m", "batch_size": bs}, (4_000 + 2_250 * bs) * noise)
+    verdict = gate.check({"model": "m", "batch_size": 32})  # 76,000 MiB, never measured
+    assert verdict.decision is Decision.ADMIT
+    assert verdict.estimate is not None and verdict.estimate.upper_bytes > verdict.budget_bytes
+
+
+@pytest.mark.parametrize(
+    ("attrs", "learned"),
+    [
+        # the card was full of others (a memory-blind policy): nothing about this trial
+        ({"error": "CUDA out of memory (simulated sim:0). Tried to allocate 3000.00 MiB"}, False),
+        # its own per-process cap refused: it needs more than the bound
+        (
+            {
+                "error": "CUDA out of memory (simulated sim:0, per-process limit). "
+                "Tried to allocate 3000.00 MiB"
+            },
+            True,
+        ),
+        # recorded reservation: the trial failed within it, so others over-committed the card
+        (
+            {"error": "out of memory. Tried to allocate 3000.00 MiB", "vram_reserved_mib": 9000},
+            False,
+        ),
+        (
+            {"error": "out of memory. Tried to allocate 3000.00 MiB", "vram_reserved_mib": 6000},
+            True,
+        ),
+    ],
+)
+def test_an_oom_bounds_only_the_trial_that_caused_it(attrs: dict, learned: bool) -> None:
+    gate = _gate(24)
+    before = gate.estimator.n_observations
+    gate.observe(
+        {"model": "base", "batch_size": 32},
+        {"end_reason": "oom", "peak_vram_mib": 5000, **attrs},
+    )
+    assert (gate.estimator.n_observations > before) is learned
+
+
+def test_an_oom_bound_beyond_the_budget_counts_whoever_filled_the_card() -> None:
+    gate = _gate(24)
+    gate.observe(
+        {"model": "large", "batch_size": 64},
+        {
+            "end_reason": "oom",
+            "peak_vram_mib": 12_000,
+            "error": "CUDA out of memory (simulated sim:0). Tried to allocate 20000.00 MiB",
+        },
+    )
+    verdict = gate.check({"model": "large", "batch_size": 64})
+    assert verdict.decision is Decision.PRE_PRUNE
+
+
+@pytest.mark.parametrize(
+    ("message", "own"),
+    [
+        (
+            "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of "
+            "79.15 GiB of which 30.00 GiB is free. Including non-PyTorch memory, this process "
+            "has 40.00 GiB memory in use. 41.00 GiB allowed; Of the allocated memory …",
+            True,
+        ),
+        (
+            "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of "
+            "79.15 GiB of which 1.00 GiB is free. Including non-PyTorch memory, this process "
+            "has 20.00 GiB memory in use. 41.00 GiB allowed; Of the allocated memory …",
+            False,
+        ),
+        (
+            "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of "
+            "79.15 GiB of which 1.00 GiB is free. Including non-PyTorch memory, this process "
+            "has 20.00 GiB memory in use. Of the allocated memory …",
+            False,
+        ),
+        ("CUDA out of memory (simulated sim:0, per-process limit). Tried to allocate 1 MiB", True),
+        ("CUDA out of memory (simulated sim:0). Tried to allocate 1 MiB", False),
+        ("some other error", None),
+    ],
+)
+def test_oom_messages_say_whose_limit_refused(message: str, own: bool | None) -> None:
+    assert hit_own_limit(message) is own
+
+
+def truth_2d(bs: float, seq: float) -> float:
+    """An attention model: fixed part, activations in bs·seq, scores quadratic in seq."""
+    return (3.0 + 1.5e-4 * bs * seq + 4e-8 * bs * seq * seq) * GIB
+
+
+def test_two_scaling_parameters_with_a_quadratic_term_are_fitted_monotonically() -> None:
+    rng = random.Random(0)
+    est = MemoryEstimator(["batch_size", "seq_len"], ["model"])
+    grid = list(itertools.product((4, 8, 16), (512, 1024, 2048)))
+    for bs, seq in grid * 2:
+        y = truth_2d(bs, seq) * (1 + rng.uniform(-0.02, 0.02))
+        est.observe(Observation({"model": "lm", "batch_size": bs, "seq_len": seq}, y))
+    fit = fit_group(est._measured[("lm",)])
+    assert fit is not None and ("xs", 1) in fit.terms  # the data called for seq²
+    assert all(c >= 0 for c in fit.coef)
+    sizes = (2, 4, 8, 16, 32)
+    lengths = (256, 512, 1024, 2048, 4096)
+    for bs, seq in itertools.product(sizes, lengths):
+        e = est.predict({"model": "lm", "batch_size": bs, "seq_len": seq})
+        assert e is not None and e.upper_bytes >= e.point_bytes
+        if (bs, seq) in grid:
+            assert e.point_bytes == pytest.approx(truth_2d(bs, seq), rel=0.03)
+    for fixed in sizes:  # monotone in each parameter, the other held
+        points = [est.predict({"model": "lm", "batch_size": fixed, "seq_len": s}) for s in lengths]
+        assert [p.point_bytes for p in points if p] == sorted(p.point_bytes for p in points if p)
+    for fixed in lengths:
+        points = [est.predict({"model": "lm", "batch_size": b, "seq_len": fixed}) for b in sizes]
+        assert [p.point_bytes for p in points if p] == sorted(p.point_bytes for p in points if p)
+    # extrapolating to seq 4096 follows the quadratic growth (a line would miss it by far)
+    far = est.predict({"model": "lm", "batch_size": 16, "seq_len": 4096})
+    assert far is not None and far.upper_bytes >= truth_2d(16, 4096) * 1.0
+
+
+@pytest.mark.parametrize("noise", [0.02, 0.08])
+def test_upper_bounds_cover_the_noise(noise: float) -> None:
+    """Trials in random order, each measured with ±noise (uniform): once its group has three
+    measurements, at most 2 % land above their upper estimate, none by more than 5 %."""
+    over, checked = [], 0
+    for seed in range(4):
+        rng = random.Random(seed)
+        est = MemoryEstimator(["batch_size", "seq_len"], ["model"])
+        for _ in range(150):
+            model = rng.choice(("s", "m", "l"))
+            bs, seq = rng.choice((4, 8, 16, 32)), rng.choice((256, 512, 1024, 2048))
+            scale = {"s": 0.5, "m": 1.0, "l": 2.0}[model]
+            params = {"model": model, "batch_size": bs, "seq_len": seq}
+            y = scale * truth_2d(bs, seq) * (1 + rng.uniform(-noise, noise))
+            e = est.predict(params)
+            if e is not None and est.n_measured(params) >= 3:
+                checked += 1
+                if y > e.upper_bytes:
+                    over.append(y / e.upper_bytes - 1)
+            est.observe(Observation(params, y))
+    assert checked > 500
+    assert len(over) / checked <= 0.02, (len(over), checked, max(over))
+    assert max(over, default=0.0) <= 0.05
