@@ -12,6 +12,7 @@ from pathlib import Path
 
 import optuna
 import psutil
+import pytest
 
 from hpo.contract import EndReason
 from hpo.supervisor.retry import RetryDecision, RetryPolicy
@@ -131,3 +132,20 @@ def test_more_workers_than_cpus_is_said(tmp_path: Path) -> None:
     args = ("study=toy", "study.epoch_s=0", "study.n_trials=1", f"storage.dir={tmp_path}")
     proc = run_hpo(tmp_path, *args, f"par={par}")
     assert proc.returncode == 0 and f"par={par} on" in proc.stderr
+
+
+def test_a_worker_whose_memory_grows_after_each_trial_is_flagged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from hpo.execution.procs import RssTrend
+
+    trend = RssTrend(window=4, min_growth_mib=40.0)
+    kept = []
+    flagged = []
+    for number in range(6):
+        kept.append(bytearray(20 * 1024 * 1024))  # a leak: 20 MiB more after every trial
+        flagged.append(trend.after_trial(number))
+    assert flagged.count(True) == 1  # said once, when the window shows the growth
+    assert "RSS grew after each of its last 4 trials" in caplog.text
+    steady = RssTrend(window=4, min_growth_mib=40.0)
+    assert not any(steady.after_trial(n) for n in range(6))
