@@ -103,7 +103,7 @@ def _measure(ctx: PartContext, device: str, overrides: list[str]) -> int:
     spec = ctx.spec
     cmd = [
         sys.executable, "-m", "bench._gpu_measure", "--device", device,
-        "--overrides", json.dumps(overrides), "--config-dir", str(Path(spec.root) / "conf"),
+        "--overrides", json.dumps(overrides), "--config-dir", str(Path(spec.root) / "hpo" / "conf"),
         "--presets", ",".join(spec.presets),
         "--batch-sizes", ",".join(map(str, spec.batch_sizes)),
     ]  # fmt: skip
@@ -145,7 +145,7 @@ def _trace(root: str, overrides: list[str], box: dict[str, Any]) -> None:
 
     start = time.monotonic()
     try:
-        cfg = compose(overrides, str(Path(root) / "conf"))
+        cfg = compose(overrides, str(Path(root) / "hpo" / "conf"))
         container = cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=True))
         box["prior"] = build_prior(container, ["batch_size"], ["model"], timeout_s=600)
         if box["prior"] is None:

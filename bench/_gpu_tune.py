@@ -95,7 +95,7 @@ def run_tune(ctx: PartContext) -> None:
     par = "2" if ctx.name == "tune_par2" else "auto"
     store = Path(spec.work) / ctx.name
     store.mkdir(parents=True, exist_ok=True)
-    conf = str(Path(spec.root) / "conf")
+    conf = str(Path(spec.root) / "hpo" / "conf")
     overrides = [
         f"study={spec.tune_study}", f"memory.capacity_gib={spec.capacity_gib:g}", f"par={par}",
         f"study.n_trials={N_TRIALS}", *spec.tune_args, f"storage.dir={store}",

@@ -192,7 +192,8 @@ class Scenario:
         return env
 
     def hpo(self, command: str, *extra: str) -> list[str]:
-        return [sys.executable, "-m", "hpo.cli", command, "--config-dir", str(ROOT / "conf"),
+        conf = str(ROOT / "hpo" / "conf")
+        return [sys.executable, "-m", "hpo.cli", command, "--config-dir", conf,
                 *self.overrides, *extra]  # fmt: skip
 
     def start(self, command: str = "tune", *extra: str) -> subprocess.Popen[str]:
@@ -214,7 +215,7 @@ class Scenario:
     def look(self, command: str, *extra: str, overrides: list[str] | None = None) -> str:
         """Run a look command; its output is kept for the secret check."""
         args = [*(overrides if overrides is not None else []), *extra]
-        cmd = [sys.executable, "-m", "hpo.cli", command, "--config-dir", str(ROOT / "conf"),
+        cmd = [sys.executable, "-m", "hpo.cli", command, "--config-dir", str(ROOT / "hpo" / "conf"),
                *self.overrides, *args]  # fmt: skip
         done = subprocess.run(cmd, cwd=self.workdir, env=self.env(), text=True,
                               capture_output=True, timeout=120)  # fmt: skip

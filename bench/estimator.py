@@ -89,7 +89,7 @@ def run_simulated(workload: str, trials: int, seed: int) -> dict[str, Any]:
     scaling = [f"study.memory.scaling=[{','.join(declared)}]"] if declared else []
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [
-            sys.executable, "-m", "hpo.cli", "tune", "--config-dir", str(ROOT / "conf"),
+            sys.executable, "-m", "hpo.cli", "tune", "--config-dir", str(ROOT / "hpo" / "conf"),
             "study=simulated", f"study.workload={Path(workload).resolve()}", "par=1",
             f"study.n_trials={trials}", f"storage.dir={tmp}", f"sampler.seed={seed}", *scaling,
         ]  # fmt: skip

@@ -160,7 +160,7 @@ class Run:
         self.workdir = workdir
         self.db = workdir / "_optuna" / "faults.db"
         self.cmd = [
-            sys.executable, "-m", "hpo.cli", "tune", "--config-dir", str(ROOT / "conf"),
+            sys.executable, "-m", "hpo.cli", "tune", "--config-dir", str(ROOT / "hpo" / "conf"),
             *study_args(workdir, args.trials, args.par),
         ]  # fmt: skip
         self.watch = Watch()

@@ -54,7 +54,7 @@ def per_trial_ms(times: list[float], window: int) -> dict[str, float]:
 
 def run_hpo(storage: str, name: str, trials: int, workdir: Path) -> float:
     args = [
-        sys.executable, "-m", "hpo.cli", "tune", "--config-dir", str(ROOT / "conf"),
+        sys.executable, "-m", "hpo.cli", "tune", "--config-dir", str(ROOT / "hpo" / "conf"),
         "study=toy", f"study.name={name}", "study.epoch_s=0", "study.checkpoint=false",
         f"study.n_trials={trials}", "par=2", "sampler=tpe", "pruner=patient_hyperband",
         f"storage.url={storage}", "faults.checkpoints=false", "log_level=WARNING",
@@ -75,7 +75,7 @@ def _optuna_worker(storage: str, name: str, trials: int) -> None:
     from hpo.studies.toy import curve
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    cfg = compose(["study=toy"], str(ROOT / "conf"))
+    cfg = compose(["study=toy"], str(ROOT / "hpo" / "conf"))
     epochs = int(cfg.study.epochs)
     space = OmegaConf.to_container(cfg.study.space)
     assert isinstance(space, dict)

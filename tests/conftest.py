@@ -16,7 +16,7 @@ import pytest
 from hpo.config import Settings, compose
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
+CONF = ROOT / "hpo" / "conf"
 
 
 def settings_of(*overrides: str) -> Settings:

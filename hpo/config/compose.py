@@ -28,7 +28,7 @@ def register_configs() -> None:
 
 
 BUILTIN_CONF = Path(__file__).resolve().parents[1] / "conf"  # hpo's own groups (package data)
-_SOURCE_CONF = Path(__file__).resolve().parents[2] / "conf"  # a source checkout's tree
+_SOURCE_ROOT = Path(__file__).resolve().parents[2]  # a source checkout (bench/workloads/ …)
 
 
 @dataclass(frozen=True)
@@ -54,8 +54,8 @@ class ConfigSources:
 
 
 def builtin_conf_dir() -> Path:
-    """hpo's own config tree: inside the package, or (a source checkout) beside it."""
-    return BUILTIN_CONF if (BUILTIN_CONF / "config.yaml").is_file() else _SOURCE_CONF
+    """hpo's own config tree, shipped inside the package."""
+    return BUILTIN_CONF
 
 
 def find_config_dir(explicit: str | None = None) -> ConfigSources:
@@ -164,7 +164,7 @@ def _fill_from_workload(cfg: DictConfig, project: Path) -> None:
 
     path = Path(workload)
     if not path.is_absolute():  # relative to the project, else to hpo's source checkout
-        candidates = [project / path, _SOURCE_CONF.parent / path]
+        candidates = [project / path, _SOURCE_ROOT / path]
         path = next((c for c in candidates if c.exists()), candidates[0])
     cfg.study.workload = str(path.resolve())
     if not cfg.study.memory.scaling:  # the workload says what memory grows with
