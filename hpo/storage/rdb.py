@@ -3,7 +3,10 @@ URL, created and prepared by the supervisor."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -127,7 +130,7 @@ def open_storage(
     from hpo.storage.resilient import ResilientStorage
 
     guard = OutageGuard(display_url(url), outage_s, _password(url), loud=not quiet)
-    with warnings.catch_warnings():
+    with _creating(url), warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeat_interval, grace_period
         rdb = guard.call(
             RDBStorage,
@@ -137,6 +140,22 @@ def open_storage(
             grace_period=grace_period_s,
         )
     return ResilientStorage(rdb, guard)
+
+
+@contextlib.contextmanager
+def _creating(url: str) -> Iterator[None]:
+    """Supervisors started together on a new SQLite file create Optuna's tables one at a time
+    (both would try, and the second fails with "table … already exists")."""
+    path = sqlite_path(url)
+    if path is None or not path.parent.is_dir():
+        yield
+        return
+    with open(path.resolve().with_suffix(".ask.lock"), "a") as lock:  # the slot claim's file
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _password(url: str) -> str | None:
