@@ -7,7 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,35 @@ from hpo.config import Settings, compose
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "hpo" / "conf"
+
+
+def pg_url() -> str:
+    """The PostgreSQL URL of the tests (set by .ci/run): a failure in CI, a skip elsewhere."""
+    url = os.environ.get("HPO_TEST_POSTGRES_URL")
+    if not url:
+        if os.environ.get("CI"):
+            pytest.fail("HPO_TEST_POSTGRES_URL is not set in CI")
+        pytest.skip("HPO_TEST_POSTGRES_URL not set")
+    return url
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    return pg_url()
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[Any]:
+    """A PostgreSQL server of the test's own (a free port, a password), to stop and start."""
+    from bench.chaos import PgServer, pg_bin
+
+    if pg_bin() is None:
+        pytest.skip("PostgreSQL's initdb/pg_ctl are not installed")
+    server = PgServer().init()
+    try:
+        yield server
+    finally:
+        server.close()
 
 
 def settings_of(*overrides: str) -> Settings:

@@ -6,7 +6,6 @@ Nodes are simulated on this machine with ``--node-id``; PostgreSQL comes from
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time
@@ -14,21 +13,11 @@ import uuid
 from pathlib import Path
 
 import optuna
-import pytest
 
-from tests.conftest import CONF, hpo_cmd, start_hpo, wait_for
+from tests.conftest import CONF, hpo_cmd, pg_url, start_hpo, wait_for
 
 FAST = ["study=toy", "study.epoch_s=0.03", "sampler=random", "pruner=none"]
 LIVENESS = ["faults.heartbeat_interval_s=1", "faults.grace_period_s=4"]
-
-
-def _pg_url() -> str:
-    url = os.environ.get("HPO_TEST_POSTGRES_URL")
-    if not url:
-        if os.environ.get("CI"):
-            pytest.fail("HPO_TEST_POSTGRES_URL is not set in CI")
-        pytest.skip("HPO_TEST_POSTGRES_URL not set")
-    return url
 
 
 def _node(cwd: Path, name: str, *args: str) -> subprocess.Popen[str]:
@@ -71,7 +60,7 @@ def test_two_supervisors_on_one_sqlite_study_finish_exactly_n_trials(tmp_path: P
 
 
 def test_three_nodes_on_postgresql_exactly_90_even_when_one_is_killed(tmp_path: Path) -> None:
-    url = _pg_url()
+    url = pg_url()
     name = f"multi-{uuid.uuid4().hex[:8]}"
     args = [*FAST, "study.n_trials=90", "par=2", f"storage.url={url}", f"study.name={name}"]
     procs = [_node(tmp_path, f"n{i}", *args, *LIVENESS) for i in (1, 2, 3)]
@@ -104,7 +93,7 @@ def test_three_nodes_on_postgresql_exactly_90_even_when_one_is_killed(tmp_path: 
 
 
 def test_hpo_stop_from_another_terminal_drains_every_node(tmp_path: Path) -> None:
-    url = _pg_url()
+    url = pg_url()
     name = f"stop-{uuid.uuid4().hex[:8]}"
     args = [*FAST, "study.n_trials=5000", "par=1", f"storage.url={url}", f"study.name={name}"]
     procs = [_node(tmp_path, f"s{i}", *args, *LIVENESS) for i in (1, 2, 3)]
@@ -134,7 +123,7 @@ def test_a_node_that_would_pass_the_servers_connection_cap_says_so() -> None:
     from hpo.storage import open_storage
     from hpo.storage.connections import check_capacity, planned
 
-    url = _pg_url()
+    url = pg_url()
     storage = open_storage(url, 10)
     assert check_capacity(storage, url, 1) is None
     warning = check_capacity(storage, url, 200)

@@ -10,7 +10,6 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,17 +19,6 @@ from optuna.exceptions import StorageInternalError
 from bench.chaos import PgServer, fill, pg_bin, tmpfs
 from hpo.storage.outage import Failure, OutageGuard, StorageOutage, diagnose
 from tests.conftest import query, run_hpo, start_hpo, wait_for
-
-
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PgServer]:
-    if pg_bin() is None:
-        pytest.skip("PostgreSQL's initdb/pg_ctl are not installed")
-    server = PgServer().init()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 def _pg_states(url: str, study: str) -> dict[int, str]:

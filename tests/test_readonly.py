@@ -338,16 +338,6 @@ def test_dashboard_allow_writes_lets_the_browser_delete(toy_db: Path, tmp_path: 
     assert result.returncode == 2 and "no study 'toy'" in result.stderr
 
 
-@pytest.fixture
-def postgres_url() -> str:
-    url = os.environ.get("HPO_TEST_POSTGRES_URL")
-    if not url:
-        if os.environ.get("CI"):
-            pytest.fail("HPO_TEST_POSTGRES_URL is not set in CI")
-        pytest.skip("HPO_TEST_POSTGRES_URL not set")
-    return url
-
-
 def test_postgres_session_is_read_only(postgres_url: str) -> None:
     from sqlalchemy import create_engine, text
     from sqlalchemy.exc import DBAPIError

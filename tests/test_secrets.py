@@ -5,27 +5,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from bench.chaos import PgServer, pg_bin
+from bench.chaos import PgServer
 from hpo.errors import ConfigError
 from hpo.look.db import StudyRef
 from hpo.storage import display_url, sqlite_path
 from tests.conftest import CONF, _env, run_hpo
-
-
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PgServer]:
-    if pg_bin() is None:
-        pytest.skip("PostgreSQL's initdb/pg_ctl are not installed")
-    server = PgServer().init()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 def test_display_url_masks_the_password() -> None:
