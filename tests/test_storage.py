@@ -90,3 +90,39 @@ def test_other_storages_get_one_call_per_attribute() -> None:
     _set(counting, study, trial, {"a": 1, "b": 2})
     assert counting.calls == 2
     assert memory.get_trial(trial._trial_id).user_attrs == {"a": 1, "b": 2}
+
+
+@pytest.mark.parametrize("make", [_sqlite, _postgres], ids=["sqlite", "postgres"])
+def test_counts_come_from_the_database_not_from_every_trial(
+    tmp_path: Path, make: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counting (the slot claim, the finished count) is one query: it agrees with Optuna's
+    ``get_n_trials`` and never builds the study's trials, whose number grows to thousands."""
+    from optuna.storages import RDBStorage
+    from optuna.trial import TrialState
+
+    storage = make(tmp_path)
+    study = optuna.create_study(storage=storage, study_name=f"count-{uuid.uuid4().hex[:8]}")
+    for value in (1.0, 2.0):
+        study.tell(study.ask(), value)
+    study.tell(study.ask(), state=TrialState.PRUNED)
+    study.tell(study.ask(), state=TrialState.FAIL)
+    study.ask()  # RUNNING
+    study.enqueue_trial({})  # WAITING
+    store = StudyStore(storage, study.study_name)
+    cases = [
+        (TrialState.COMPLETE, TrialState.PRUNED),
+        (TrialState.RUNNING, TrialState.WAITING),
+        (TrialState.FAIL,),
+        tuple(TrialState),
+    ]
+    expected = [storage.get_n_trials(store.study_id, states) for states in cases]
+    assert expected == [3, 2, 1, 6]
+
+    def no_full_read(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a count read every trial of the study")
+
+    monkeypatch.setattr(RDBStorage, "_get_trials", no_full_read)
+    assert [store.count(states) for states in cases] == expected
+    assert store.n_finished() == 3
+    assert store.claim.free(6) is True  # a WAITING trial may be taken

@@ -2,18 +2,21 @@
 
 - one transaction for many user attributes of a trial (Optuna commits each on its own);
 - whether a trial ever had a heartbeat, and which trials' heartbeats are stale (Optuna exposes
-  these only through ``fail_stale_trials``, which fails them itself).
+  these only through ``fail_stale_trials``, which fails them itself);
+- how many trials of a study are in some states, counted by the database (Optuna's
+  ``get_n_trials`` builds every such trial first: its cost grows with the study).
 
 ``tests/test_storage.py`` fails if a newer Optuna moves any of these names.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from optuna.storages import BaseStorage, RDBStorage
+    from optuna.trial import TrialState
 
 Writer = Callable[[int, Mapping[str, Any]], None]
 
@@ -58,3 +61,25 @@ def has_heartbeat(storage: RDBStorage, trial_id: int) -> bool:
     backend: Any = unwrap(storage)
     with _create_scoped_session(backend.scoped_session) as session:
         return models.TrialHeartbeatModel.where_trial_id(trial_id, session) is not None
+
+
+def count_trials(storage: BaseStorage, study_id: int, states: Collection[TrialState]) -> int:
+    """Trials of ``study_id`` in ``states``: one ``COUNT`` in the database for an RDB storage
+    (whatever the size of the study), Optuna's ``get_n_trials`` for any other."""
+    from optuna.storages import RDBStorage
+
+    backend: Any = unwrap(storage)
+    try:
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+        from sqlalchemy import func
+    except ImportError:
+        return storage.get_n_trials(study_id, tuple(states))
+    if not isinstance(backend, RDBStorage):
+        return storage.get_n_trials(study_id, tuple(states))
+    trial = models.TrialModel
+    with _create_scoped_session(backend.scoped_session) as session:
+        query = session.query(func.count(trial.trial_id)).filter(
+            trial.study_id == study_id, trial.state.in_(list(states))
+        )
+        return int(query.scalar() or 0)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import TYPE_CHECKING
 
 from optuna.trial import TrialState
@@ -34,9 +34,18 @@ _ADVISORY_NAMESPACE = 0x68706F  # "hpo": the advisory lock's first key, the stud
 class SlotClaim:
     """The lock around count-and-ask of one study, and the count itself."""
 
-    def __init__(self, storage: RDBStorage, url: str, study_id: int) -> None:
+    def __init__(
+        self,
+        storage: RDBStorage,
+        url: str,
+        study_id: int,
+        count: Callable[[Collection[TrialState]], int] | None = None,
+    ) -> None:
+        """``count(states)`` counts the study's trials in ``states`` (by default Optuna's
+        ``get_n_trials``, which reads every such trial)."""
         self._storage = storage
         self._study_id = study_id
+        self._count = count or (lambda states: storage.get_n_trials(study_id, tuple(states)))
         path = sqlite_path(url) if url else None
         self._lock_path = None if path is None else path.resolve().with_suffix(".ask.lock")
         self._postgres = url.startswith("postgresql")
@@ -71,7 +80,6 @@ class SlotClaim:
     def free(self, target: int) -> bool:
         """Whether a trial may be asked now (call inside :meth:`held`): fewer claimed slots
         than ``target``, or a WAITING trial to take."""
-        get = self._storage.get_n_trials
-        if get(self._study_id, (TrialState.WAITING,)):
+        if self._count((TrialState.WAITING,)):
             return True
-        return get(self._study_id, CLAIMED) < target
+        return self._count(CLAIMED) < target

@@ -40,10 +40,10 @@ class StudyStore:
         self.name = name
         self.url = url
         self.study_id = storage.get_study_id_from_name(name)
-        self.claim = SlotClaim(storage, url, self.study_id)
         self._ids: dict[int, int] = {}
         self._write = _private.batch_writer(storage)
         self._call = storage.call if isinstance(storage, ResilientStorage) else _direct
+        self.claim = SlotClaim(storage, url, self.study_id, self.count)
 
     def trial_id(self, number: int) -> int:
         """The storage id of trial ``number`` (one query the first time)."""
@@ -73,7 +73,12 @@ class StudyStore:
 
     def n_finished(self) -> int:
         """COMPLETE + PRUNED trials of the study, every supervisor's."""
-        return self.storage.get_n_trials(self.study_id, FINISHED)
+        return self.count(FINISHED)
+
+    def count(self, states: Collection[TrialState]) -> int:
+        """Trials of the study in ``states``, counted by the database (one query, whatever
+        the size of the study)."""
+        return self._call(_private.count_trials, self.storage, self.study_id, states)
 
     def running(self) -> list[FrozenTrial]:
         return self.storage.get_all_trials(
