@@ -16,7 +16,7 @@ import pytest
 
 from hpo.contract import EndReason
 from hpo.supervisor.retry import RetryDecision, RetryPolicy
-from tests.conftest import CONF, run_hpo, start_hpo, wait_for
+from tests.conftest import CONF, run_hpo, start_hpo, user_attrs, wait_for
 
 ORPHANS = """
 import subprocess, sys, optuna
@@ -149,3 +149,31 @@ def test_a_worker_whose_memory_grows_after_each_trial_is_flagged(
     assert "RSS grew after each of its last 4 trials" in caplog.text
     steady = RssTrend(window=4, min_growth_mib=40.0)
     assert not any(steady.after_trial(n) for n in range(6))
+
+
+def test_a_leaking_worker_is_replaced_and_a_steady_one_kept(tmp_path: Path) -> None:
+    """Workers are recycled on evidence, not by count: one whose RSS grows after each trial
+    is replaced; without a leak the same process runs every trial (each new worker re-reads
+    the whole study into Optuna's cache, a cost that grows with the study)."""
+    (tmp_path / "leaky.py").write_text(
+        "HELD = []\n"
+        "def objective(trial, cfg):\n"
+        "    HELD.append(bytearray(40 * 1024 * 1024))  # 40 MiB kept after every trial\n"
+        "    HELD[-1][::4096] = b'x' * len(HELD[-1][::4096])  # touched: resident\n"
+        "    return 1.0\n"
+        "def steady(trial, cfg):\n"
+        "    return 1.0\n"
+    )
+    base = ["study=toy", "par=1", "study.n_trials=8", f"storage.dir={tmp_path / '_optuna'}"]
+    leaky = run_hpo(tmp_path, *base, "study.name=leaky", "study.objective=leaky:objective")
+    assert leaky.returncode == 0, leaky.stderr
+    assert "RSS grew after each of its last" in leaky.stderr
+    assert "recycling worker" in leaky.stderr
+    db = tmp_path / "_optuna" / "leaky.db"
+    pids = {user_attrs(db, n)["worker_pid"] for n in range(8)}
+    assert len(pids) == 2, pids
+    steady = run_hpo(tmp_path, *base, "study.name=steady", "study.objective=leaky:steady")
+    assert steady.returncode == 0, steady.stderr
+    db = tmp_path / "_optuna" / "steady.db"
+    assert len({user_attrs(db, n)["worker_pid"] for n in range(8)}) == 1
+    assert "recycling worker" not in steady.stderr

@@ -93,7 +93,7 @@ class FaultConf:
     retry_on: list[str] = field(  # end reasons retried: worker_died, cuda_error, timeout
         default_factory=lambda: ["worker_died", "cuda_error"]
     )
-    recycle_after: int = 50  # trials a worker runs before it is replaced; 0 = never
+    recycle_after: int = 0  # trials a worker runs before it is replaced; 0 = when it leaks
     heartbeat_interval_s: int = 10  # seconds between heartbeats of each running trial
     grace_period_s: int = 60  # seconds without a heartbeat before another node's trial is stale
     checkpoints: bool = True  # give each trial a checkpoint directory; retries resume from it

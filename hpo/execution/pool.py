@@ -1,7 +1,7 @@
 """A fixed number of spawned worker processes, their pipes, their deaths and replacements.
 
 A slot's process is replaced when it dies, when the supervisor kills it (a trial past its time
-limit) and when it is recycled (after ``faults.recycle_after`` trials): a recycled worker is
+limit) and when it is recycled (its memory grew across trials, or ``faults.recycle_after``): it is
 asked to exit, and the pool reaps it in the background while its successor starts.
 """
 

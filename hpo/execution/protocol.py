@@ -29,6 +29,7 @@ class Outcome:
     value: float | None = None
     attrs: dict[str, Any] = field(default_factory=dict)  # user attributes to record
     message: str | None = None  # one line for the log (error summary)
+    leaking: str | None = None  # why the worker should be replaced (memory grew across trials)
 
 
 @dataclass

@@ -154,7 +154,8 @@ def _serve(conn: Connection, spec: WorkerSpec, objective: Any) -> None:
         strays = end_descendants()  # what the trial started must not outlive it
         if strays:
             logger.info("trial %d left %d process(es) running: ended", msg.trial_number, strays)
-        trend.after_trial(msg.trial_number)
+        if trend.after_trial(msg.trial_number):
+            outcome.leaking = "its RSS grew after each of its last trials"
         if not _send(conn, outcome):
             return
         if outcome.end_reason.poisons_worker:

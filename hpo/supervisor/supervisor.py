@@ -5,9 +5,9 @@ It owns the trial lifecycle and never imports torch: results and measurements co
 the workers as :class:`~hpo.execution.protocol.Outcome` messages. A worker that dies fails its
 trial (``worker_died``) and is replaced at once (the pool waits on the process sentinels); a
 trial past ``faults.trial_timeout_s`` is killed with its worker (``timeout``); infrastructure
-failures are retried with the same parameters; workers are recycled after
-``faults.recycle_after`` trials. It records an RDB heartbeat for every trial it runs and reaps
-RUNNING trials that a vanished supervisor left behind (:mod:`hpo.supervisor.liveness`).
+failures are retried with the same parameters; a worker whose memory grows across trials is
+recycled (any, after ``faults.recycle_after`` trials if set). It records an RDB heartbeat for
+every trial it runs and reaps RUNNING trials a vanished supervisor left behind (liveness).
 """
 
 from __future__ import annotations
@@ -269,12 +269,12 @@ class Supervisor:
             retry_with_half_batch(study, outcome.trial_number, params, self._settings.study.space)
 
     def _retire_if_spent(self, pool: WorkerPool, worker: WorkerHandle, outcome: Outcome) -> None:
-        recycle_after = self._settings.faults.recycle_after
         if outcome.end_reason.poisons_worker:  # the worker exits on its own; never reuse it
             logger.info("replacing worker %d after a CUDA error", worker.pid)
             pool.retire(worker)
-        elif recycle_after and worker.trials_done >= recycle_after:
-            logger.info("recycling worker %d after %d trials", worker.pid, worker.trials_done)
+        elif outcome.leaking or 0 < self._settings.faults.recycle_after <= worker.trials_done:
+            why = outcome.leaking or f"after {worker.trials_done} trials"
+            logger.info("recycling worker %d: %s", worker.pid, why)
             pool.retire(worker)
 
     def _on_died(self, study: optuna.Study, pool: WorkerPool, worker: WorkerHandle) -> None:
