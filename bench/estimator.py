@@ -127,7 +127,11 @@ def _read_trials(db: Path) -> list[dict[str, Any]]:
 def _score_simulated(rows: list[dict[str, Any]], wl: Any, budget_mib: float | None) -> dict:
     budget = (budget_mib or 0) * MIB
     ctx = wl.device.context_gib * GIB
-    feasible = [wl.peak_bytes(r["params"]) * (1 + wl.noise_frac) + ctx <= budget for r in rows]
+    feasible = [
+        wl.peak_bytes(r["params"]) * (1 + wl.noise_frac) + wl.eval_extra_bytes(r["params"]) + ctx
+        <= budget
+        for r in rows
+    ]
     errors, under_upper, over = [], [], []
     for r in rows:
         a = r["attrs"]

@@ -10,15 +10,16 @@ time scaled by ``--time-scale``) once per policy, on the same random sample of c
 - ``aware``: hpo's admission (``memory.pack=true``, cap 8) with what its estimator learns;
 - ``oracle``: the same admission told the true memory of every configuration.
 
-The memory-blind and memory-aware policies rely on hpo's own gate to pre-prune what cannot
-fit (nothing is skipped by the workload's ground truth); only the oracle skips, by the truth,
-what cannot fit alone (the seeds' static threshold). Per policy it reports trials per
-(simulated) hour (completed or pruned by the pruner), OOM crashes, useful GPU work (GPU-seconds
-of compute in those trials per wall-second; 1.0 is the card's limit), the card's busy fraction
-and memory packing (held / capacity), both time-averaged from a sampler of the card's ledger;
-and how honest the estimates were: ``wrongly_pre_pruned`` (pre-pruned although the workload
-says the configuration fits the budget with its worst noise), ``over_upper_frac`` and
-``over_upper_max`` (trials that ran whose measured peak exceeded their upper estimate: the
+The memory-blind and memory-aware policies rely on hpo's own gate to pre-prune what cannot fit
+(nothing is skipped by the workload's ground truth); only the oracle skips, by the truth, what
+cannot fit alone (with its worst noise, over the most hpo lets a lone trial hold: the budget
+plus the margin), and runs the rest as the memory-aware policy would. Per policy it reports
+trials per (simulated) hour (completed or pruned by the pruner), OOM crashes, useful GPU work
+(GPU-seconds of compute in those trials per wall-second; 1.0 is the card's limit), the card's
+busy fraction and memory packing (held / capacity), both time-averaged from a sampler of the
+card's ledger; and how honest the estimates were: ``wrongly_pre_pruned`` (pre-pruned although
+the workload says the configuration fits the budget with its worst noise), ``over_upper_frac``
+and ``over_upper_max`` (trials that ran whose measured peak exceeded their upper estimate: the
 share, and the largest excess relative to the estimate).
 """
 
@@ -59,20 +60,20 @@ class TruthGate:
         return getattr(self._inner, name)
 
     def check(self, params: dict[str, Any]) -> Verdict:
-        budget = self._inner.budget_bytes
+        budget, alone = self._inner.budget_bytes, self._inner.alone_bytes
         upper = true_upper(self._wl, params)
-        if upper > budget:
-            why = f"cannot fit alone: {upper / MIB:.0f} MiB > {budget / MIB:.0f} MiB (threshold)"
+        if upper > alone:  # hpo's own threshold: the most a lone trial may hold
+            why = f"cannot fit alone: {upper / MIB:.0f} MiB > {alone / MIB:.0f} MiB"
             return Verdict(Decision.PRE_PRUNE, why, None, budget)
         point = float(self._wl.footprint_bytes(params))
         return Verdict(Decision.ADMIT, "oracle", Estimate(point, upper, "oracle", 0), budget)
 
 
 def true_upper(workload: Any, params: dict[str, Any]) -> float:
-    """The most a run of ``params`` holds by the workload: its peak with the worst noise, and
-    the context."""
+    """The most a run of ``params`` holds by the workload: its peak with the worst noise, its
+    evaluation's extra memory, and the context."""
     peak = workload.peak_bytes(params) * (1 + workload.noise_frac)
-    return peak + workload.device.context_gib * GIB
+    return peak + workload.eval_extra_bytes(params) + workload.device.context_gib * GIB
 
 
 class CardSampler(threading.Thread):

@@ -5,15 +5,23 @@
 Takes the configurations a study ran to a result (``python -m bench.packing --keep DIR`` keeps
 every policy's study) and reports, in wall seconds at the benchmark's time scale:
 
-- ``work_s``: their work one after another, alone on the card (fixed PAR=1 with no overheads);
-- ``bound_s``: a lower bound on any schedule's wall time. Trials holding more than half the
-  budget cannot share the card with each other, so they run one after another (``big_s``);
-  the rest fill the memory beside them (where at least the smallest of them fits) and
-  whatever memory × time is left over needs the whole budget;
+- ``work_s``: their work one after another, alone on the card (fixed PAR=1 with no overheads,
+  no start-up); ``setup_s``: their start-ups one after another;
+- ``bound_s``: a lower bound on any schedule's wall time, the larger of two. Memory
+  (``memory_bound_s``): trials holding more than half the budget cannot share the card with
+  each other, so they run one after another (``big_s``); the rest fill the memory beside them
+  (where at least the smallest of them fits) and whatever memory × time is left over needs the
+  whole budget. Compute (``gpu_s``): a card does at most one GPU-second of work per second, and
+  a trial's epochs are ``demand × work`` GPU-seconds;
 - ``replay_s``: hpo's own admission (:mod:`hpo.scheduling.admission`,
   :mod:`hpo.scheduling.backlog`, durations learned as the supervisor learns them) told the
   true memory, replayed as events with no processes, no storage and no latency, with the
-  workload's contention.
+  workload's contention (trials whose demands add up to more than 1 slow down together) and
+  its start-up (``setup_s``: the trial holds its reservation, the card does no work for it).
+
+Memory is each configuration's peak with its evaluation (``eval_extra_gib``), its worst noise
+and the context, and never below the context (a term with a negative coefficient cannot make
+memory negative). The replay is a schedule, so it never comes out below the bound.
 
 ``work_s / replay_s`` is what the policy itself can reach; a measured run falls short of it by
 what processes, SQLite and the supervisor's loop cost per trial.
@@ -88,8 +96,14 @@ def _decode(value: float, distribution_json: str) -> Any:
     return value
 
 
+def footprint_gib(wl: Any, params: dict[str, Any]) -> float:
+    """The most a run of ``params`` holds: peak and evaluation with the worst noise, context."""
+    peak = wl.peak_bytes(params) * (1 + wl.noise_frac) + wl.eval_extra_bytes(params)
+    return peak / GIB + wl.device.context_gib
+
+
 def lower_bound(trials: list[tuple[float, float]], budget_gib: float) -> tuple[float, float]:
-    """(big_s, bound_s) for trials given as (footprint GiB, seconds alone)."""
+    """(big_s, memory bound_s) for trials given as (footprint GiB, seconds alone)."""
     big = [(f, s) for f, s in trials if f > budget_gib / 2]
     rest = [(f, s) for f, s in trials if f <= budget_gib / 2]
     smallest = min((f for f, _ in rest), default=0.0)
@@ -110,21 +124,42 @@ class Replay:
         self.backlog = Backlog(args.max_bypass, args.max_waiting)
         self.durations = DurationModel([workload.family_param])  # the study groups by family
         self.bound: dict[int, int | None] = dict.fromkeys(range(args.par))
-        self.running: dict[int, tuple[int, dict[str, Any], float, float]] = {}  # n: w, p, left, t0
+        # trial number: (worker, params, start-up left, work left, start time)
+        self.running: dict[int, tuple[int, dict[str, Any], float, float, float]] = {}
 
     def run(self, runs: list[tuple[dict[str, Any], int]]) -> float:
         pending = list(enumerate(runs))
         self._schedule(pending)
-        while self.running:
-            slowdown = max(1.0, sum(self._demand(p) for _, p, _, _ in self.running.values()))
-            n, (worker, params, left, t0) = min(self.running.items(), key=lambda kv: kv[1][2])
-            self.now += left * slowdown
-            for key, (w, p, rest, start) in list(self.running.items()):
-                self.running[key] = (w, p, rest - left, start)
-            del self.running[n]
-            self.sched.books.release(n)
-            attrs = {"end_reason": "complete", "duration_s": self.now - t0}
-            self.durations.observe(params, attrs)
+        while self.running or pending or self.backlog.items:
+            if not self.running:  # an offer only recycled idle workers' contexts: offer again
+                self._schedule(pending)
+                if not self.running:
+                    raise RuntimeError(f"the replay is stuck with {len(self.backlog)} waiting")
+                continue
+            working = [p for _, p, setup, _, _ in self.running.values() if setup <= 0]
+            slowdown = max(1.0, sum(self._demand(p) for p in working))
+            # the next event: a start-up ends (wall time), or a trial's work ends (slowed down)
+            step = min(
+                setup if setup > 0 else work * slowdown
+                for _, _, setup, work, _ in self.running.values()
+            )
+            self.now += step
+            ended = []
+            for key, (w, p, setup, work, start) in list(self.running.items()):
+                if setup > 0:
+                    setup -= step
+                else:
+                    work -= step / slowdown
+                self.running[key] = (w, p, setup, work, start)
+                if setup <= 1e-12 and work <= 1e-12:
+                    ended.append(key)
+            for n in ended:
+                params, t0 = self.running[n][1], self.running[n][4]
+                del self.running[n]
+                self.sched.books.release(n)
+                self.durations.observe(
+                    params, {"end_reason": "complete", "duration_s": self.now - t0}
+                )
             self._schedule(pending)
         return self.now
 
@@ -132,7 +167,7 @@ class Replay:
         return float(self.wl.family(params).demand.value(params))
 
     def _slots(self) -> list[Slot]:
-        busy = {w for w, _, _, _ in self.running.values()}
+        busy = {w for w, *_ in self.running.values()}
         return [Slot(w, w not in busy, d) for w, d in self.bound.items()]
 
     def _act(self, item: Waiting, placement: Placement) -> bool:
@@ -145,8 +180,9 @@ class Replay:
         ends_at = float("inf") if expected is None else self.now + expected
         self.sched.books.hold(n, placement, ends_at)
         self.bound[placement.worker] = placement.device
-        work = epochs * self.wl.family(item.params).epoch_s * self.args.time_scale
-        self.running[n] = (placement.worker, item.params, work, self.now)
+        family, scale = self.wl.family(item.params), self.args.time_scale
+        work = epochs * family.epoch_s * scale
+        self.running[n] = (placement.worker, item.params, family.setup_s * scale, work, self.now)
         return True
 
     def _schedule(self, pending: list[tuple[int, tuple[dict[str, Any], int]]]) -> None:
@@ -155,8 +191,7 @@ class Replay:
             self._offer(item)
         while pending and not self.backlog.full and any(s.idle for s in self._slots()):
             n, (params, epochs) = pending.pop(0)
-            upper = self.wl.peak_bytes(params) * (1 + self.wl.noise_frac)
-            upper += self.wl.device.context_gib * GIB
+            upper = footprint_gib(self.wl, params) * GIB
             item = Waiting((n, epochs), params, Estimate(upper, upper, "oracle", 1))
             self.backlog.add(item)
             if self._offer(item).decision is not Decision.ADMIT:
@@ -176,18 +211,24 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     if not runs:
         raise ValueError(f"no trial of study {args.study!r} ran to a result in {args.db}")
     budget_gib = wl.device.capacity_gib * (1 - args.margin_frac)
-    alone = []
+    alone, gpu_s, setup_s = [], 0.0, 0.0
     for params, epochs in runs:
-        footprint = wl.peak_bytes(params) * (1 + wl.noise_frac) / GIB + wl.device.context_gib
-        alone.append((footprint, epochs * wl.family(params).epoch_s * args.time_scale))
-    big_s, bound_s = lower_bound(alone, budget_gib)
+        seconds = epochs * wl.family(params).epoch_s * args.time_scale
+        alone.append((footprint_gib(wl, params), seconds))
+        gpu_s += min(1.0, wl.family(params).demand.value(params)) * seconds
+        setup_s += wl.family(params).setup_s * args.time_scale
+    big_s, memory_bound_s = lower_bound(alone, budget_gib)
+    bound_s = max(memory_bound_s, gpu_s)
     work_s = sum(s for _, s in alone)
     replay_s = Replay(wl, args).run(runs)
     return {
         "trials": len(runs),
         "budget_gib": round(budget_gib, 2),
         "work_s": round(work_s, 1),
+        "setup_s": round(setup_s, 1),
+        "gpu_s": round(gpu_s, 1),
         "big_s": round(big_s, 1),
+        "memory_bound_s": round(memory_bound_s, 1),
         "bound_s": round(bound_s, 1),
         "replay_s": round(replay_s, 1),
         "work_over_bound": round(work_s / bound_s, 3),

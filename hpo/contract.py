@@ -74,10 +74,12 @@ class Attr:
     VRAM_BUDGET_MIB = "vram_budget_mib"
     VRAM_RESERVED_MIB = "vram_reserved_mib"  # admission's reservation, context included
     ADMIT_WAIT_S = "admit_wait_s"  # seconds the trial waited for memory
+    MICRO_BATCH = "micro_batch"  # the batch one step holds (gradient accumulation)
+    ACCUM_STEPS = "accum_steps"  # micro-batches per optimizer step (1: the whole batch)
     BRACKET = "bracket"  # Hyperband bracket of the trial
     # retries and checkpoints
     RETRY_OF = "retry_of"  # number of the trial this one repeats
-    RETRY_KIND = "retry_kind"  # "halved_batch" for the opt-in OOM retry
+    RETRY_KIND = "retry_kind"  # "accumulation" (more micro-batches) or "halved_batch" after OOM
     ATTEMPT = "attempt"  # 2 for the first retry, 3 for the next, ...
     CHECKPOINT_DIR = "checkpoint_dir"
     RESUMED_FROM_EPOCH = "resumed_from_epoch"

@@ -194,3 +194,52 @@ def test_upper_bounds_cover_the_noise(noise: float) -> None:
     assert checked > 500
     assert len(over) / checked <= 0.02, (len(over), checked, max(over))
     assert max(over, default=0.0) <= 0.05
+
+
+def test_a_large_configuration_of_a_barely_known_group_waits_for_a_smaller_one() -> None:
+    """Without a prior, bs 64 of an unmeasured group waits while bs 8 of the same group is
+    pending; measured at two sizes, the group's fit then shows bs 64 cannot fit: pre-pruned,
+    never run into an OOM. Other groups, measured sizes and smaller ones are not held."""
+    gate = _gate(24)
+    big, small = {"model": "l", "batch_size": 64}, {"model": "l", "batch_size": 8}
+    other = {"model": "s", "batch_size": 4}
+    assert gate.hold_back(big, [small, other]) is not None
+    assert gate.hold_back(small, [big, other]) is None
+    assert gate.hold_back(big, [other]) is None  # nothing smaller of its group: it runs
+    _measured(gate, small, 6_000)
+    # one size known: bs 64 is still an extrapolation a second size may settle
+    mid = {"model": "l", "batch_size": 16}
+    assert gate.hold_back(big, [mid]) is not None
+    assert gate.hold_back({"model": "l", "batch_size": 8}, [mid]) is None  # measured size
+    _measured(gate, mid, 11_000)
+    assert gate.hold_back(big, [{"model": "l", "batch_size": 32}]) is None  # fitted now
+    verdict = gate.check(big)  # 6,000 + 625 × 56 ≈ 41,000 MiB on a 24 GiB card
+    assert verdict.decision is Decision.PRE_PRUNE, verdict.reason
+
+
+def test_two_scaling_parameters_need_three_sizes_before_nothing_is_held() -> None:
+    gate = _gate(24, ("batch_size", "tokens"))
+    big = {"model": "v", "batch_size": 64, "tokens": 256}
+    _measured(gate, {"model": "v", "batch_size": 8, "tokens": 64}, 2_000)
+    _measured(gate, {"model": "v", "batch_size": 16, "tokens": 64}, 3_000)
+    pending = [{"model": "v", "batch_size": 8, "tokens": 128}]
+    assert gate.hold_back(big, pending) is not None
+    _measured(gate, pending[0], 3_200)
+    assert gate.hold_back(big, [{"model": "v", "batch_size": 16, "tokens": 128}]) is None
+    # a configuration no larger than a measured one in every parameter is never held
+    assert gate.hold_back({"model": "v", "batch_size": 8, "tokens": 64}, pending) is None
+
+
+def test_a_held_trial_neither_goes_first_nor_is_protected() -> None:
+    from hpo.memory import Estimate
+    from hpo.scheduling import Backlog
+    from hpo.scheduling.backlog import Waiting
+
+    backlog = Backlog(max_bypass=0, limit=8)  # max_bypass 0: the oldest is always starving
+    held = Waiting(None, {"n": 1}, None, held="waits for a smaller configuration")
+    small = Waiting(None, {"n": 2}, Estimate(GIB, 1.1 * GIB, "fit", 3))
+    backlog.add(held)
+    backlog.add(small)
+    assert backlog.queue() == [small, held]
+    held.held = None
+    assert backlog.queue() == [held, small]  # unknown (largest), and starving

@@ -29,14 +29,19 @@ def _trials(db: Path) -> list[dict]:
 
 
 def test_small_card_pre_prunes_what_cannot_fit_and_tells_the_sampler(tmp_path: Path) -> None:
-    # On a 12 GiB card large@32, large@64 and base@64 cannot fit; the gate learns it from
-    # measured peaks and OOMs, and then pre-prunes them without running them.
+    # On a 12 GiB card large@32, large@64 and base@64 cannot fit whole (and micro-batching is
+    # off here); the gate learns it from measured peaks and OOMs, and then pre-prunes them
+    # without running them.
     # TPE's random start-up phase is kept long: later, its proposals the gate would pre-prune
     # are drawn again (hpo/memory/sampling.py), so TPE itself rarely proposes them.
     proc = run_hpo(
         tmp_path,
         *_sim_args(
-            tmp_path, "study.n_trials=40", "memory.capacity_gib=12", "sampler.n_startup_trials=30"
+            tmp_path,
+            "study.n_trials=40",
+            "memory.capacity_gib=12",
+            "sampler.n_startup_trials=30",
+            "study.memory.accumulation=false",
         ),
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -66,6 +71,7 @@ def test_small_card_pre_prunes_what_cannot_fit_and_tells_the_sampler(tmp_path: P
 
 def test_oom_retry_with_half_batch_is_opt_in(tmp_path: Path) -> None:
     args = _sim_args(tmp_path, "study.n_trials=12", "memory.capacity_gib=12", "memory.prune=false")
+    args.append("study.memory.accumulation=false")  # else an OOM retries with micro-batches
     proc = run_hpo(tmp_path, *args, "memory.oom_retry_halved_batch=true")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     db = tmp_path / "_optuna" / "simulated.db"

@@ -25,6 +25,7 @@ from tests.conftest import ROOT, run_hpo, settings_of
 from .test_memory_gate import _trials
 
 WORKLOAD = ROOT / "bench" / "workloads" / "criteria24.yaml"
+NO_SPLIT = ("study.memory.accumulation=false",)  # an OOM is not retried with micro-batches
 
 
 def sim_cfg(tmp_path: Path, *extra: str) -> Settings:
@@ -121,7 +122,7 @@ def test_a_packed_card_is_never_over_committed_and_runs_trials_side_by_side(
 def test_the_cap_turns_an_under_estimate_into_one_oom_and_spares_the_neighbours(
     tmp_path: Path,
 ) -> None:
-    cfg = sim_cfg(tmp_path, "par=4", "study.n_trials=6", "study.epochs=4")
+    cfg = sim_cfg(tmp_path, "par=4", "study.n_trials=6", "study.epochs=4", *NO_SPLIT)
     study = sim_study(tmp_path)
     # large@32 holds ~19.9 GiB; admission is told 10 GiB, so three small trials join it.
     # Without the cap the card would overflow and the neighbours would die with it.
@@ -249,26 +250,65 @@ def test_the_packing_benchmark_quick_form(tmp_path: Path) -> None:
     argv = ["--db", str(db), "--study", "packing-par1", "--time-scale", "0.004"]
     bound = packing_bound.measure(packing_bound.parse_args(argv))
     assert bound["trials"] == result["policies"]["par1"]["useful_trials"]
-    assert 0 < bound["bound_s"] <= bound["replay_s"] + 1e-9 <= bound["work_s"] + 1e-6
+    assert 0 < bound["bound_s"] <= bound["replay_s"] + 1e-9
+    assert bound["replay_s"] <= bound["work_s"] + bound["setup_s"] + 1e-6
+    assert bound["gpu_s"] <= bound["bound_s"] + 1e-9
 
 
-def test_the_packing_bound_of_trials_that_cannot_share() -> None:
-    """Footprints of 20 and 15 GiB on a 22.8 GiB budget run one after the other (3 s); beside
-    the 15 GiB one, 7.8 GiB × 1 s hold the 5 GiB trials' 10 GiB·s but 2.2; beside the 20 GiB
-    one nothing fits."""
-    from bench.packing_bound import lower_bound
+NEGATIVE_PRODUCT = """
+name: negative
+device: {capacity_gib: 24, context_gib: 0.5}
+family_param: model
+epochs: 2
+memory: {scaling: [batch_size, seq]}
+space:
+  model: {type: categorical, choices: [m]}
+  batch_size: {type: categorical, choices: [8, 16, 32]}
+  seq: {type: categorical, choices: [64, 128, 256]}
+families:
+  m:
+    peak_gib:  # the product term's negative coefficient drives large configurations below 0
+      - {coef: 16.0}
+      - {coef: 0.05, powers: {batch_size: 1}}
+      - {coef: -0.004, powers: {batch_size: 1, seq: 1}}
+    epoch_s: 1.0
+    setup_s: 0.5
+    demand: {base: %(demand)s}
+    curve: {ceiling: 0.9}
+"""
 
-    big_s, bound_s = lower_bound([(20, 2.0), (15, 1.0), (5, 1.0), (5, 1.0)], 22.8)
-    assert big_s == 3.0
-    assert bound_s == pytest.approx(3.0 + 2.2 / 22.8)
 
-
-def test_the_packing_bound_rejects_a_file_without_the_study(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("demand", [0.05, 0.7], ids=["memory-bound", "compute-bound"])
+def test_the_replay_never_beats_its_own_bound_on_any_workload(
+    tmp_path: Path, demand: float
 ) -> None:
+    """Memory is never below zero whatever the terms (a negative reservation once let the
+    replay run big trials side by side: 6 s against a 75 s bound), and compute counts: trials
+    of demand 0.7 cannot run side by side at full speed."""
     from bench import packing_bound
+    from hpo.config.space import build_space
 
-    study = sim_study(tmp_path)  # an Optuna database with no trial
+    workload = tmp_path / "negative.yaml"
+    workload.write_text(NEGATIVE_PRODUCT % {"demand": demand})
+    study = sim_study(tmp_path)
+    space = load_workload(str(workload)).space
+    dists = build_space({k: dict(v) for k, v in space.items()})
+    for bs, seq in [(b, s) for b in (8, 16, 32) for s in (64, 128, 256)] * 2:
+        params = {"model": "m", "batch_size": bs, "seq": seq}
+        trial = optuna.trial.create_trial(
+            params=params,
+            distributions={k: dists[k] for k in params},
+            value=0.5,
+            intermediate_values={1: 0.4, 2: 0.5},
+            user_attrs={"end_reason": "complete"},
+        )
+        study.add_trial(trial)
     db = tmp_path / "_optuna" / "simulated.db"
-    assert packing_bound.main(["--db", str(db), "--study", study.study_name]) == 2
-    assert "no trial of study 'simulated' ran to a result" in capsys.readouterr().err
+    argv = ["--db", str(db), "--study", "simulated", "--workload", str(workload)]
+    bound = packing_bound.measure(packing_bound.parse_args([*argv, "--time-scale", "1"]))
+    assert bound["trials"] == 18
+    assert bound["gpu_s"] == pytest.approx(18 * 2 * demand)
+    assert bound["bound_s"] == max(bound["gpu_s"], bound["memory_bound_s"])
+    assert bound["bound_s"] <= bound["replay_s"] + 1e-9
+    wl = load_workload(str(workload))  # (32, 256): 16 + 1.6 - 32.8 GiB, no memory but context
+    assert packing_bound.footprint_gib(wl, {"model": "m", "batch_size": 32, "seq": 256}) == 0.5

@@ -28,7 +28,6 @@ def register_configs() -> None:
 
 
 BUILTIN_CONF = Path(__file__).resolve().parents[1] / "conf"  # hpo's own groups (package data)
-_SOURCE_ROOT = Path(__file__).resolve().parents[2]  # a source checkout (bench/workloads/ …)
 
 
 @dataclass(frozen=True)
@@ -160,12 +159,11 @@ def _fill_from_workload(cfg: DictConfig, project: Path) -> None:
     workload = cfg.study.get("workload")
     if not workload:
         return
-    from hpo.sim.workload import load_workload
+    from hpo.sim.workload import builtin_path, load_workload
 
-    path = Path(workload)
-    if not path.is_absolute():  # relative to the project, else to hpo's source checkout
-        candidates = [project / path, _SOURCE_ROOT / path]
-        path = next((c for c in candidates if c.exists()), candidates[0])
+    path = builtin_path(str(workload)) or Path(workload)
+    if not path.is_absolute():  # relative to the project directory
+        path = project / path
     cfg.study.workload = str(path.resolve())
     if not cfg.study.memory.scaling:  # the workload says what memory grows with
         cfg.study.memory.scaling = list(load_workload(cfg.study.workload).scaling or ["batch_size"])

@@ -44,6 +44,12 @@ class StudyMemoryConf:
     groups: list[str] | None = None  # params that change memory; null = categorical, not scaling
     step_builder: str | None = None  # "module:function"(params, cfg) -> (model, optimizer, batch)
     estimate_fn: str | None = None  # "module:function"(params, cfg) -> peak device bytes
+    # The objective trains with hpo.current_context().accum_steps micro-batches of
+    # batch / accum_steps per optimizer step (the same effective batch and learning result),
+    # so a batch that does not fit may be split; an OOM retries with twice the steps.
+    accumulation: bool = False
+    batch_param: str = "batch_size"  # the parameter micro-batching divides
+    max_accum_steps: int = 8  # the most micro-batches per step (a power of 2)
 
 
 @dataclass

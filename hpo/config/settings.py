@@ -37,6 +37,10 @@ class StudySettings:
     space_conf: Mapping[str, Mapping[str, Any]]  # the declared space as written (type, low …)
     scaling: tuple[str, ...]  # params memory grows with
     groups: tuple[str, ...]  # params that change memory otherwise (declared or categorical)
+    # gradient accumulation the objective supports: split batch_param up to max_accum_steps
+    # ways (0: it does not)
+    max_accum_steps: int = 0
+    batch_param: str = "batch_size"
 
 
 @dataclass(frozen=True)
@@ -200,6 +204,8 @@ def _study(study: Mapping[str, Any]) -> StudySettings:
         space_conf=space_conf,
         scaling=tuple(memory.get("scaling") or ()),
         groups=memory_groups(space_conf, memory),
+        max_accum_steps=int(memory.get("max_accum_steps", 8)) if memory.get("accumulation") else 0,
+        batch_param=str(memory.get("batch_param", "batch_size")),
     )
 
 

@@ -108,6 +108,15 @@ def _validate_memory(cfg: DictConfig) -> None:
                 f"study.memory names param {name!r} that is not in study.space "
                 f"({', '.join(study.space)})"
             )
+    steps = study.memory.max_accum_steps
+    if steps < 1 or steps & (steps - 1):
+        raise ConfigError(f"study.memory.max_accum_steps must be a power of 2, got {steps}")
+    batch = study.memory.batch_param
+    if study.memory.accumulation and batch not in study.memory.scaling:
+        raise ConfigError(
+            f"study.memory.accumulation splits {batch!r} (study.memory.batch_param), which "
+            f"must be one of study.memory.scaling ({', '.join(study.memory.scaling) or 'none'})"
+        )
 
 
 def instantiate_pruner(cfg: DictConfig) -> Any:

@@ -29,6 +29,11 @@ class TrialContext:
     # The device object trials of this worker run on (a SimulatedGpu for study.device=sim, whose
     # allocate/release the simulated objective calls); None outside the runner.
     handle: Device | None = None
+    # Gradient accumulation chosen by admission (study.memory.accumulation): train each
+    # optimizer step on ``accum_steps`` micro-batches of ``micro_batch`` examples, the loss of
+    # each scaled by 1 / accum_steps; 1 and None when the batch runs whole.
+    accum_steps: int = 1
+    micro_batch: int | None = None
 
 
 _current: contextvars.ContextVar[TrialContext | None] = contextvars.ContextVar(

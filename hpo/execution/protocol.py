@@ -18,6 +18,8 @@ class Assignment:
     checkpoint_dir: str | None = None  # the trial's checkpoint directory (a retry's is inherited)
     device: str | None = None  # where admission placed it ("cuda:1", "sim:0"); None: default
     mem_cap_bytes: int | None = None  # its process's limit on that device, context included
+    accum_steps: int = 1  # micro-batches per optimizer step (gradient accumulation)
+    micro_batch: int | None = None  # the batch of one micro-step (None: not split)
 
 
 @dataclass

@@ -63,6 +63,8 @@ class TrialRunner:
             trial_number=assignment.trial_number,
             checkpoint_dir=_make_dir(assignment.checkpoint_dir),
             handle=self._device,
+            accum_steps=assignment.accum_steps,
+            micro_batch=assignment.micro_batch,
         )
         start = time.monotonic()
         self._device.cap_process(assignment.mem_cap_bytes)

@@ -18,12 +18,10 @@ fit with every quadratic term the data allow. An OOM is censored data: that conf
 and every one of its group at least as large in every scaling parameter, needs more than the
 bound.
 
-The upper bound is what admission reserves; what pre-pruning weighs (``prune_bytes``) is the
-evidence that a configuration cannot run: the largest mean measured for a configuration it
-dominates (memory is monotone), an OOM bound, and a fit's point at its optimistic end (one
-standard error less) plus the noise of repeated runs, but only from a fit with enough
-configurations to have determined it. Wide margins thus reserve generously but never give a
-configuration that fits up for good.
+The upper bound is what admission reserves; pre-pruning weighs (``prune_bytes``) the evidence
+that a configuration cannot run: the largest mean measured for a configuration it dominates,
+an OOM bound, and a fit's point at its optimistic end (less one standard error) plus the
+noise of repeated runs, only from a fit with enough configurations to have determined it.
 """
 
 from __future__ import annotations
@@ -130,8 +128,7 @@ class MemoryEstimator:
         return self._prior is not None
 
     @property
-    def n_observations(self) -> int:
-        """Measured peaks and OOM bounds learned so far."""
+    def n_observations(self) -> int:  # measured peaks and OOM bounds learned so far
         return sum(map(len, self._measured.values())) + sum(map(len, self._bounds.values()))
 
     @property
@@ -141,6 +138,9 @@ class MemoryEstimator:
 
     def n_measured(self, params: Mapping[str, Any]) -> int:
         return len(self._measured.get(self.group_of(params), ()))
+
+    def sizes(self, params: Mapping[str, Any]) -> set[tuple[float, ...]]:  # measured in group
+        return {sp for sp, _ in self._measured.get(self.group_of(params), ())}
 
     def measured_peaks(self, params: Mapping[str, Any]) -> list[float]:
         """Peaks measured for exactly this configuration (its group and scaling values)."""
@@ -302,7 +302,7 @@ class MemoryEstimator:
         found = self._calibration()
         return slope * (found[0].slope if found else 1.0)
 
-    def _state(self, params: Mapping[str, Any]) -> float:
+    def _state(self, params: Mapping[str, Any]) -> float:  # a traced step's state, if known
         return self._prior.state_bytes(params) if self._prior is not None else 0.0
 
     def _calibration(self) -> tuple[Line, float] | None:

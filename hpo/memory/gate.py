@@ -16,6 +16,10 @@ The rules, in order:
   lone trial gets, :mod:`hpo.scheduling.admission`). A trial between the budget and that runs
   alone and is measured; an estimate whose only uncertainty is the noise margin never gives a
   configuration that fits up for good.
+- **Learn small before large**: without a prior, a group measured at fewer sizes than its fit
+  needs cannot tell whether a larger configuration fits; such a configuration waits while a
+  smaller one of its group is waiting or running (:meth:`MemoryGate.hold_back`), whose
+  measurement may show it cannot fit (pre-pruned, no OOM) or size it.
 - **An OOM is evidence only against the trial that caused it**: its bound (peak + the failed
   request) is learned when the trial needed more than its own reservation
   (``vram_reserved_mib``, where recorded), or its message says its own per-process cap
@@ -27,7 +31,7 @@ The rules, in order:
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -126,6 +130,27 @@ class MemoryGate:
             )
             return Verdict(Decision.PRE_PRUNE, reason, estimate, self.budget_bytes)
         return Verdict(Decision.ADMIT, "fits the budget", estimate, self.budget_bytes)
+
+    def hold_back(
+        self, params: Mapping[str, Any], pending: Iterable[Mapping[str, Any]]
+    ) -> str | None:
+        """Why ``params`` should wait for a smaller configuration of its group, among
+        ``pending`` (waiting or running, not yet measured), to be measured first; None if it
+        need not (module docstring)."""
+        est = self.estimator
+        if not self.active or est.has_prior or not est.params_needed <= params.keys():
+            return None
+        sizes, s = est.sizes(params), est.s_of(params)
+        covered = any(all(a <= b for a, b in zip(s, m, strict=True)) for m in sizes)
+        if len(sizes) > len(s) or covered:
+            return None  # enough sizes to fit, or no larger than one measured
+        group, x = est.group_of(params), est.x_of(params)
+        for other in pending:
+            if not est.params_needed <= other.keys() or est.group_of(other) != group:
+                continue
+            if est.x_of(other) < x and est.s_of(other) not in sizes:
+                return "waits for a smaller configuration of its group to be measured first"
+        return None
 
     def observe(self, params: Mapping[str, Any], attrs: Mapping[str, Any]) -> None:
         """Learn from a finished trial's user attributes (measured peak, or an OOM bound)."""

@@ -36,6 +36,8 @@ class Waiting:
     last_reason: str = ""  # the last wait reason logged for it (logged again only on change)
     reestimated: dict[str, Any] | None = None  # the estimate's attrs, if it changed since asked
     trial_id: int = -1  # the trial's storage id
+    held: str | None = None  # why it may not start yet whatever the memory (learn small first)
+    accum_steps: int = 1  # micro-batches per step; ``params`` hold the micro-batch
 
 
 class Backlog:
@@ -58,12 +60,12 @@ class Backlog:
 
     def queue(self) -> list[Waiting]:
         """The order trials are offered in: a starving oldest trial, then the largest first
-        (unknown estimates count as largest: they run alone)."""
+        (unknown estimates count as largest: they run alone); held trials last."""
         order = sorted(self.items, key=upper_bytes, reverse=True)  # stable: older first on ties
-        if self.starving:
+        if self.starving and self.items[0].held is None:
             order.remove(self.items[0])
             order.insert(0, self.items[0])
-        return order
+        return [i for i in order if i.held is None] + [i for i in order if i.held is not None]
 
     @property
     def full(self) -> bool:

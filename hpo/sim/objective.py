@@ -1,10 +1,18 @@
 """The simulated objective: a trial that holds, waits and learns as its workload file says.
 
-It runs on a simulated card (``study.device=sim``): it allocates its true peak (with the
-workload's run-to-run noise) in two steps, like weights then the first batch's activations, so
-an OOM comes from the card exactly as a CUDA OOM would. Each epoch takes the family's time,
-scaled by ``study.time_scale`` and stretched by contention on the card, then reports the
-family's learning curve to the pruner.
+It runs on a simulated card (``study.device=sim``). First it spends the family's ``setup_s``
+(process, data, model: a trial that then runs out of memory has spent it too); then it
+allocates its true peak (with the workload's run-to-run noise) in two steps, like weights then
+the first batch's activations, so an OOM comes from the card exactly as a CUDA OOM would. Each
+epoch takes the family's time, scaled by ``study.time_scale`` and stretched by contention on
+the card; its last ``eval_s`` evaluate, holding ``eval_extra_gib`` more (released after), so a
+neighbour that fit the training peak can still run out of memory mid-trial and lose its
+epochs. Then it reports the family's learning curve to the pruner.
+
+It accumulates gradients: run with ``k`` micro-batches (``hpo.current_context()``), it holds
+the memory of the micro-batch and learns exactly as with the whole batch; its steps use the
+card less (the family's demand at the micro-batch), so an epoch of the same GPU work takes
+longer: ``demand(batch) / demand(micro-batch)`` times.
 """
 
 from __future__ import annotations
@@ -31,28 +39,42 @@ _SLICE_S = 0.02  # contention is re-read this often while an epoch runs (wall se
 class SimulatedStudyConf(StudyConf):
     """A study of a simulated workload on a simulated card (``device: sim``)."""
 
-    workload: str = "bench/workloads/criteria24.yaml"  # workload spec file (docs/workloads.md)
+    workload: str = "criteria24"  # a built-in workload's name, or a file (docs/workloads.md)
     time_scale: float = 0.01  # wall seconds per simulated second (0.01: 100× faster)
 
 
 def objective(trial: optuna.Trial, cfg: DictConfig) -> float:
     """Hold the trial's memory, run its epochs, report its curve; return the best value."""
     study = cfg.study
-    gpu = current_context().handle
+    ctx = current_context()
+    gpu = ctx.handle
     if not isinstance(gpu, SimulatedGpu):
         raise RuntimeError(f"the simulated objective needs study.device=sim, got {study.device!r}")
     wl = load_workload(str(study.workload))
     params = trial.params
+    run = dict(params)  # what one step holds: the micro-batch when accumulating
+    if ctx.accum_steps > 1 and ctx.micro_batch:
+        run[str(study.memory.batch_param)] = ctx.micro_batch
     family = wl.family(params)
-    peak = wl.peak_bytes(params, seed=trial.number)
+    peak = wl.peak_bytes(run, seed=trial.number)
+    scale = float(study.time_scale)
+    time.sleep(family.setup_s * scale)  # process, data and model before the first allocation
+    extra, eval_s = wl.eval_extra_bytes(run), family.eval_s * scale
     try:
         gpu.allocate(peak // 3)  # weights, gradients and optimizer state
-        gpu.set_demand(family.demand.value(params))
+        gpu.set_demand(family.demand.value(run))
         gpu.allocate(peak - peak // 3)  # activations of the first batch: the peak
-        best, work_s = 0.0, family.epoch_s * float(study.time_scale)
-        demand = min(1.0, family.demand.value(params))
+        # the same GPU work per epoch, at the micro-batch's lower utilisation
+        demand = min(1.0, family.demand.value(run))
+        stretch = min(1.0, family.demand.value(params)) / demand
+        best, work_s = 0.0, family.epoch_s * scale * stretch
         for epoch in range(1, int(study.epochs) + 1):
-            _run_epoch(gpu, work_s)
+            _run_epoch(gpu, work_s - eval_s)
+            if extra:
+                gpu.allocate(extra)  # the evaluation's buffers, beside the training state
+            _run_epoch(gpu, eval_s)
+            if extra:
+                gpu.release(extra)
             value = family.curve.value(params, epoch)
             best = max(best, value)
             trial.report(value, epoch)

@@ -78,6 +78,9 @@ class Family:
     epoch_s: float  # seconds of one epoch alone on the card, before time scaling
     demand: Demand
     curve: Curve
+    setup_s: float = 0.0  # seconds before the first allocation (process, data, model)
+    eval_extra_gib: tuple[Term, ...] = ()  # allocated for the evaluation after each epoch
+    eval_s: float = 0.0  # seconds the evaluation holds it (part of the epoch's time)
 
 
 @dataclass(frozen=True)
@@ -98,20 +101,43 @@ class Workload:
         return self.families[str(params[self.family_param])]
 
     def peak_bytes(self, params: Mapping[str, Any], seed: int | None = None) -> int:
-        """The trial's peak without context; with ``seed``, the run-to-run noise too."""
-        gib = sum(t.value(params) for t in self.family(params).peak_gib)
+        """The trial's peak without context; with ``seed``, the run-to-run noise too. Terms
+        may have negative coefficients; memory below zero is none."""
+        gib = max(0.0, sum(t.value(params) for t in self.family(params).peak_gib))
         if seed is not None and self.noise_frac > 0:
             gib *= 1.0 + random.Random(seed).uniform(-self.noise_frac, self.noise_frac)
         return int(gib * GIB)
 
+    def eval_extra_bytes(self, params: Mapping[str, Any]) -> int:
+        """Memory the evaluation after each epoch allocates on top of the training peak."""
+        return int(max(0.0, sum(t.value(params) for t in self.family(params).eval_extra_gib)) * GIB)
+
     def footprint_bytes(self, params: Mapping[str, Any]) -> int:
-        """True device footprint of the trial (peak + context), without noise."""
-        return self.peak_bytes(params) + int(self.device.context_gib * GIB)
+        """True device footprint of the trial (peak with its evaluation + context), without
+        noise."""
+        extra = self.eval_extra_bytes(params)
+        return self.peak_bytes(params) + extra + int(self.device.context_gib * GIB)
+
+
+BUILT_IN = Path(__file__).resolve().parent / "workloads"  # workloads shipped with hpo
+
+
+def builtin_path(name: str) -> Path | None:
+    """The file of built-in workload ``name`` (``criteria24``); None when ``name`` is a path
+    (it has a ``/`` or a YAML suffix); ConfigError for an unknown name."""
+    if "/" in name or name.endswith((".yaml", ".yml")):
+        return None
+    known = sorted(p.stem for p in BUILT_IN.glob("*.yaml"))
+    if name not in known:
+        raise ConfigError(f"no built-in workload {name!r} (built in: {', '.join(known)})")
+    return BUILT_IN / f"{name}.yaml"
 
 
 @functools.lru_cache(maxsize=16)
 def load_workload(path: str) -> Workload:
-    """Read and check a workload file; ConfigError (one line) for any mistake in it."""
+    """Read and check a workload file, or a built-in workload by name; ConfigError (one line)
+    for any mistake in it."""
+    path = str(builtin_path(path) or path)
     try:
         raw = yaml.safe_load(Path(path).read_text())
     except OSError as e:
@@ -146,13 +172,17 @@ def _parse(raw: Any, name: str) -> Workload:
     return wl
 
 
+def _terms(raw: Any) -> tuple[Term, ...]:
+    return tuple(
+        Term(float(t["coef"]), {str(k): float(v) for k, v in (t.get("powers") or {}).items()})
+        for t in raw
+    )
+
+
 def _family(name: str, raw: Any) -> Family:
     if not isinstance(raw, dict):
         raise TypeError(f"families.{name} must be a mapping")
-    terms = tuple(
-        Term(float(t["coef"]), {str(k): float(v) for k, v in (t.get("powers") or {}).items()})
-        for t in raw["peak_gib"]
-    )
+    terms = _terms(raw["peak_gib"])
     d = raw["demand"]
     demand = Demand(
         float(d["base"]),
@@ -167,7 +197,15 @@ def _family(name: str, raw: Any) -> Family:
         float(c.get("best_lr", 1e-3)),
         float(c.get("lr_width", 1.0)),
     )
-    return Family(terms, float(raw.get("epoch_s", 1.0)), demand, curve)
+    return Family(
+        terms,
+        float(raw.get("epoch_s", 1.0)),
+        demand,
+        curve,
+        setup_s=float(raw.get("setup_s", 0.0)),
+        eval_extra_gib=_terms(raw.get("eval_extra_gib") or ()),
+        eval_s=float(raw.get("eval_s", 0.0)),
+    )
 
 
 def _check(wl: Workload) -> None:
@@ -187,7 +225,12 @@ def _check(wl: Workload) -> None:
     for fname, fam in wl.families.items():
         if fam.epoch_s <= 0:
             raise ValueError(f"families.{fname}.epoch_s must be > 0, got {fam.epoch_s}")
-        for term in fam.peak_gib:
+        if fam.setup_s < 0 or not 0 <= fam.eval_s < fam.epoch_s:
+            raise ValueError(
+                f"families.{fname}: setup_s must be >= 0 and eval_s in [0, epoch_s), got "
+                f"{fam.setup_s} and {fam.eval_s}"
+            )
+        for term in fam.peak_gib + fam.eval_extra_gib:
             missing = [p for p in term.powers if p not in wl.space]
             if missing:
                 raise ValueError(f"families.{fname}.peak_gib uses params not in space: {missing}")

@@ -27,6 +27,7 @@ from hpo.config.space import describe
 from hpo.contract import MEMORY_CONSTRAINT, Attr, Decision, EndReason
 from hpo.devices import MIB, Device
 from hpo.execution.protocol import Assignment
+from hpo.memory import micro
 from hpo.pruners import PatientHyperbandPruner
 from hpo.scheduling import AdmissionScheduler, Backlog, DurationModel, Placement, RamBudget, Slot
 from hpo.scheduling.backlog import Waiting, place_next
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from optuna.distributions import BaseDistribution
 
     from hpo.execution.pool import WorkerHandle, WorkerPool
-    from hpo.memory import MemoryGate
+    from hpo.memory import MemoryGate, Verdict
     from hpo.storage import StudyStore
     from hpo.supervisor.checkpoints import CheckpointStore
     from hpo.supervisor.liveness import Heartbeats
@@ -54,6 +55,7 @@ class LaunchModels:
     admission: AdmissionScheduler
     ram: RamBudget
     durations: DurationModel
+    split: tuple[str, int] = ("batch_size", 0)  # the batch param, most micro-batches (0: none)
 
 
 class Launcher:
@@ -83,7 +85,7 @@ class Launcher:
         self._beats = beats
         self._bound: dict[WorkerHandle, int | None] = {}  # worker -> device it touched
         self._params: dict[int, dict[str, Any]] = {}  # running trials' params, by number
-        self._reserved: dict[int, float | None] = {}  # their vram_reserved_mib, by number
+        self._reserved: dict[int, dict[str, Any]] = {}  # how they run: reservation, accum steps
 
     # --- starting trials ------------------------------------------------------------------------
 
@@ -106,18 +108,32 @@ class Launcher:
             if new is None:  # pre-pruned: it finished, ask again
                 continue
             self.backlog.add(new)
-            if self._offer(pool, new).decision is not Decision.ADMIT:
+            new.held = self._held_back(new)
+            if self._offer(pool, new).decision is not Decision.ADMIT and new.held is None:
                 return  # it waits for memory; the next event may free some
 
     def start_waiting(self, pool: WorkerPool) -> None:
         """Start the waiting trials that fit now, in the backlog's order."""
+        for item in self.backlog.items:
+            item.held = self._held_back(item)
         for item in self.backlog.queue():
             if not any(w.idle for w in pool.workers):
                 return
             self._offer(pool, item)
 
+    def _held_back(self, item: Waiting) -> str | None:
+        """Why ``item`` waits for a smaller one of its group to be measured (the gate's rule)."""
+        if not self.models.admission.packing:  # memory-blind: trials start when workers idle
+            return None
+        pending = [w.params for w in self.backlog.items if w is not item]
+        return self.models.gate.hold_back(item.params, pending + list(self._params.values()))
+
     def _offer(self, pool: WorkerPool, item: Waiting) -> Placement:
         """Place ``item`` with its expected duration; start it if admitted and its RAM fits."""
+        if item.held is not None:
+            placement = Placement(Decision.WAIT, item.held)
+            self._wait(pool, item, placement)
+            return placement
         duration = self.models.durations.predict(item.params)
         placement = place_next(
             self.backlog, self.models.admission, item, self._slots(pool), duration
@@ -165,8 +181,12 @@ class Launcher:
         if models.admission.packing:
             held = placement.reserve_bytes + models.admission.books.context_bytes
             attrs[Attr.VRAM_RESERVED_MIB] = round(held / MIB, 1)
+        if models.split[1]:  # the objective accumulates gradients: say how this one runs
+            attrs[Attr.ACCUM_STEPS] = item.accum_steps
+            attrs[Attr.MICRO_BATCH] = item.params.get(models.split[0])
         self._params[trial.number] = item.params
-        self._reserved[trial.number] = attrs.get(Attr.VRAM_RESERVED_MIB)
+        kept = (Attr.VRAM_RESERVED_MIB, Attr.ACCUM_STEPS)
+        self._reserved[trial.number] = {k: attrs[k] for k in kept if k in attrs}
         device = None if placement.device is None else models.devices[placement.device].label
         self._dispatch(pool, worker, item, device, placement.cap_bytes, attrs)
 
@@ -189,7 +209,16 @@ class Launcher:
         self._store.set_user_attrs(item.trial_id, attrs)
         logger.debug("trial %d -> worker %d: %s", trial.number, worker.pid, describe(item.params))
         # A dead pipe shows up as DIED in the next poll.
-        assignment = Assignment(item.trial_id, trial.number, checkpoint_dir, device, cap_bytes)
+        micro_batch = attrs.get(Attr.MICRO_BATCH) if item.accum_steps > 1 else None
+        assignment = Assignment(
+            item.trial_id,
+            trial.number,
+            checkpoint_dir,
+            device,
+            cap_bytes,
+            accum_steps=item.accum_steps,
+            micro_batch=micro_batch,
+        )
         pool.assign(worker, assignment)
 
     def _slots(self, pool: WorkerPool) -> list[Slot]:
@@ -202,18 +231,27 @@ class Launcher:
     # --- asking ---------------------------------------------------------------------------------
 
     def _admissible(self, trial: optuna.Trial, trial_id: int) -> Waiting | None:
-        """An asked trial for the backlog; None if the memory gate pre-pruned it (recorded)."""
-        verdict = self.models.gate.check(trial.params)
+        """An asked trial for the backlog, split into micro-batches if its batch cannot run
+        whole; None if the memory gate pre-pruned it (recorded)."""
+        at_least = int(trial.user_attrs.get(Attr.ACCUM_STEPS, 1))  # a retry after an OOM
+        steps, run, verdict = self._choose(trial.params, at_least)
         attrs = verdict.attrs()
         pruner = self._study.pruner
         if isinstance(pruner, PatientHyperbandPruner):  # for `hpo stats` by bracket
             attrs[Attr.BRACKET] = pruner.bracket_of(self._study, trial)
-        item = Waiting(trial, dict(trial.params), verdict.estimate, trial_id=trial_id)
+        item = Waiting(trial, run, verdict.estimate, trial_id=trial_id, accum_steps=steps)
         if verdict.decision is Decision.PRE_PRUNE:
             self._pre_prune(item, verdict.reason, attrs, self.models.gate.infeasibility(verdict))
             return None
         self._store.set_user_attrs(trial_id, attrs)
         return item
+
+    def _choose(
+        self, params: dict[str, Any], at_least: int = 1
+    ) -> tuple[int, dict[str, Any], Verdict]:
+        """The fewest micro-batches (from ``at_least``) that can run; see hpo.memory.micro."""
+        batch, most = self.models.split
+        return micro.choose(self.models.gate, params, batch, most, at_least)
 
     def _ask(self) -> tuple[optuna.Trial, int] | None:
         """The next trial and its id, marked as this supervisor's at once (see liveness);
@@ -248,12 +286,12 @@ class Launcher:
 
     def release(self, trial_number: int) -> tuple[dict[str, Any] | None, dict[str, Any]]:
         """The trial ended: its reservations end with it; returns its params (None if it was
-        not started by this launcher) and the reservation it ran under (``vram_reserved_mib``,
-        which tells the gate whether an OOM was the trial's own)."""
+        not started by this launcher; at the micro-batch it ran with) and how it ran
+        (``vram_reserved_mib``, which tells the gate whether an OOM was the trial's own, and
+        ``accum_steps``)."""
         self.models.admission.books.release(trial_number)
         self.models.ram.release(trial_number)
-        reserved = self._reserved.pop(trial_number, None)
-        held = {} if reserved is None else {Attr.VRAM_RESERVED_MIB: reserved}
+        held = self._reserved.pop(trial_number, {})
         return self._params.pop(trial_number, None), held
 
     def learn(self, params: dict[str, Any], attrs: dict[str, Any]) -> None:
@@ -272,12 +310,13 @@ class Launcher:
         otherwise still wait to run alone; one now known never to fit is pre-pruned."""
         gate = self.models.gate
         for item in list(self.backlog.items):
-            verdict = gate.check(item.params)
+            steps, run, verdict = self._choose(item.trial.params, item.accum_steps)
             if verdict.decision is Decision.PRE_PRUNE:
                 self.backlog.drop(item)
                 self._pre_prune(item, verdict.reason, verdict.attrs(), gate.infeasibility(verdict))
-            elif verdict.estimate != item.estimate:
+            elif verdict.estimate != item.estimate or steps != item.accum_steps:
                 item.estimate, item.reestimated = verdict.estimate, verdict.attrs()
+                item.params, item.accum_steps = run, steps
 
     def drop_waiting(self, why: str) -> list[tuple[Assignment, dict[str, Any], str]]:
         """Empty the backlog (the run ends): each waiting trial with its wait, to record."""

@@ -5,8 +5,10 @@ parameters, so the trial is run again with the same ones: the supervisor enqueue
 ``retry_of`` (the failed trial's number), ``attempt`` and the failed trial's ``checkpoint_dir``.
 The copy is a WAITING trial in the storage, so it survives a supervisor restart and any
 supervisor of the study may pick it up. ``oom`` and ``error`` come from the parameters and are
-never retried as they are; with ``memory.oom_retry_halved_batch`` an OOM is retried once with
-half the batch size instead (``retry_kind=halved_batch``).
+never retried as they are, but an OOM of an objective that accumulates gradients
+(``study.memory.accumulation``) is retried with the same parameters and twice the micro-batches
+(``retry_kind=accumulation``), and with ``memory.oom_retry_halved_batch`` one is retried once
+with half the batch size instead (``retry_kind=halved_batch``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from hpo.contract import Attr, EndReason
 if TYPE_CHECKING:
     import optuna
     from optuna.distributions import BaseDistribution
+
+    from hpo.config.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +100,33 @@ def halved_batch(
     if half < 1 or not allowed:
         return None
     return {**params, BATCH_PARAM: half}
+
+
+def retry_after_oom(
+    study: optuna.Study,
+    number: int,
+    run_params: Mapping[str, Any],
+    attrs: Mapping[str, Any],
+    settings: Settings,
+) -> bool:
+    """After trial ``number`` ran out of memory: for an objective that accumulates gradients,
+    queue the same parameters with twice the micro-batches (while the batch divides); else,
+    if ``memory.oom_retry_halved_batch``, with half the batch size. False if neither."""
+    study_settings = settings.study
+    batch, most = study_settings.batch_param, study_settings.max_accum_steps
+    steps = int(attrs.get(Attr.ACCUM_STEPS, 1))
+    if most and batch in run_params:
+        params = {**run_params, batch: int(run_params[batch]) * steps}  # as the sampler asked
+        if steps * 2 <= most and int(params[batch]) % (steps * 2) == 0:
+            more = {Attr.RETRY_OF: number, Attr.RETRY_KIND: "accumulation"}
+            study.enqueue_trial(params, user_attrs={**more, Attr.ACCUM_STEPS: steps * 2})
+            logger.info("trial %d ran out of memory; retrying with %d micro-batches of %s",
+                        number, steps * 2, int(params[batch]) // (steps * 2))  # fmt: skip
+            return True
+        run_params = params
+    if settings.memory.oom_retry_halved_batch:
+        return retry_with_half_batch(study, number, run_params, study_settings.space)
+    return False
 
 
 def retry_with_half_batch(

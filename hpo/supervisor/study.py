@@ -121,7 +121,8 @@ def open_study(
             (gate.budget_bytes or 0) / 2**20,
             learned,
         )
-    models = LaunchModels(devices, gate, admission, ram, durations)
+    split = (space.batch_param, space.max_accum_steps)
+    models = LaunchModels(devices, gate, admission, ram, durations, split)
     backlog = Backlog(mem.max_bypass, mem.max_waiting)
     store = StudyStore(storage, space.name, settings.storage.url)
     recorder.store = store

@@ -35,7 +35,7 @@ from hpo.supervisor.liveness import Heartbeats, Reaper
 from hpo.supervisor.lock import StudyLock
 from hpo.supervisor.nodes import NodeRegistry
 from hpo.supervisor.recorder import RunSummary, TrialRecorder
-from hpo.supervisor.retry import RetryPolicy, retry_with_half_batch
+from hpo.supervisor.retry import RetryPolicy, retry_after_oom
 from hpo.supervisor.signals import StopSignals, describe_exit
 
 if TYPE_CHECKING:
@@ -265,8 +265,8 @@ class Supervisor:
             return
         attrs = {Attr.END_REASON: outcome.end_reason.value, **reserved, **outcome.attrs}
         self._launcher.learn(params, attrs)
-        if outcome.end_reason is EndReason.OOM and self._settings.memory.oom_retry_halved_batch:
-            retry_with_half_batch(study, outcome.trial_number, params, self._settings.study.space)
+        if outcome.end_reason is EndReason.OOM:  # more micro-batches, or opt-in a smaller batch
+            retry_after_oom(study, outcome.trial_number, params, attrs, self._settings)
 
     def _retire_if_spent(self, pool: WorkerPool, worker: WorkerHandle, outcome: Outcome) -> None:
         if outcome.end_reason.poisons_worker:  # the worker exits on its own; never reuse it

@@ -54,7 +54,8 @@ def objective(trial: optuna.Trial, cfg: DictConfig) -> float:
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=params["lr"], weight_decay=float(study.weight_decay)
     )
-    run = _Run(trial, model, optimizer, loader, device, current_context().checkpoint_dir)
+    ctx = current_context()  # admission may split each batch into micro-batches
+    run = _Run(trial, model, optimizer, loader, device, ctx.checkpoint_dir, ctx.accum_steps)
     best_acc, best_state = _fit(run, splits.val, int(study.epochs))
     model.load_state_dict(best_state)
     test_acc = evaluate(model, splits.test, device)
@@ -118,6 +119,7 @@ class _Run:
     loader: DataLoader
     device: torch.device
     checkpoint_dir: Path | None
+    accum_steps: int = 1  # micro-batches per optimizer step (gradient accumulation)
 
     def resume(self) -> Progress:
         """The saved progress of a failed attempt (reported again), else a fresh start."""
@@ -144,7 +146,7 @@ def _fit(run: _Run, val: Dataset, epochs: int) -> tuple[float, StateDict]:
     progress = run.resume()
     for epoch in range(progress.epoch + 1, epochs + 1):
         start = time.perf_counter()
-        loss = train_epoch(run.model, run.optimizer, run.loader, run.device)
+        loss = train_epoch(run.model, run.optimizer, run.loader, run.device, run.accum_steps)
         val_acc = evaluate(run.model, val, run.device)
         log.debug(
             "trial %d epoch %d: loss %.4f, val %.4f (%.2fs)",
@@ -165,21 +167,33 @@ def _fit(run: _Run, val: Dataset, epochs: int) -> tuple[float, StateDict]:
 
 
 def train_epoch(
-    model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader, device: torch.device
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: DataLoader,
+    device: torch.device,
+    accum_steps: int = 1,
 ) -> float:
-    """One pass over ``loader``; the mean training loss."""
+    """One pass over ``loader``; the mean training loss. With ``accum_steps`` > 1 each batch
+    is split into that many micro-batches whose gradients add up (each loss weighted by its
+    share of the batch) before one optimizer step: the same step with a micro-batch's memory."""
     model.train()
     total, count = torch.zeros((), device=device), 0
-    for tokens, labels in loader:
-        tokens = tokens.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
-        with _autocast(device):
-            loss = nn.functional.cross_entropy(model(tokens), labels)
+    for batch_tokens, batch_labels in loader:
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        n = len(batch_labels)
+        tokens_split = batch_tokens.tensor_split(accum_steps)
+        chunks = zip(tokens_split, batch_labels.tensor_split(accum_steps), strict=True)
+        for tokens, labels in chunks:
+            if not len(labels):
+                continue
+            tokens = tokens.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            with _autocast(device):
+                loss = nn.functional.cross_entropy(model(tokens), labels)
+            (loss * (len(labels) / n)).backward()
+            total += loss.detach() * len(labels)
         optimizer.step()
-        total += loss.detach() * len(labels)
-        count += len(labels)
+        count += n
     return float(total) / max(count, 1)
 
 

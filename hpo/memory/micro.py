@@ -1,0 +1,52 @@
+"""Micro-batching as a memory lever: a batch that does not fit runs as ``k`` micro-batches.
+
+An objective that supports gradient accumulation (``study.memory.accumulation``) trains each
+optimizer step on ``k`` micro-batches of ``batch / k`` examples, the same effective batch and
+learning result with the memory of the micro-batch. Admission picks the fewest micro-batches
+(``k`` a power of 2) whose estimate can run at all; a trial is pre-pruned only when none
+can. Memory is estimated, measured and learned at the micro-batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from hpo.contract import Decision
+from hpo.memory.gate import MemoryGate, Verdict
+
+
+def split(params: Mapping[str, Any], batch_param: str, k: int) -> dict[str, Any] | None:
+    """``params`` with ``batch_param`` divided ``k`` ways, if it divides evenly; else None."""
+    batch = int(params[batch_param])
+    if k < 1 or batch % k or batch // k < 1:
+        return None
+    return {**params, batch_param: batch // k}
+
+
+def choose(
+    gate: MemoryGate,
+    params: Mapping[str, Any],
+    batch_param: str,
+    max_steps: int,
+    min_steps: int = 1,
+) -> tuple[int, dict[str, Any], Verdict]:
+    """The fewest micro-batches from ``min_steps`` (a retry after an OOM asks for more) that
+    the gate does not pre-prune: ``(k, params at the micro-batch, verdict)``; with none, the
+    first tried (pre-pruned). ``max_steps`` 0 or a parameter without ``batch_param``: whole."""
+    if max_steps < 1 or batch_param not in params:
+        return 1, dict(params), gate.check(params)
+    first: tuple[int, dict[str, Any], Verdict] | None = None
+    k = max(1, min_steps)
+    while k <= max(max_steps, min_steps):
+        run = split(params, batch_param, k)
+        if run is None:
+            break
+        verdict = gate.check(run)
+        if verdict.decision is not Decision.PRE_PRUNE:
+            return k, run, verdict
+        first = first or (k, run, verdict)
+        k *= 2
+    if first is None:  # not even min_steps divides the batch: run it whole
+        return 1, dict(params), gate.check(params)
+    return first
