@@ -8,6 +8,7 @@ of processes running trials (2) − the objective's own time (≈ 0 here), avera
 and over the last ``--window`` trials. Growth = last / first: what grows with the study.
 
     python -m bench.scale --trials 5000 --json /tmp/scale.json [--storages sqlite,postgres]
+                          [--who hpo,optuna]
 
 PostgreSQL comes from ``HPO_TEST_POSTGRES_URL`` (a fresh study name each run).
 """
@@ -127,9 +128,11 @@ def run_optuna(storage: str, name: str, trials: int) -> float:
     return time.monotonic() - start
 
 
-def measure(kind: str, trials: int, window: int, workdir: Path) -> dict[str, Any]:
+def measure(
+    kind: str, trials: int, window: int, workdir: Path, who_runs: tuple[str, ...]
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for who in ("hpo", "optuna"):
+    for who in who_runs:
         name = f"scale-{who}-{uuid.uuid4().hex[:6]}"
         if kind == "sqlite":
             storage = f"sqlite:///{workdir / (name + '.db')}"
@@ -152,15 +155,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trials", type=int, default=5000)
     p.add_argument("--window", type=int, default=250, help="first/last trials compared")
     p.add_argument("--storages", default="sqlite,postgres")
+    p.add_argument("--who", default="hpo,optuna", help="which to run (default both)")
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args(argv)
     kinds = [k.strip() for k in args.storages.split(",") if k.strip()]
+    unknown = set(args.who.split(",")) - {"hpo", "optuna"}
+    if unknown:
+        p.error(f"--who takes hpo and optuna, got {sorted(unknown)}")
     if "postgres" in kinds and not os.environ.get("HPO_TEST_POSTGRES_URL"):
         p.error("postgres needs HPO_TEST_POSTGRES_URL")
     results: dict[str, Any] = {"trials": args.trials, "window": args.window}
     with tempfile.TemporaryDirectory(prefix="hpo-scale-") as tmp:
         for kind in kinds:
-            results[kind] = measure(kind, args.trials, args.window, Path(tmp))
+            who = tuple(w.strip() for w in args.who.split(",") if w.strip())
+            results[kind] = measure(kind, args.trials, args.window, Path(tmp), who)
     print(f"{'storage':10} {'who':7} {'first_ms':>9} {'last_ms':>9} {'ratio':>6} {'wall_s':>7}")
     for kind in kinds:
         for who, r in results[kind].items():

@@ -217,7 +217,7 @@ class AdmissionScheduler:
             need, short = budget - held - ctx, len(others) * ctx
         else:
             assert estimate is not None  # not exclusive
-            need = max(0, int(estimate.upper_bytes) - ctx)
+            need = max(MIB, int(estimate.upper_bytes) - ctx)  # no estimate is only a context
             short = held + ctx + need - budget
         if short <= 0 and need > 0:
             cap = min(ctx + need + self._margin_bytes[index], budget + self._margin_bytes[index])
