@@ -312,3 +312,25 @@ def test_the_replay_never_beats_its_own_bound_on_any_workload(
     assert bound["bound_s"] <= bound["replay_s"] + 1e-9
     wl = load_workload(str(workload))  # (32, 256): 16 + 1.6 - 32.8 GiB, no memory but context
     assert packing_bound.footprint_gib(wl, {"model": "m", "batch_size": 32, "seq": 256}) == 0.5
+
+
+def test_the_packing_bound_of_trials_that_cannot_share() -> None:
+    """Footprints of 20 and 15 GiB on a 22.8 GiB budget run one after the other (3 s); beside
+    the 15 GiB one, 7.8 GiB × 1 s hold the 5 GiB trials' 10 GiB·s but 2.2; beside the 20 GiB
+    one nothing fits."""
+    from bench.packing_bound import lower_bound
+
+    big_s, bound_s = lower_bound([(20, 2.0), (15, 1.0), (5, 1.0), (5, 1.0)], 22.8)
+    assert big_s == 3.0
+    assert bound_s == pytest.approx(3.0 + 2.2 / 22.8)
+
+
+def test_the_packing_bound_rejects_a_file_without_the_study(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench import packing_bound
+
+    study = sim_study(tmp_path)  # an Optuna database with no trial
+    db = tmp_path / "_optuna" / "simulated.db"
+    assert packing_bound.main(["--db", str(db), "--study", study.study_name]) == 2
+    assert "no trial of study 'simulated' ran to a result" in capsys.readouterr().err
