@@ -31,22 +31,33 @@ def choose(
     max_steps: int,
     min_steps: int = 1,
 ) -> tuple[int, dict[str, Any], Verdict]:
-    """The fewest micro-batches from ``min_steps`` (a retry after an OOM asks for more) that
-    the gate does not pre-prune: ``(k, params at the micro-batch, verdict)``; with none, the
-    first tried (pre-pruned). ``max_steps`` 0 or a parameter without ``batch_param``: whole."""
+    """The fewest micro-batches from ``min_steps`` (a retry after an OOM asks for more) whose
+    estimate fits the budget: ``(k, params at the micro-batch, verdict)``. Without one, the
+    fewest the gate does not pre-prune (an estimate over the budget runs alone, and may run
+    out of memory where a split would not); with none, the first tried (pre-pruned).
+    ``max_steps`` 0 or a parameter without ``batch_param``: whole."""
     if max_steps < 1 or batch_param not in params:
         return 1, dict(params), gate.check(params)
-    first: tuple[int, dict[str, Any], Verdict] | None = None
+    tried: list[tuple[int, dict[str, Any], Verdict]] = []
     k = max(1, min_steps)
     while k <= max(max_steps, min_steps):
         run = split(params, batch_param, k)
         if run is None:
             break
         verdict = gate.check(run)
-        if verdict.decision is not Decision.PRE_PRUNE:
+        tried.append((k, run, verdict))
+        if verdict.decision is not Decision.PRE_PRUNE and _fits(gate, verdict):
             return k, run, verdict
-        first = first or (k, run, verdict)
         k *= 2
-    if first is None:  # not even min_steps divides the batch: run it whole
+    runnable = [t for t in tried if t[2].decision is not Decision.PRE_PRUNE]
+    if runnable:
+        return runnable[0]
+    if not tried:  # not even min_steps divides the batch: run it whole
         return 1, dict(params), gate.check(params)
-    return first
+    return tried[0]
+
+
+def _fits(gate: MemoryGate, verdict: Verdict) -> bool:
+    """Nothing known (it runs whole to be measured), or its upper estimate within budget."""
+    estimate, budget = verdict.estimate, gate.budget_bytes
+    return estimate is None or budget is None or estimate.upper_bytes <= budget
