@@ -69,16 +69,18 @@ def test_the_fewest_micro_batches_that_can_run_are_chosen() -> None:
 
 def test_an_untrusted_estimate_over_the_budget_is_split_rather_than_run_alone() -> None:
     """One size measured (bs 4: 6,000 MiB): bs 64 extrapolates to ~96,000 MiB, too loose to
-    pre-prune, so whole it would run alone and most likely run out of memory; split into 8
-    micro-batches of 8 its estimate fits the budget."""
+    pre-prune, so whole it would run alone and most likely run out of memory; split into 4
+    micro-batches of 16 its point estimate (~24,000 MiB) is within what a lone trial may hold
+    (24 GiB: the budget plus the margin)."""
     gate = MemoryGate([Card()], ["batch_size"], ["model"], 0.05, context_bytes=512 * MIB)
     gate.observe({"model": "l", "batch_size": 4}, {"end_reason": "complete", "peak_vram_mib": 6000})
     whole = gate.check({"model": "l", "batch_size": 64})
     assert whole.decision is Decision.ADMIT and whole.estimate is not None
     assert whole.estimate.upper_bytes > 24 * GIB
     k, run, verdict = choose(gate, {"model": "l", "batch_size": 64}, "batch_size", 8)
-    assert (k, run["batch_size"], verdict.decision) == (8, 8, Decision.ADMIT)
-    assert verdict.estimate is not None and verdict.estimate.upper_bytes <= gate.budget_bytes
+    assert (k, run["batch_size"], verdict.decision) == (4, 16, Decision.ADMIT)
+    assert verdict.estimate is not None and gate.alone_bytes is not None
+    assert verdict.estimate.point_bytes <= gate.alone_bytes
 
 
 def test_pre_pruned_only_when_no_micro_batch_fits() -> None:

@@ -32,9 +32,10 @@ def choose(
     min_steps: int = 1,
 ) -> tuple[int, dict[str, Any], Verdict]:
     """The fewest micro-batches from ``min_steps`` (a retry after an OOM asks for more) whose
-    estimate fits the budget: ``(k, params at the micro-batch, verdict)``. Without one, the
-    fewest the gate does not pre-prune (an estimate over the budget runs alone, and may run
-    out of memory where a split would not); with none, the first tried (pre-pruned).
+    point estimate fits what a lone trial may hold: ``(k, params at the micro-batch,
+    verdict)`` (a whole batch estimated beyond that, by an extrapolation too loose to
+    pre-prune it, would most likely run out of memory where a split would not). Without one,
+    the fewest the gate does not pre-prune; with none, the first tried (pre-pruned).
     ``max_steps`` 0 or a parameter without ``batch_param``: whole."""
     if max_steps < 1 or batch_param not in params:
         return 1, dict(params), gate.check(params)
@@ -58,6 +59,7 @@ def choose(
 
 
 def _fits(gate: MemoryGate, verdict: Verdict) -> bool:
-    """Nothing known (it runs whole to be measured), or its upper estimate within budget."""
-    estimate, budget = verdict.estimate, gate.budget_bytes
-    return estimate is None or budget is None or estimate.upper_bytes <= budget
+    """Nothing known (it runs whole to be measured), or its point estimate within what a lone
+    trial may hold (an upper estimate over the budget only makes it run alone)."""
+    estimate, alone = verdict.estimate, gate.alone_bytes
+    return estimate is None or alone is None or estimate.point_bytes <= alone
