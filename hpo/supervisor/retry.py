@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from optuna.distributions import CategoricalDistribution, IntDistribution
 
 from hpo.contract import Attr, EndReason
+from hpo.memory.micro import split
 
 if TYPE_CHECKING:
     import optuna
@@ -117,7 +118,7 @@ def retry_after_oom(
     steps = int(attrs.get(Attr.ACCUM_STEPS, 1))
     if most and batch in run_params:
         params = {**run_params, batch: int(run_params[batch]) * steps}  # as the sampler asked
-        if steps * 2 <= most and int(params[batch]) % (steps * 2) == 0:
+        if steps * 2 <= most and split(params, batch, steps * 2) is not None:
             more = {Attr.RETRY_OF: number, Attr.RETRY_KIND: "accumulation"}
             study.enqueue_trial(params, user_attrs={**more, Attr.ACCUM_STEPS: steps * 2})
             logger.info("trial %d ran out of memory; retrying with %d micro-batches of %s",
