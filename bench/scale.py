@@ -72,11 +72,12 @@ def _optuna_worker(storage: str, name: str, trials: int) -> None:
     from omegaconf import OmegaConf
 
     from hpo.config import compose
+    from hpo.config.validate import instantiate_node
     from hpo.pruners import PatientHyperbandPruner
     from hpo.studies.toy import curve
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    cfg = compose(["study=toy"], str(ROOT / "hpo" / "conf"))
+    cfg = compose(["study=toy", "sampler=tpe"], str(ROOT / "hpo" / "conf"))
     epochs = int(cfg.study.epochs)
     space = OmegaConf.to_container(cfg.study.space)
     assert isinstance(space, dict)
@@ -84,7 +85,9 @@ def _optuna_worker(storage: str, name: str, trials: int) -> None:
 
     dists = build_space(space)
     pruner = PatientHyperbandPruner(min_resource=3, max_resource=epochs, reduction_factor=3)
-    study = optuna.load_study(study_name=name, storage=storage, pruner=pruner)
+    sampler = instantiate_node(OmegaConf.to_container(cfg.sampler, resolve=True), "sampler")
+    sampler.reseed_rng()  # two processes must not propose the same parameters
+    study = optuna.load_study(study_name=name, storage=storage, pruner=pruner, sampler=sampler)
 
     def objective(trial: optuna.Trial) -> float:
         params = {k: _suggest(trial, k, d) for k, d in dists.items()}

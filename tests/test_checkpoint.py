@@ -52,7 +52,7 @@ def _toy_cfg(*overrides: str) -> DictConfig:
 def _run_toy(study: optuna.Study, cfg: DictConfig, directory: Path) -> Any:
     study.enqueue_trial(PARAMS)
     trial = study.ask(SPACE)
-    runner = TrialRunner(study, toy.objective, cfg, "cpu", CpuDevice())
+    runner = TrialRunner(study, toy.objective, cfg, "cpu", CpuDevice(), study._storage)
     return runner.run(Assignment(trial._trial_id, trial.number, str(directory)))
 
 

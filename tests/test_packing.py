@@ -83,6 +83,8 @@ class TruthGate:
         self._wl = load_workload(str(WORKLOAD))
 
     def __getattr__(self, name: str) -> Any:
+        if name == "_inner":  # not set yet (unpickling in a worker): no recursion
+            raise AttributeError(name)
         return getattr(self._inner, name)
 
     def check(self, params: dict[str, Any]) -> Verdict:

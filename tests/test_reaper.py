@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -55,14 +56,21 @@ def _found(study: optuna.Study, exclude: set[int] | None = None) -> dict[int, Li
 
 def test_orphan_of_a_dead_supervisor_on_this_node_is_reaped_at_once(study: optuna.Study) -> None:
     dead = _running(study, node_id=node_id(), supervisor_pid=_dead_pid(), host="here")
-    Heartbeats(_store(study), 10).beat([dead._trial_id])
+    Heartbeats(_store(study), 0).beat([dead._trial_id])
     assert _found(study) == {dead._trial_id: Liveness.ORPHANED}
 
 
-def test_our_own_pid_on_a_trial_at_startup_means_a_previous_supervisor(
-    study: optuna.Study,
+def test_our_own_pid_on_a_trial_older_than_us_means_a_previous_supervisor(
+    study: optuna.Study, tmp_path: Path
 ) -> None:
+    """A trial with this process's pid that started after it did is ours (one of our workers
+    may be asking it right now); one that started before was a previous supervisor's."""
+    import psutil
+
     trial = _running(study, **owner_attrs("here"))
+    assert _found(study) == {}
+    age = int(time.time() - psutil.Process().create_time()) + 60
+    _age_trials(tmp_path / "reap.db", age)
     assert _found(study) == {trial._trial_id: Liveness.ORPHANED}
     assert _found(study, exclude={trial._trial_id}) == {}
 
@@ -74,7 +82,7 @@ def test_live_supervisor_on_this_node_is_left_alone(study: optuna.Study) -> None
 
 def test_other_nodes_trials_wait_for_the_grace_period(study: optuna.Study, tmp_path: Path) -> None:
     other = _running(study, node_id="another-boot/123", supervisor_pid=_dead_pid(), host="b")
-    Heartbeats(_store(study), 10).beat([other._trial_id])
+    Heartbeats(_store(study), 0).beat([other._trial_id])
     assert _found(study) == {}, "a fresh heartbeat: alive, whatever its pid says here"
     _age_heartbeats(tmp_path / "reap.db", 120)
     assert _found(study) == {other._trial_id: Liveness.STALE}
@@ -101,14 +109,31 @@ def test_ownerless_trial_is_stale_after_a_few_seconds(study: optuna.Study, tmp_p
     assert _found(study) == {trial._trial_id: Liveness.STALE}
 
 
-def test_heartbeats_respect_the_interval(study: optuna.Study, tmp_path: Path) -> None:
-    beats = Heartbeats(_store(study), 3600)
+def test_heartbeats_respect_the_interval(
+    study: optuna.Study, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first beat is one interval after the trial is first seen (its start stands for it
+    until then: a short trial costs no write), then one per interval."""
+    import hpo.supervisor.liveness as liveness
+
+    clock = [1000.0]
+    monkeypatch.setattr(liveness.time, "monotonic", lambda: clock[0])
+    beats = Heartbeats(_store(study), 10)
     trial = _running(study)
     beats.beat([trial._trial_id])
+    assert query(tmp_path / "reap.db", "select * from trial_heartbeats") == []
+    assert _found(study) == {}, "a trial that never beat is alive within the grace period"
+    clock[0] += 10
+    beats.beat([trial._trial_id])
     first = query(tmp_path / "reap.db", "select heartbeat from trial_heartbeats")
+    assert len(first) == 1
     _age_heartbeats(tmp_path / "reap.db", 10)
+    clock[0] += 5
     beats.beat([trial._trial_id])  # within the interval: no write
     assert query(tmp_path / "reap.db", "select heartbeat from trial_heartbeats") != first
+    clock[0] += 5
+    beats.beat([trial._trial_id])
+    assert query(tmp_path / "reap.db", "select heartbeat from trial_heartbeats") != [first[0]]
     assert len(query(tmp_path / "reap.db", "select * from trial_heartbeats")) == 1
 
 
@@ -117,5 +142,5 @@ def test_another_node_on_this_machine_waits_for_the_grace_period(study: optuna.S
     several nodes) is another node's, reaped only after the grace period."""
     attrs = {**owner_attrs("there"), "supervisor_pid": _dead_pid()}
     trial = _running(study, **attrs)
-    Heartbeats(_store(study), 10).beat([trial._trial_id])
+    Heartbeats(_store(study), 0).beat([trial._trial_id])  # interval 0: it beats at once
     assert _found(study) == {}

@@ -34,14 +34,14 @@ def _run(objective: Any, cfg: DictConfig) -> tuple[optuna.Study, Any]:
             "width": optuna.distributions.IntDistribution(8, 8),
         }
     )
-    outcome = TrialRunner(study, objective, cfg, "cpu", CpuDevice()).run(
+    outcome = TrialRunner(study, objective, cfg, "cpu", CpuDevice(), study._storage).run(
         Assignment(trial._trial_id, trial.number)
     )
     return study, outcome
 
 
 def test_complete_trial_has_value_and_bookkeeping() -> None:
-    _, outcome = _run(toy.objective, _toy_cfg())
+    study, outcome = _run(toy.objective, _toy_cfg())
     assert outcome.end_reason is EndReason.COMPLETE
     assert outcome.value == pytest.approx(
         max(toy.curve({"x": 0.5, "family": "b", "width": 8}, e) for e in range(1, 13))
@@ -50,6 +50,13 @@ def test_complete_trial_has_value_and_bookkeeping() -> None:
     assert outcome.attrs["duration_s"] >= 0
     assert outcome.attrs["peak_rss_mib"] > 10
     assert VRAM_KEYS.isdisjoint(outcome.attrs), "no VRAM keys without CUDA"
+    # The worker ended it in the storage itself (the supervisor only logs and learns).
+    stored = study.trials[0]
+    assert stored.state is optuna.trial.TrialState.COMPLETE
+    assert stored.value == outcome.value
+    assert stored.user_attrs["end_reason"] == "complete"
+    assert stored.user_attrs["peak_rss_mib"] == outcome.attrs["peak_rss_mib"]
+    assert outcome.ended is not None and outcome.ended.number == stored.number
 
 
 _PEAKS_SCRIPT = """
@@ -58,7 +65,7 @@ from tests.test_runner import _run, _toy_cfg
 from hpo.studies import toy
 peaks = [
     _run(toy.objective, _toy_cfg(*overrides))[1].attrs["peak_rss_mib"]
-    for overrides in ([], ["study.rss_mib=200"], ["study.child_rss_mib=150"])
+    for overrides in ([], ["study.rss_mib=200"], ["study.child_rss_mib=150", "study.epoch_s=0.05"])
 ]
 print(json.dumps(peaks))
 """
@@ -81,17 +88,24 @@ def test_pruned_trial() -> None:
         trial.report(0.1, 1)
         raise optuna.TrialPruned()
 
-    _, outcome = _run(objective, _toy_cfg())
+    study, outcome = _run(objective, _toy_cfg())
     assert outcome.end_reason is EndReason.PRUNED
     assert outcome.value is None
+    stored = study.trials[0]
+    assert stored.state is optuna.trial.TrialState.PRUNED
+    assert stored.value == 0.1, "Optuna's tell keeps a pruned trial's last reported value"
+    assert stored.user_attrs["end_reason"] == "pruned"
+    assert outcome.ended is not None and outcome.ended.last_step == 1
 
 
 def test_error_keeps_the_traceback_tail() -> None:
     def objective(trial: optuna.Trial, cfg: DictConfig) -> float:
         raise ValueError("bad learning rate 42")
 
-    _, outcome = _run(objective, _toy_cfg())
+    study, outcome = _run(objective, _toy_cfg())
     assert outcome.end_reason is EndReason.ERROR
+    assert outcome.ended is None, "a failure is the supervisor's to record and retry"
+    assert study.trials[0].state is optuna.trial.TrialState.RUNNING
     assert outcome.message == "ValueError: bad learning rate 42"
     assert "line" in outcome.attrs["error"]  # a frame of the traceback
     assert outcome.attrs["error"].endswith("ValueError: bad learning rate 42")
@@ -102,6 +116,21 @@ def test_non_finite_or_non_numeric_value_is_an_error(value: Any) -> None:
     _, outcome = _run(lambda trial, cfg: value, _toy_cfg())
     assert outcome.end_reason is EndReason.ERROR
     assert "expected a" in outcome.attrs["error"]
+
+
+def test_a_trial_ended_elsewhere_is_left_to_the_supervisor() -> None:
+    """The supervisor (a time limit, ``hpo stop --now``) or another node's reaper may end the
+    trial while it runs: the runner then writes nothing and says it did not end it."""
+
+    def objective(trial: optuna.Trial, cfg: DictConfig) -> float:
+        trial.study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        return 1.0
+
+    study, outcome = _run(objective, _toy_cfg())
+    assert outcome.end_reason is EndReason.COMPLETE
+    assert outcome.ended is None
+    assert study.trials[0].state is optuna.trial.TrialState.FAIL
+    assert "end_reason" not in study.trials[0].user_attrs
 
 
 def test_objective_sees_the_runner_context() -> None:

@@ -82,6 +82,39 @@ def test_rdb_storage_takes_one_transaction_not_one_call_per_attribute(tmp_path: 
     assert len(rdb.get_trial(trial._trial_id).user_attrs) == 6
 
 
+@pytest.mark.parametrize("make", [_sqlite, _postgres], ids=["sqlite", "postgres"])
+def test_user_attrs_take_the_same_few_statements_however_many(tmp_path: Path, make: Any) -> None:
+    """The supervisor writes a dozen attributes per trial: one trial read and one upsert, not
+    a read and a write per attribute."""
+    from sqlalchemy import event
+
+    from hpo.storage._private import unwrap
+
+    storage = make(tmp_path)
+    study = optuna.create_study(storage=storage, study_name=f"attrs-{uuid.uuid4().hex[:8]}")
+    trial = study.ask()
+    _set(study._storage, study, trial, {"k0": 0})  # the trial id is cached from here on
+    engine = unwrap(storage).engine  # type: ignore[attr-defined]
+    statements: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        _set(study._storage, study, trial, {f"k{i}": i for i in range(12)})
+        few = len(statements)
+        _set(study._storage, study, trial, {"one": 1})
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert few <= 3, statements
+    assert len(statements) - few == few
+    assert study._storage.get_trial(trial._trial_id).user_attrs == {
+        **{f"k{i}": i for i in range(12)},
+        "one": 1,
+    }
+
+
 def test_other_storages_get_one_call_per_attribute() -> None:
     memory = InMemoryStorage()
     study = optuna.create_study(storage=memory)

@@ -127,10 +127,19 @@ class Settings:
 
         return instantiate_node(self.pruner, "pruner")
 
-    def make_sampler(self) -> Any:
+    def make_sampler(self, seed: int | None = None) -> Any:
+        """The configured sampler; ``seed`` replaces its seed."""
         from hpo.config.validate import instantiate_node
 
-        return instantiate_node(self.sampler, "sampler")
+        if seed is None:
+            return instantiate_node(self.sampler, "sampler")
+        return instantiate_node({**self.sampler, "seed": seed}, "sampler")
+
+    @property
+    def sampler_seed(self) -> int | None:
+        """The sampler's seed, if the config sets one (reproducible proposals)."""
+        seed = self.sampler.get("seed")
+        return None if seed is None else int(seed)
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> Settings:

@@ -87,3 +87,15 @@ def describe(params: Mapping[str, Any]) -> str:
         text = f"{value:.3g}" if isinstance(value, float) else str(value)
         parts.append(f"{key}={text}")
     return " ".join(parts)
+
+
+def suggest(trial: Any, name: str, dist: BaseDistribution) -> Any:
+    """Suggest parameter ``name`` of ``dist`` on ``trial`` through Optuna's public API (what
+    ``study.ask(fixed_distributions)`` does; an enqueued trial gets its fixed value)."""
+    if isinstance(dist, CategoricalDistribution):
+        return trial.suggest_categorical(name, dist.choices)
+    if isinstance(dist, IntDistribution):
+        return trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
+    if isinstance(dist, FloatDistribution):
+        return trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
+    raise TypeError(f"unsupported distribution for {name!r}: {dist!r}")

@@ -17,7 +17,7 @@ from typing import Any
 
 from hpo.errors import ConfigError
 from hpo.execution.procs import end_strays, kill_process_tree
-from hpo.execution.protocol import Assignment, Fatal, Ready
+from hpo.execution.protocol import Assignment, Fatal, Propose, Ready
 from hpo.execution.worker import WorkerSpec
 from hpo.execution.worker import main as worker_main
 
@@ -37,6 +37,8 @@ class WorkerHandle:
     assignment: Assignment | None = None  # the trial it runs, if any
     started_at: float = 0.0  # monotonic time the assignment was sent
     trials_done: int = 0  # trials this process finished (for recycling)
+    proposing: bool = False  # asked to ask the study for a trial; its Proposal not yet back
+    gate_seen: int = -1  # the version of the memory gate it was last sent
 
     @property
     def pid(self) -> int:
@@ -45,7 +47,7 @@ class WorkerHandle:
 
     @property
     def idle(self) -> bool:
-        return self.ready and self.assignment is None
+        return self.ready and self.assignment is None and not self.proposing
 
 
 class WorkerPool:
@@ -120,6 +122,15 @@ class WorkerPool:
         worker.started_at = time.monotonic()
         try:
             worker.conn.send(assignment)
+        except (BrokenPipeError, OSError):
+            return False
+        return True
+
+    def propose(self, worker: WorkerHandle, request: Propose) -> bool:
+        """Ask an idle worker to ask the study for a trial; False if the worker is gone."""
+        worker.proposing = True
+        try:
+            worker.conn.send(request)
         except (BrokenPipeError, OSError):
             return False
         return True

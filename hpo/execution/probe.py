@@ -3,7 +3,10 @@
 A sampling thread adds up the RSS of the worker and every descendant (DataLoader workers) and
 asks the trial's device what those processes hold on it (NVML per-process memory on NVIDIA
 GPUs). The kernel's own high-water mark of the worker (``VmHWM``, reset at the start of each
-trial) catches spikes of the worker that fall between two samples. The VRAM user attributes
+trial) catches spikes of the worker that fall between two samples. Finding the descendants reads
+every process of the machine (milliseconds), so it is done every ``_CHILDREN_EVERY_S``, not at
+every sample: a child that lives for less than that may be missed (DataLoader workers live for
+an epoch or more). The VRAM user attributes
 come from the device (:meth:`hpo.devices.Device.peak_attrs`): torch's peaks on CUDA, the card's
 own ledger on a simulated GPU, none on the CPU.
 """
@@ -11,7 +14,9 @@ own ledger on a simulated GPU, none on the CPU.
 from __future__ import annotations
 
 import logging
+import math
 import threading
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -26,6 +31,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+_CHILDREN_EVERY_S = 0.25  # how often the sampler looks for new descendants
+
 
 class MemoryProbe:
     """Context manager measuring the peaks of one trial; read them with :meth:`attrs`."""
@@ -38,10 +45,14 @@ class MemoryProbe:
         self._thread: threading.Thread | None = None
         self._rss_peak = 0
         self._device_peak: int | None = None
+        self._children: list[psutil.Process] = []
+        self._children_at = -math.inf  # monotonic time of the last search for descendants
+        self._own_peak_known = False  # whether the kernel keeps this trial's peak RSS (VmHWM)
 
     def __enter__(self) -> MemoryProbe:
-        _reset_high_water_mark()
+        self._own_peak_known = _reset_high_water_mark()
         self._device.reset_peaks()
+        self._children_at = time.monotonic()  # no children yet: the trial starts them
         self._sample()
         self._thread = threading.Thread(target=self._run, name="hpo-memory-probe", daemon=True)
         self._thread.start()
@@ -63,11 +74,16 @@ class MemoryProbe:
             self._sample()
 
     def _sample(self) -> None:
-        procs = [self._proc]
-        try:
-            procs += self._proc.children(recursive=True)
-        except psutil.Error:
-            pass
+        now = time.monotonic()
+        if now - self._children_at >= _CHILDREN_EVERY_S:
+            self._children_at = now
+            try:
+                self._children = self._proc.children(recursive=True)
+            except psutil.Error:
+                self._children = []
+        if not self._children and not self._device.has_memory and self._own_peak_known:
+            return  # nothing to add: the worker's own peak is the kernel's high-water mark
+        procs = [self._proc, *self._children]
         total = 0
         for proc in procs:
             try:
@@ -92,12 +108,13 @@ _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
-def _reset_high_water_mark() -> None:
-    """Reset the kernel's peak-RSS counter of this process (Linux ≥ 4.0)."""
+def _reset_high_water_mark() -> bool:
+    """Reset the kernel's peak-RSS counter of this process (Linux ≥ 4.0); False if it cannot."""
     try:
         _CLEAR_REFS.write_text("5")
     except OSError:
-        pass
+        return False
+    return _high_water_mark() is not None
 
 
 def _high_water_mark() -> int | None:

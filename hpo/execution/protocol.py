@@ -4,9 +4,12 @@ trial ended (an :class:`~hpo.contract.EndReason` with what the runner measured).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hpo.contract import EndReason
+
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
 
 
 @dataclass
@@ -24,7 +27,13 @@ class Assignment:
 
 @dataclass
 class Outcome:
-    """Worker → supervisor: how a trial ended and what it measured."""
+    """Worker → supervisor: how a trial ended and what it measured.
+
+    A trial that completed or was pruned is ended in the storage by the worker itself (its
+    attributes, then ``tell``), as Optuna's own workers do, so the supervisor's serial work per
+    trial stays small; ``ended`` then carries the result. Any other end (an error, an OOM, a
+    worker that died) the supervisor records, retries and explains.
+    """
 
     trial_number: int
     end_reason: EndReason
@@ -32,6 +41,36 @@ class Outcome:
     attrs: dict[str, Any] = field(default_factory=dict)  # user attributes to record
     message: str | None = None  # one line for the log (error summary)
     leaking: str | None = None  # why the worker should be replaced (memory grew across trials)
+    ended: FrozenTrial | None = None  # the trial as the worker ended it (None: not ended yet)
+
+
+@dataclass
+class Propose:
+    """Supervisor → idle worker: ask the study for its next trial, claiming one of ``target``
+    slots, and propose it (see :mod:`hpo.execution.proposer`)."""
+
+    target: int  # study.n_trials: slots are claimed against it in the storage
+    owner: dict[str, Any]  # the supervisor's owner attributes (see hpo.supervisor.liveness)
+    gate: bytes | None = None  # a newer memory gate for the sampler, pickled (None: unchanged)
+
+
+@dataclass
+class AskedTrial:
+    """What the supervisor needs of an asked trial to decide on it."""
+
+    number: int
+    params: dict[str, Any]
+    user_attrs: dict[str, Any]  # an enqueued retry's (its micro-batches, checkpoint directory)
+
+
+@dataclass
+class Proposal:
+    """Worker → supervisor: the trial it asked, RUNNING and owned by the supervisor; None when
+    every slot of the study is claimed (or ``error`` says why it could not ask)."""
+
+    trial: AskedTrial | None
+    trial_id: int = -1
+    error: str | None = None
 
 
 @dataclass

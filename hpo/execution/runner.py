@@ -17,10 +17,13 @@ from hpo.contract import Attr, EndReason
 from hpo.execution.context import TrialContext, trial_context
 from hpo.execution.probe import MemoryProbe
 from hpo.execution.protocol import Assignment, Outcome
+from hpo.storage import user_attrs_writer
 from hpo.storage.outage import StorageOutage
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
+    from optuna.storages import BaseStorage
+    from optuna.trial import FrozenTrial
 
     from hpo.devices import Device
 
@@ -41,10 +44,16 @@ class TrialRunner:
         cfg: DictConfig,
         name: str,
         device: Device,
+        storage: BaseStorage,
+        take: Callable[[int], optuna.Trial] | None = None,
     ) -> None:
         """``name`` is the device the objective uses (``cuda:0`` for a worker bound to one
-        GPU); ``device`` is where trials run and are recorded (its label)."""
+        GPU); ``device`` is where trials run and are recorded (its label); ``storage`` is the
+        study's (the runner ends completed and pruned trials in it); ``take(trial_id)`` gives the
+        trial to run (by default read from the storage)."""
         self._study = study
+        self._take = take or (lambda trial_id: optuna.Trial(study, trial_id))
+        self._write = user_attrs_writer(storage)
         self._objective = objective
         self._cfg = cfg
         self._name = name
@@ -69,7 +78,7 @@ class TrialRunner:
         start = time.monotonic()
         self._device.cap_process(assignment.mem_cap_bytes)
         with MemoryProbe(self._device) as probe, trial_context(ctx):
-            reason, value, message = self._call(assignment.trial_id)
+            trial, reason, value, message = self._call(assignment.trial_id)
         self._device.release_cached()
         attrs: dict[str, Any] = {
             **probe.attrs(),
@@ -79,24 +88,51 @@ class TrialRunner:
         }
         if message is not None and reason is not EndReason.COMPLETE:
             attrs[Attr.ERROR] = message
-        return Outcome(assignment.trial_number, reason, value, attrs, _last_line(message))
+        outcome = Outcome(assignment.trial_number, reason, value, attrs, _last_line(message))
+        if trial is not None and reason in (EndReason.COMPLETE, EndReason.PRUNED):
+            outcome.ended = self._end(trial, assignment.trial_id, reason, value, attrs)
+        return outcome
 
-    def _call(self, trial_id: int) -> tuple[EndReason, float | None, str | None]:
+    def _call(
+        self, trial_id: int
+    ) -> tuple[optuna.Trial | None, EndReason, float | None, str | None]:
+        trial = None
         try:
-            trial = optuna.Trial(self._study, trial_id)  # reads the trial: inside the try
+            trial = self._take(trial_id)  # may read the trial: inside the try
             value = self._objective(trial, self._cfg)
         except optuna.TrialPruned:
-            return EndReason.PRUNED, None, None
+            return trial, EndReason.PRUNED, None, None
         except StorageOutage:
             raise
         except Exception as e:
             tail = traceback.format_exc().rstrip().splitlines()[-_TRACEBACK_LINES:]
-            return classify_exception(e), None, "\n".join(tail)
+            return trial, classify_exception(e), None, "\n".join(tail)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return EndReason.ERROR, None, f"objective returned {value!r}, expected a float"
+            return trial, EndReason.ERROR, None, f"objective returned {value!r}, expected a float"
         if not math.isfinite(value):
-            return EndReason.ERROR, None, f"objective returned {value!r}, expected a finite float"
-        return EndReason.COMPLETE, float(value), None
+            why = f"objective returned {value!r}, expected a finite float"
+            return trial, EndReason.ERROR, None, why
+        return trial, EndReason.COMPLETE, float(value), None
+
+    def _end(
+        self,
+        trial: optuna.Trial,
+        trial_id: int,
+        reason: EndReason,
+        value: float | None,
+        attrs: dict[str, Any],
+    ) -> FrozenTrial | None:
+        """Record a completed or pruned trial here (attributes, then ``tell``): what the
+        supervisor would otherwise do one trial after another. None if it could not: the
+        supervisor then records it (and says why if someone else already ended it)."""
+        try:
+            self._write(trial_id, {Attr.END_REASON: reason.value, **attrs})
+            return self._study.tell(trial, value, state=reason.state)
+        except StorageOutage:
+            raise
+        except Exception as e:
+            logger.info("trial %d: left to the supervisor to record (%s)", trial.number, e)
+            return None
 
 
 def classify_exception(e: BaseException) -> EndReason:

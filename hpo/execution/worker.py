@@ -1,4 +1,5 @@
-"""Worker process entry point: import the objective, then run trials the supervisor assigns.
+"""Worker process entry point: import the objective, then ask trials for the supervisor
+(:mod:`hpo.execution.proposer`) and run the trials it assigns.
 
 Workers ignore SIGINT (the supervisor decides how a Ctrl-C ends running trials), exit when
 the supervisor's end of the pipe closes, and exit on their own if the supervisor vanishes.
@@ -17,6 +18,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
@@ -130,10 +132,21 @@ def _warm_up() -> None:
     import hpo.storage.rdb  # noqa: F401
 
 
+@dataclass
+class _Session:
+    """The study as this worker opened it: to ask trials for the supervisor and to run them."""
+
+    study: Any  # optuna.Study
+    storage: Any  # its storage (outages ridden out)
+    proposer: Any  # hpo.execution.proposer.Proposer
+
+
 def _serve(conn: Connection, spec: WorkerSpec, objective: Any) -> None:
     from hpo.execution.procs import RssTrend, end_descendants
+    from hpo.execution.protocol import Proposal, Propose
     from hpo.storage import StorageOutage
 
+    session: _Session | None = None  # opened when first needed
     runner = None
     trend = RssTrend()
     while True:
@@ -141,11 +154,24 @@ def _serve(conn: Connection, spec: WorkerSpec, objective: Any) -> None:
             msg = conn.recv()
         except (EOFError, OSError):
             return
+        if isinstance(msg, Propose):
+            try:
+                session = session or _open_session(spec)
+                reply = session.proposer.propose(msg)
+            except StorageOutage as e:  # the supervisor sees the exit and decides
+                logger.error("could not ask for a trial: %s; worker exits", e)
+                sys.exit(STORAGE_EXIT)
+            except Exception as e:
+                reply = Proposal(None, error=f"{type(e).__name__}: {e}")
+            if not _send(conn, reply):
+                return
+            continue
         if not isinstance(msg, Assignment):
             return
         try:
+            session = session or _open_session(spec)
             if runner is None:
-                runner = _make_runner(spec, objective, msg.device)
+                runner = _make_runner(spec, objective, msg.device, session)
             outcome = runner.run(msg)
         except StorageOutage as e:  # the supervisor sees the exit: worker_died, or it stops
             logger.error("trial %d: %s; worker exits", msg.trial_number, e)
@@ -162,35 +188,58 @@ def _serve(conn: Connection, spec: WorkerSpec, objective: Any) -> None:
             return
 
 
-def _make_runner(spec: WorkerSpec, objective: Any, placed: str | None) -> Any:
-    """The runner of this worker, bound to the device admission ``placed`` its first trial on."""
+def _open_session(spec: WorkerSpec) -> _Session:
+    """Open the study with this worker's own sampler (reseeded: two workers must not propose
+    the same parameters), re-drawing what the supervisor's memory gate would pre-prune."""
     import optuna
 
-    from hpo.devices import open_device
-    from hpo.execution.runner import TrialRunner
-    from hpo.storage import open_storage
+    from hpo.execution.proposer import Proposer
+    from hpo.memory.sampling import FeasibleSampler, GateSnapshot
+    from hpo.storage import StudyStore, open_storage
     from hpo.storage.rdb import WORKER_CONNECTIONS
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     settings = spec.settings
-    sampler = settings.make_sampler()
-    sampler.reseed_rng()  # parameters suggested define-by-run differ between workers
+    inner = settings.make_sampler()
+    inner.reseed_rng()
+    gate = GateSnapshot()
+    storage = open_storage(
+        settings.storage.url,
+        settings.storage.busy_timeout_s,
+        outage_s=settings.storage.outage_s,
+        quiet=True,
+        connections=WORKER_CONNECTIONS,
+    )
     study = optuna.load_study(
         study_name=settings.study.name,
-        storage=open_storage(
-            settings.storage.url,
-            settings.storage.busy_timeout_s,
-            outage_s=settings.storage.outage_s,
-            quiet=True,
-            connections=WORKER_CONNECTIONS,
-        ),
-        sampler=sampler,
+        storage=storage,
+        sampler=FeasibleSampler(inner, gate.fits),
         pruner=settings.make_pruner(),
     )
+    store = StudyStore(storage, settings.study.name, settings.storage.url)
+    seed = settings.sampler_seed
+    sampler_for = None if seed is None else partial(_seeded, settings, seed)
+    space = dict(settings.study.space)
+    return _Session(study, storage, Proposer(study, store, space, gate, sampler_for))
+
+
+def _seeded(settings: Settings, seed: int, number: int) -> Any:
+    """The sampler of trial ``number`` of a seeded study."""
+    return settings.make_sampler(seed=(seed * 1_000_003 + number) % 2**32)
+
+
+def _make_runner(spec: WorkerSpec, objective: Any, placed: str | None, session: _Session) -> Any:
+    """The runner of this worker, bound to the device admission ``placed`` its first trial on."""
+    from hpo.devices import open_device
+    from hpo.execution.runner import TrialRunner
+
+    settings = spec.settings
     label = placed or resolve_device(settings.devices.kind)
     name = bind_cuda(label) if label.startswith("cuda:") else label
     device = open_device(label, settings.devices)
-    return TrialRunner(study, objective, settings.objective_config(), name, device)
+    cfg = settings.objective_config()
+    take = session.proposer.take
+    return TrialRunner(session.study, objective, cfg, name, device, session.storage, take)
 
 
 def bind_cuda(label: str) -> str:

@@ -95,13 +95,53 @@ def feasible_sampler(inner: BaseSampler, gate: MemoryGate, max_tries: int = 10) 
     """``inner`` wrapped so that it re-draws what ``gate`` would pre-prune (inner if inactive)."""
     if not gate.active:
         return inner
+    return FeasibleSampler(inner, gate_fits(gate), max_tries)
+
+
+def gate_fits(gate: MemoryGate) -> Callable[[Mapping[str, Any]], bool]:
+    """Whether ``gate`` would let a proposal through (a partial one: yes, the gate decides at
+    launch)."""
     from hpo.contract import Decision
 
     needed = gate.estimator.params_needed
 
     def fits(params: Mapping[str, Any]) -> bool:
-        if not needed <= params.keys():  # a partial proposal: the gate decides at launch
+        if not needed <= params.keys():
             return True
         return gate.check(params).decision is not Decision.PRE_PRUNE
 
-    return FeasibleSampler(inner, fits, max_tries)
+    return fits
+
+
+def pickled_gate(gate: MemoryGate) -> bytes | None:
+    """``gate`` pickled for the workers' samplers (:class:`GateSnapshot`); None if it cannot
+    be (they then sample without it; the supervisor's gate still decides)."""
+    import pickle
+
+    try:
+        return pickle.dumps(gate)
+    except Exception as e:
+        logger.warning("the memory gate cannot be sent to the workers' samplers: %s", e)
+        return None
+
+
+class GateSnapshot:
+    """The latest copy of the supervisor's memory gate a worker has (None: none yet, or the
+    gate is inactive); its :meth:`fits` is the ``fits`` of a worker's :class:`FeasibleSampler`."""
+
+    def __init__(self) -> None:
+        self._fits: Callable[[Mapping[str, Any]], bool] | None = None
+
+    def update(self, data: bytes) -> None:
+        """Take the gate the supervisor pickled (one that cannot be read is logged, not used)."""
+        import pickle
+
+        try:
+            gate = pickle.loads(data)
+        except Exception as e:
+            logger.warning("the supervisor's memory gate could not be read: %s", e)
+            return
+        self._fits = gate_fits(gate) if gate.active else None
+
+    def fits(self, params: Mapping[str, Any]) -> bool:
+        return self._fits is None or self._fits(params)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from optuna.pruners import HyperbandPruner
 from optuna.study import StudyDirection
 
 if TYPE_CHECKING:
     from optuna.study import Study
-    from optuna.trial import FrozenTrial, Trial
+    from optuna.trial import FrozenTrial
 
 
 class PatientHyperbandPruner(HyperbandPruner):
@@ -79,8 +79,9 @@ class PatientHyperbandPruner(HyperbandPruner):
             return False
         return super().prune(study, trial)
 
-    def bracket_of(self, study: Study, trial: FrozenTrial | Trial) -> int:
-        """The Hyperband bracket a trial belongs to (stable for a study name and trial number)."""
+    def bracket_of(self, study: Study, trial: Any) -> int:
+        """The Hyperband bracket of ``trial`` (anything with its ``number``; stable for a study
+        name and trial number)."""
         # Hyperband reads only the trial's number (and the study's name) to pick its bracket.
         return self._get_bracket_id(study, trial)  # type: ignore[arg-type]
 

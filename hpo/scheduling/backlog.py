@@ -28,7 +28,7 @@ from hpo.scheduling.admission import AdmissionScheduler, Placement, Slot
 class Waiting:
     """An asked trial that has not started yet."""
 
-    trial: Any  # optuna.Trial
+    trial: Any  # an AskedTrial (hpo.execution.protocol): number, params, user_attrs
     params: dict[str, Any]
     estimate: Estimate | None
     since: float = field(default_factory=time.monotonic)
@@ -38,6 +38,7 @@ class Waiting:
     trial_id: int = -1  # the trial's storage id
     held: str | None = None  # why it may not start yet whatever the memory (learn small first)
     accum_steps: int = 1  # micro-batches per step; ``params`` hold the micro-batch
+    unwritten: dict[str, Any] | None = None  # its attributes not yet in the storage
 
 
 class Backlog:

@@ -16,7 +16,7 @@ from hpo.storage.rdb import (
     storage_exists,
 )
 from hpo.storage.resilient import ResilientStorage
-from hpo.storage.study import StudyStore
+from hpo.storage.study import StudyStore, trial_id_of, user_attrs_writer
 
 __all__ = [
     "ResilientStorage",
@@ -29,4 +29,6 @@ __all__ = [
     "prepare_storage",
     "sqlite_path",
     "storage_exists",
+    "trial_id_of",
+    "user_attrs_writer",
 ]

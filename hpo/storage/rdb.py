@@ -92,7 +92,7 @@ def prepare_storage(url: str) -> None:
 
 
 SUPERVISOR_CONNECTIONS = 5  # a server's connections one supervisor holds at most
-WORKER_CONNECTIONS = 2  # and each worker (one for the trial, one spare)
+WORKER_CONNECTIONS = 2  # and each worker (one for its trial or its ask, one for the ask lock)
 
 
 def engine_kwargs(url: str, busy_timeout_s: float, connections: int = 5) -> dict[str, object]:

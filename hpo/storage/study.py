@@ -20,7 +20,7 @@ from hpo.storage import _private
 from hpo.storage.resilient import ResilientStorage
 
 if TYPE_CHECKING:
-    from optuna.storages import RDBStorage
+    from optuna.storages import BaseStorage, RDBStorage
     from optuna.trial import FrozenTrial
 
 T = TypeVar("T")
@@ -28,6 +28,37 @@ T = TypeVar("T")
 
 def _direct(fn: Callable[..., T], *args: Any) -> T:
     return fn(*args)
+
+
+def trial_id_of(trial: Any) -> int:
+    """The storage id of an ``optuna.Trial``."""
+    return _private.trial_id_of(trial)
+
+
+def user_attrs_writer(storage: BaseStorage) -> Callable[[int, Mapping[str, Any]], None]:
+    """``write(trial_id, attrs)``: the user attributes of one trial in one transaction.
+
+    Optuna's RDB storage commits every attribute on its own, and a trial collects a dozen
+    (owner, estimates, placement, outcome): one commit for all keeps the time per trial down.
+    Without the private writer, one call per attribute. Raises UpdateFinishedTrialError,
+    writing nothing, if the trial has finished.
+    """
+    write = _private.batch_writer(storage)
+    if write is None:
+
+        def one_by_one(trial_id: int, attrs: Mapping[str, Any]) -> None:
+            for key, value in attrs.items():
+                storage.set_trial_user_attr(trial_id, key, value)
+
+        return one_by_one
+    if isinstance(storage, ResilientStorage):
+        batch, guarded = write, storage
+
+        def resilient(trial_id: int, attrs: Mapping[str, Any]) -> None:
+            guarded.call(batch, trial_id, attrs)
+
+        return resilient
+    return write
 
 
 class StudyStore:
@@ -41,7 +72,7 @@ class StudyStore:
         self.url = url
         self.study_id = storage.get_study_id_from_name(name)
         self._ids: dict[int, int] = {}
-        self._write = _private.batch_writer(storage)
+        self._write = user_attrs_writer(storage)
         self._call = storage.call if isinstance(storage, ResilientStorage) else _direct
         self.claim = SlotClaim(storage, url, self.study_id, self.count)
 
@@ -58,18 +89,9 @@ class StudyStore:
         self._ids.pop(number, None)
 
     def set_user_attrs(self, trial_id: int, attrs: Mapping[str, Any]) -> None:
-        """Write ``attrs`` as user attributes of one trial in one transaction.
-
-        Optuna's RDB storage commits every attribute on its own, and a trial collects a dozen
-        (owner, estimates, placement, outcome): one commit for all keeps the supervisor's time
-        per trial down. Without the private writer, one call per attribute. Raises
-        UpdateFinishedTrialError, writing nothing, if the trial has finished.
-        """
-        if self._write is None:
-            for key, value in attrs.items():
-                self.storage.set_trial_user_attr(trial_id, key, value)
-            return
-        self._call(self._write, trial_id, attrs)
+        """Write ``attrs`` as user attributes of one trial in one transaction (see
+        :func:`user_attrs_writer`)."""
+        self._write(trial_id, attrs)
 
     def n_finished(self) -> int:
         """COMPLETE + PRUNED trials of the study, every supervisor's."""

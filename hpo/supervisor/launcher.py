@@ -3,7 +3,9 @@
 The :class:`Launcher` is composed into the :class:`~hpo.supervisor.Supervisor`: it owns the
 state of the trials that have not ended (waiting in the :class:`~hpo.scheduling.Backlog` or
 running with a reservation) and the models admission decides with (the memory gate, the RAM
-budget, the learned durations). Asked trials wait until
+budget, the learned durations). Idle workers ask the study for trials on its behalf
+(:mod:`hpo.execution.proposer`: the sampler's cost is paid side by side, not here one trial
+after another); the launcher decides what becomes of each. Asked trials wait until
 :class:`~hpo.scheduling.AdmissionScheduler` places them on a device (largest first, smaller ones
 backfilling), the host's RAM allows them, and an idle worker takes them; a trial the memory gate
 can never fit is pre-pruned at once. It never records how a trial ended, except a pre-pruned
@@ -15,35 +17,33 @@ from __future__ import annotations
 import logging
 import math
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import optuna
-from optuna.exceptions import UpdateFinishedTrialError
 
 from hpo.config.space import describe
 from hpo.contract import MEMORY_CONSTRAINT, Attr, Decision, EndReason
 from hpo.devices import MIB, Device
-from hpo.execution.protocol import Assignment
+from hpo.execution.protocol import AskedTrial, Assignment, Proposal, Propose
 from hpo.memory import micro
+from hpo.memory.sampling import pickled_gate
 from hpo.pruners import PatientHyperbandPruner
 from hpo.scheduling import AdmissionScheduler, Backlog, DurationModel, Placement, RamBudget, Slot
 from hpo.scheduling.backlog import Waiting, place_next
 from hpo.supervisor.liveness import owner_attrs
 
 if TYPE_CHECKING:
-    from optuna.distributions import BaseDistribution
-
     from hpo.execution.pool import WorkerHandle, WorkerPool
     from hpo.memory import MemoryGate, Verdict
     from hpo.storage import StudyStore
     from hpo.supervisor.checkpoints import CheckpointStore
-    from hpo.supervisor.liveness import Heartbeats
     from hpo.supervisor.recorder import TrialRecorder
 
 logger = logging.getLogger("hpo.supervisor")
+
+_CLAIMED_RETRY_S = 1.0  # after "every slot is claimed", ask again this much later at the latest
 
 
 @dataclass
@@ -65,52 +65,76 @@ class Launcher:
         self,
         study: optuna.Study,
         store: StudyStore,
-        space: dict[str, BaseDistribution],
         models: LaunchModels,
         backlog: Backlog,
         recorder: TrialRecorder,
         checkpoints: CheckpointStore,
-        beats: Heartbeats,
         target: int,
         node_name: str = "",
     ) -> None:
         """``target`` is ``study.n_trials``: slots are claimed in the storage against it (see
         :mod:`hpo.storage.claim`); ``node_name`` goes on every trial this node runs."""
-        self._study, self._store, self._space = study, store, space
+        self._study, self._store = study, store
         self._target, self._owner = target, owner_attrs(node_name)
         self.models = models
         self.backlog = backlog
         self._recorder = recorder
         self._checkpoints = checkpoints
-        self._beats = beats
         self._bound: dict[WorkerHandle, int | None] = {}  # worker -> device it touched
         self._params: dict[int, dict[str, Any]] = {}  # running trials' params, by number
         self._reserved: dict[int, dict[str, Any]] = {}  # how they run: reservation, accum steps
+        self._claimed_until = 0.0  # no worker is asked for a trial before (all slots claimed)
+        self._gate_version = -1  # the gate's version last pickled for the workers' samplers
+        self._gate_bytes: bytes | None = None
 
     # --- starting trials ------------------------------------------------------------------------
 
     def schedule(
         self, pool: WorkerPool, room: int, stopping: Callable[[], bool] = lambda: False
     ) -> None:
-        """Start waiting trials that fit now (in the backlog's order: largest first), then ask
-        up to ``room`` new ones for idle workers (running and waiting trials count as asked);
-        none once ``stopping()`` (a Ctrl-C may arrive between two asks)."""
+        """Start waiting trials that fit now (in the backlog's order: largest first), then have
+        idle workers ask up to ``room`` new ones (running, waiting and trials being asked count
+        as asked); none once ``stopping()`` (a Ctrl-C may arrive between two requests)."""
         self.start_waiting(pool)
-        room -= len(self.backlog)
-        while any(w.idle for w in pool.workers) and room > 0 and self.backlog.may_ask():
-            if stopping():
+        room -= len(self.backlog) + sum(w.proposing for w in pool.workers)
+        if time.monotonic() < self._claimed_until:
+            return  # every slot was claimed a moment ago; a trial that ends frees one
+        for worker in [w for w in pool.workers if w.idle]:
+            if room <= 0 or not self.backlog.may_ask() or stopping():
                 return
-            asked = self._ask()
-            if asked is None:
-                return  # every slot of the study is claimed (this node's or others')
-            new = self._admissible(*asked)
+            self._propose(pool, worker)
             room -= 1
-            if new is None:  # pre-pruned: it finished, ask again
-                continue
-            self.backlog.add(new)
-            new.held = self._held_back(new)
-            if self._offer(pool, new).decision is not Decision.ADMIT and new.held is None:
-                return  # it waits for memory; the next event may free some
+
+    def _propose(self, pool: WorkerPool, worker: WorkerHandle) -> None:
+        """Ask ``worker`` to ask the study for a trial, with the memory gate if it changed."""
+        gate = self.models.gate
+        version = gate.estimator.n_observations
+        if gate.active and version != self._gate_version:
+            self._gate_version, self._gate_bytes = version, pickled_gate(gate)
+        snapshot = self._gate_bytes if worker.gate_seen != version else None
+        worker.gate_seen = version
+        pool.propose(worker, Propose(self._target, self._owner, snapshot))
+
+    def on_proposal(self, pool: WorkerPool, proposal: Proposal, stopping: bool) -> None:
+        """A worker asked a trial: pre-prune it, or queue it and start what fits; when
+        ``stopping``, end it before it starts."""
+        trial, trial_id = proposal.trial, proposal.trial_id
+        if trial is None:
+            if proposal.error:
+                logger.warning("a worker could not ask for a trial: %s", proposal.error)
+                self._recorder.count_failure(proposal.error)
+            self._claimed_until = time.monotonic() + _CLAIMED_RETRY_S
+            return
+        if stopping:
+            start = Assignment(trial_id, trial.number, None)
+            self._recorder.interrupt(self._study, [(start, {}, "stopped before it started")])
+            return
+        new = self._admissible(trial, trial_id)
+        if new is None:  # pre-pruned: it finished
+            return
+        self.backlog.add(new)
+        new.held = self._held_back(new)
+        self._offer(pool, new)
 
     def start_waiting(self, pool: WorkerPool) -> None:
         """Start the waiting trials that fit now, in the backlog's order."""
@@ -161,6 +185,9 @@ class Launcher:
     def _wait(self, pool: WorkerPool, item: Waiting, placement: Placement) -> None:
         for idle in placement.reclaim:
             pool.retire(idle)
+        if item.unwritten is not None:  # what it waits with shows in `hpo status` at once
+            self._store.set_user_attrs(item.trial_id, item.unwritten)
+            item.unwritten = None
         if placement.reason != item.last_reason:
             logger.info("trial %d: wait (%s)", item.trial.number, placement.reason)
             item.last_reason = placement.reason
@@ -175,6 +202,7 @@ class Launcher:
         models.ram.hold(trial.number, item.params, worker.pid)
         self._bound[worker] = placement.device
         attrs: dict[str, Any] = {
+            **(item.unwritten or {}),
             Attr.ADMIT_WAIT_S: round(time.monotonic() - item.since, 3),
             **(item.reestimated or {}),
         }
@@ -230,7 +258,7 @@ class Launcher:
 
     # --- asking ---------------------------------------------------------------------------------
 
-    def _admissible(self, trial: optuna.Trial, trial_id: int) -> Waiting | None:
+    def _admissible(self, trial: AskedTrial, trial_id: int) -> Waiting | None:
         """An asked trial for the backlog, split into micro-batches if its batch cannot run
         whole; None if the memory gate pre-pruned it (recorded)."""
         at_least = int(trial.user_attrs.get(Attr.ACCUM_STEPS, 1))  # a retry after an OOM
@@ -243,7 +271,7 @@ class Launcher:
         if verdict.decision is Decision.PRE_PRUNE:
             self._pre_prune(item, verdict.reason, attrs, self.models.gate.infeasibility(verdict))
             return None
-        self._store.set_user_attrs(trial_id, attrs)
+        item.unwritten = attrs  # with the dispatch's, or when it starts to wait
         return item
 
     def _choose(
@@ -253,32 +281,13 @@ class Launcher:
         batch, most = self.models.split
         return micro.choose(self.models.gate, params, batch, most, at_least)
 
-    def _ask(self) -> tuple[optuna.Trial, int] | None:
-        """The next trial and its id, marked as this supervisor's at once (see liveness);
-        None when the study's slots are all claimed."""
-        while True:
-            with self._store.claim.held():
-                if not self._store.claim.free(self._target):
-                    return None
-                with warnings.catch_warnings():  # hpo records the heartbeats of ask/tell trials
-                    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
-                    trial = self._study.ask(self._space)
-            trial_id = self._store.trial_id(trial.number)
-            try:
-                self._store.set_user_attrs(trial_id, self._owner)
-            except UpdateFinishedTrialError:  # another node's reaper took it for an orphan
-                logger.warning("trial %d was reaped before it started; asking again", trial.number)
-                continue
-            self._beats.beat([trial_id])
-            return trial, trial_id
-
     def _pre_prune(
         self, item: Waiting, why: str, attrs: dict[str, Any], infeasibility: float
     ) -> None:
         """End a trial that can never fit (``memory_estimate``) before it runs, and tell the
         sampler it was infeasible."""
         logger.info("trial %d: pre_prune (%s)", item.trial.number, why)
-        item.trial.set_constraint(MEMORY_CONSTRAINT, infeasibility)
+        optuna.Trial(self._study, item.trial_id).set_constraint(MEMORY_CONSTRAINT, infeasibility)
         assignment = Assignment(item.trial_id, item.trial.number, None)
         self._recorder.record(self._study, assignment, EndReason.MEMORY_ESTIMATE, None, attrs, why)
 
@@ -291,6 +300,7 @@ class Launcher:
         ``accum_steps``)."""
         self.models.admission.books.release(trial_number)
         self.models.ram.release(trial_number)
+        self._claimed_until = 0.0  # it may have freed a slot of the study
         held = self._reserved.pop(trial_number, {})
         return self._params.pop(trial_number, None), held
 

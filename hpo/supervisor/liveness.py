@@ -76,9 +76,8 @@ def owner_attrs(node_name: str) -> dict[str, object]:
 
 
 def pid_gone(pid: int, since: datetime.datetime | None) -> bool:
-    """Whether ``pid`` no longer is the process that started at or before ``since``."""
-    if pid == os.getpid():
-        return True  # a previous supervisor whose pid we now have
+    """Whether ``pid`` no longer is the process that started at or before ``since`` (this
+    process's own pid, on a trial older than it, was a previous supervisor's)."""
     try:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
@@ -90,7 +89,10 @@ def pid_gone(pid: int, since: datetime.datetime | None) -> bool:
 
 
 class Heartbeats:
-    """Records a heartbeat for each running trial every ``interval_s`` seconds."""
+    """Records a heartbeat for each running trial every ``interval_s`` seconds, the first one
+    ``interval_s`` after the trial was first seen: until then its start is its heartbeat (the
+    reaper gives a trial that never beat the grace period from its start), so a trial shorter
+    than the interval costs no write."""
 
     def __init__(self, store: StudyStore, interval_s: float) -> None:
         self._store = store
@@ -102,7 +104,7 @@ class Heartbeats:
         now = time.monotonic()
         self._last = {tid: t for tid, t in self._last.items() if tid in trial_ids}
         for trial_id in trial_ids:
-            if now - self._last.get(trial_id, -1e9) >= self._interval_s:
+            if now - self._last.setdefault(trial_id, now) >= self._interval_s:
                 self._store.record_heartbeat(trial_id)
                 self._last[trial_id] = now
 

@@ -1,4 +1,5 @@
-"""How the supervisor ends a trial: user attributes, tell, retry, checkpoint cleanup, log line.
+"""How the supervisor ends a trial: user attributes, tell, retry, checkpoint cleanup, log line
+(a trial that completed or was pruned its worker has already ended in the storage).
 
 Every way a trial ends goes through :meth:`TrialRecorder.record` (an outcome from a worker, a
 worker that died, a time limit, a user's stop) or :meth:`TrialRecorder.reap` (a RUNNING trial
@@ -20,7 +21,7 @@ from optuna.trial import TrialState
 from hpo.config.space import describe
 from hpo.contract import FINISHED, Attr, EndReason
 from hpo.errors import StudyAborted
-from hpo.execution.protocol import Assignment
+from hpo.execution.protocol import Assignment, Outcome
 from hpo.storage import StorageOutage
 from hpo.supervisor.retry import RetryDecision, RetryPolicy, enqueue_retry
 
@@ -60,7 +61,8 @@ class TrialRecorder:
         max_failures_in_a_row: int,
     ) -> None:
         self.summary = summary
-        self.done = 0  # finished trials of the study, as far as this run knows
+        self.recorded = 0  # finished trials: those the study had at the start + this run's
+        self.stored = 0  # finished trials in the storage when last counted (every supervisor's)
         self._retry = retry
         self._checkpoints = checkpoints
         self._max_failures = max_failures_in_a_row
@@ -75,27 +77,56 @@ class TrialRecorder:
         value: float | None,
         attrs: dict[str, Any],
         message: str | None = None,
+        ended: FrozenTrial | None = None,
     ) -> None:
-        """End a trial this run launched; raises StudyAborted when failures pile up."""
+        """End a trial this run launched; raises StudyAborted when failures pile up.
+
+        ``ended``: the trial as its worker already ended it in the storage (completed or
+        pruned); it is then only counted, logged and its checkpoint settled here."""
         assert self.store is not None
-        try:
-            attrs = {Attr.END_REASON: reason.value, **attrs}
-            self.store.set_user_attrs(assignment.trial_id, attrs)
-        except UpdateFinishedTrialError:
-            logger.warning("trial %d was already ended elsewhere", assignment.trial_number)
+        attrs = {Attr.END_REASON: reason.value, **attrs}
+        frozen = ended if ended is not None else self._end(study, assignment, reason, value, attrs)
+        if frozen is None:
             return
-        values = value if reason is EndReason.COMPLETE else None
-        frozen = study.tell(
-            assignment.trial_number, values, state=reason.state, skip_if_finished=True
-        )
         self.summary.end_reasons[reason.value] += 1
         if frozen.state in FINISHED:
-            self.done += 1
+            self.recorded += 1
             self._failures_in_a_row = 0
         logger.info("%s", self._progress_line(frozen, reason, attrs, message))
         self._after_end(study, frozen, reason)
         if frozen.state == TrialState.FAIL and reason is not EndReason.INTERRUPTED:
             self.count_failure(message or reason.value)
+
+    @property
+    def done(self) -> int:
+        """Finished trials of the study, as far as this run knows. Not a sum: a worker ends
+        its completed trial in the storage before the supervisor records it."""
+        return max(self.recorded, self.stored)
+
+    def record_outcome(self, study: optuna.Study, assignment: Assignment, outcome: Outcome) -> None:
+        """End a trial as its worker reported (see :class:`~hpo.execution.protocol.Outcome`)."""
+        o = outcome
+        self.record(study, assignment, o.end_reason, o.value, o.attrs, o.message, o.ended)
+
+    def _end(
+        self,
+        study: optuna.Study,
+        assignment: Assignment,
+        reason: EndReason,
+        value: float | None,
+        attrs: dict[str, Any],
+    ) -> FrozenTrial | None:
+        """Write the trial's attributes and tell its state; None if it had already ended."""
+        assert self.store is not None
+        try:
+            self.store.set_user_attrs(assignment.trial_id, attrs)
+        except UpdateFinishedTrialError:
+            logger.warning("trial %d was already ended elsewhere", assignment.trial_number)
+            return None
+        values = value if reason is EndReason.COMPLETE else None
+        return study.tell(
+            assignment.trial_number, values, state=reason.state, skip_if_finished=True
+        )
 
     def reap(self, study: optuna.Study, store: StudyStore, trial_id: int, why: str) -> bool:
         """Fail a RUNNING trial nobody runs any more (``worker_died``); False if it ended."""

@@ -24,7 +24,7 @@ from hpo.contract import Attr, EndReason
 from hpo.execution import procs
 from hpo.execution.pool import DIED, WorkerHandle, WorkerPool
 from hpo.execution.procs import available_cpus
-from hpo.execution.protocol import Outcome
+from hpo.execution.protocol import Outcome, Proposal
 from hpo.execution.worker import WorkerSpec
 from hpo.memory import MemoryGate, build_gate
 from hpo.storage import StudyStore, display_url, open_storage, prepare_storage, storage_exists
@@ -90,7 +90,7 @@ class Supervisor:
     def run(self) -> RunSummary:
         """Run until the target is reached, the user stops it, or failures pile up."""
         start = time.monotonic()
-        self._recorder.done = self._finished_before()
+        self._recorder.recorded = self._finished_before()
         if self._recorder.done >= self._target:
             logger.info(
                 "study %r in %s already has %d/%d finished trials: nothing to do",
@@ -177,12 +177,10 @@ class Supervisor:
         self._launcher = Launcher(
             opened.study,
             opened.store,
-            dict(self._settings.study.space),
             opened.models,
             opened.backlog,
             self._recorder,
             self._checkpoints,
-            self._beats,
             self._target,
             self._settings.node_id,
         )
@@ -206,7 +204,7 @@ class Supervisor:
         rec, launcher = self._recorder, self._launcher
         assert launcher is not None
         while not self._signals.stop_now:
-            busy = sum(w.assignment is not None for w in pool.workers)
+            busy = sum(w.assignment is not None or w.proposing for w in pool.workers)
             idle = any(w.idle for w in pool.workers)
             if not self._signals.draining and idle and rec.done + busy < self._target:
                 self._catch_up(store)
@@ -221,6 +219,9 @@ class Supervisor:
                     self._on_died(study, pool, worker)
                 elif isinstance(payload, Outcome):
                     self._on_outcome(study, pool, worker, payload)
+                elif isinstance(payload, Proposal):
+                    worker.proposing = False
+                    launcher.on_proposal(pool, payload, self._signals.stopping())
             self._enforce_timeouts(study, pool)
             self._keep_alive(study, store, pool)
         self._summary.interrupted = True
@@ -232,7 +233,7 @@ class Supervisor:
         if now < self._next_count:
             return
         self._next_count = now + _COUNT_EVERY_S
-        self._recorder.done = max(self._recorder.done, store.n_finished())
+        self._recorder.stored = store.n_finished()
 
     # --- events ---------------------------------------------------------------------------------
 
@@ -252,9 +253,7 @@ class Supervisor:
             self._retire_if_spent(pool, worker, outcome)
             assert self._launcher is not None
             self._launcher.start_waiting(pool)  # the freed memory works while this is recorded
-        self._recorder.record(
-            study, assignment, outcome.end_reason, outcome.value, outcome.attrs, outcome.message
-        )
+        self._recorder.record_outcome(study, assignment, outcome)
 
     def _learn(self, study: optuna.Study, outcome: Outcome) -> None:
         """Free the trial's reservations, teach the launcher's models what it measured; after
@@ -282,8 +281,9 @@ class Supervisor:
         if worker.assignment is not None:
             error = f"worker process {describe_exit(code)} while running the trial"
             self._fail_running(study, worker, EndReason.WORKER_DIED, error)
-        elif not worker.ready:
-            self._recorder.count_failure(f"worker {describe_exit(code)} while starting")
+        elif not worker.ready or worker.proposing:  # its trial, if any, is reaped after grace
+            doing = "asking for a trial" if worker.proposing else "starting"
+            self._recorder.count_failure(f"worker {describe_exit(code)} while {doing}")
         self._respawn(pool, worker)
 
     def _enforce_timeouts(self, study: optuna.Study, pool: WorkerPool) -> None:
