@@ -1,7 +1,8 @@
 """hpo: memory-aware Optuna hyperparameter optimisation.
 
-A supervisor asks Optuna for trials from a search space declared in a Hydra config, runs them
-in worker processes, measures their memory, and records how every trial ended.
+A supervisor runs trials of a search space declared in a Hydra config in worker processes (the
+workers ask Optuna for them; the supervisor decides whether, where and when each runs),
+measures their memory, and records how every trial ended.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """Exactly ``n_trials``, whatever the number of supervisors: a trial slot is claimed atomically.
 
-Every supervisor of a study (on one node or many) asks for a trial only inside
-:meth:`SlotClaim.held`, a lock shared by all of them: an ``flock`` beside an SQLite file (one
-machine by construction) or a PostgreSQL advisory lock keyed by the study. Inside it the
-supervisor counts the claimed slots — COMPLETE, PRUNED, RUNNING and WAITING trials — and asks
+Every worker of every supervisor of a study (on one node or many) asks for a trial only inside
+:meth:`SlotClaim.held`, a lock shared by all of them (held to count and to create the trial;
+the sampler works after it is released, see :mod:`hpo.execution.proposer`): an ``flock``
+beside an SQLite file (one machine by construction) or a PostgreSQL advisory lock keyed by the
+study. Inside it the
+asker counts the claimed slots — COMPLETE, PRUNED, RUNNING and WAITING trials — and asks
 only while they are fewer than the target, or when a WAITING trial (a retry, an enqueued
 configuration) is there to be taken, which turns a claimed slot RUNNING without adding one. A
 failed trial frees its slot; its retry, enqueued WAITING, holds it again.

@@ -2,16 +2,19 @@
 
 Every trial a supervisor launches carries who runs it (``host``, ``supervisor_pid``, ``node_id``,
 the node's name in the study, and ``pid_namespace``, the boot and PID namespace the pid belongs
-to) and gets an Optuna RDB heartbeat every
-``faults.heartbeat_interval_s`` while it runs. Optuna's own heartbeat only works inside
-``study.optimize``; hpo asks and tells, so the supervisor records the heartbeats itself.
+to) and gets an Optuna RDB heartbeat every ``faults.heartbeat_interval_s`` while it runs (the
+first one an interval after the supervisor learned of it: until then its start stands for
+one). Optuna's own heartbeat only works inside ``study.optimize``; hpo asks and tells, so the
+supervisor records the heartbeats itself.
 
 A RUNNING trial that no live supervisor owns is *reaped*: failed with ``end_reason=worker_died``
 (its workers died with their supervisor) and handed to the retry policy. Whether its owner is
 gone is a :class:`Liveness` decision:
 
-- this node (same ``node_id`` and ``pid_namespace``) and the supervisor's pid is gone, reused
-  by a younger process, or our own pid: ``ORPHANED`` — reaped at once, no grace period;
+- this node (same ``node_id`` and ``pid_namespace``) and the supervisor's pid is gone or is now
+  a process younger than the trial (our own pid included: a trial of ours that started before
+  this process did was a previous supervisor's): ``ORPHANED`` — reaped at once, no grace
+  period;
 - no owner at all and no heartbeat for ``OWNERLESS_S`` seconds: ``STALE`` (its supervisor died
   between asking for it and launching it, a window of milliseconds; a supervisor that finds
   its trial reaped in that window drops it and asks again);
