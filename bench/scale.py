@@ -81,7 +81,7 @@ def _optuna_worker(storage: str, name: str, trials: int) -> None:
     epochs = int(cfg.study.epochs)
     space = OmegaConf.to_container(cfg.study.space)
     assert isinstance(space, dict)
-    from hpo.config.space import build_space
+    from hpo.config.space import build_space, suggest
 
     dists = build_space(space)
     pruner = PatientHyperbandPruner(min_resource=3, max_resource=epochs, reduction_factor=3)
@@ -90,7 +90,7 @@ def _optuna_worker(storage: str, name: str, trials: int) -> None:
     study = optuna.load_study(study_name=name, storage=storage, pruner=pruner, sampler=sampler)
 
     def objective(trial: optuna.Trial) -> float:
-        params = {k: _suggest(trial, k, d) for k, d in dists.items()}
+        params = {k: suggest(trial, k, d) for k, d in dists.items()}
         best = 0.0
         for epoch in range(1, epochs + 1):
             value = curve(params, epoch)
@@ -101,17 +101,6 @@ def _optuna_worker(storage: str, name: str, trials: int) -> None:
         return best
 
     study.optimize(objective, n_trials=trials)
-
-
-def _suggest(trial: Any, name: str, dist: Any) -> Any:
-    """Suggest from a declared distribution through Optuna's public API."""
-    from optuna.distributions import CategoricalDistribution, IntDistribution
-
-    if isinstance(dist, CategoricalDistribution):
-        return trial.suggest_categorical(name, dist.choices)
-    if isinstance(dist, IntDistribution):
-        return trial.suggest_int(name, dist.low, dist.high, log=dist.log)
-    return trial.suggest_float(name, dist.low, dist.high, log=dist.log)
 
 
 def run_optuna(storage: str, name: str, trials: int) -> float:

@@ -91,13 +91,6 @@ class FeasibleSampler(BaseSampler):
         self.inner.reseed_rng()
 
 
-def feasible_sampler(inner: BaseSampler, gate: MemoryGate, max_tries: int = 10) -> BaseSampler:
-    """``inner`` wrapped so that it re-draws what ``gate`` would pre-prune (inner if inactive)."""
-    if not gate.active:
-        return inner
-    return FeasibleSampler(inner, gate_fits(gate), max_tries)
-
-
 def gate_fits(gate: MemoryGate) -> Callable[[Mapping[str, Any]], bool]:
     """Whether ``gate`` would let a proposal through (a partial one: yes, the gate decides at
     launch)."""

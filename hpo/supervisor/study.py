@@ -16,7 +16,6 @@ from hpo.contract import FINISHED, RUN_BASE_ATTR, RUN_TARGET_ATTR
 from hpo.devices import context_bytes, open_devices
 from hpo.errors import ConfigError
 from hpo.execution.procs import available_cpus
-from hpo.memory.sampling import feasible_sampler
 from hpo.scheduling import AdmissionScheduler, Backlog, DurationModel, RamBudget, auto_par
 from hpo.storage import StudyStore, check_writable  # noqa: F401 (the supervisor calls it here)
 from hpo.supervisor.launcher import LaunchModels
@@ -105,7 +104,7 @@ def open_study(
     study = optuna.create_study(
         study_name=space.name,
         storage=storage,
-        sampler=feasible_sampler(settings.make_sampler(), gate),
+        sampler=settings.make_sampler(),  # for tell only: the workers sample
         pruner=settings.make_pruner(),
         direction=StudyDirection[space.direction.upper()],
         load_if_exists=True,
