@@ -16,7 +16,7 @@ PORT ?= 8080
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install tune-criteria tune test lint clean-studies status stop dashboard stats report browser gpu-wheels gpu-check
+.PHONY: install tune-criteria tune test lint clean-studies status stop dashboard stats report plan browser gpu-wheels gpu-check
 
 install: $(STAMP)
 
@@ -77,6 +77,10 @@ stop: $(STAMP)
 
 stats: $(STAMP)
 	$(BIN)/hpo stats study=$(STUDY) $(ARGS)
+
+# What-if on other cards and policies: make plan STUDY=criteria ARGS="--card-gib 24,80"
+plan: $(STAMP)
+	$(BIN)/hpo plan study=$(STUDY) $(ARGS)
 
 # HTML report and memory PNG under reports/<study>/
 report: $(STAMP)

@@ -13,11 +13,11 @@ every policy's study) and reports, in wall seconds at the benchmark's time scale
   (where at least the smallest of them fits) and whatever memory × time is left over needs the
   whole budget. Compute (``gpu_s``): a card does at most one GPU-second of work per second, and
   a trial's epochs are ``demand × work`` GPU-seconds;
-- ``replay_s``: hpo's own admission (:mod:`hpo.scheduling.admission`,
-  :mod:`hpo.scheduling.backlog`, durations learned as the supervisor learns them) told the
-  true memory, replayed as events with no processes, no storage and no latency, with the
-  workload's contention (trials whose demands add up to more than 1 slow down together) and
-  its start-up (``setup_s``: the trial holds its reservation, the card does no work for it).
+- ``replay_s``: hpo's own admission (:mod:`hpo.scheduling.replay`: admission, backlog and
+  durations learned as the supervisor learns them) told the true memory, replayed as events
+  with no processes, no storage and no latency, with the workload's contention (trials whose
+  demands add up to more than 1 slow down together) and its start-up (``setup_s``: the trial
+  holds its reservation, the card does no work for it).
 
 Memory is each configuration's peak with its evaluation (``eval_extra_gib``), its worst noise
 and the context, and never below the context (a term with a negative coefficient cannot make
@@ -36,31 +36,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hpo.contract import Decision
-from hpo.devices import GIB, Device, DeviceSnapshot
-from hpo.memory import Estimate
-from hpo.scheduling.admission import AdmissionScheduler, Placement, Slot
-from hpo.scheduling.backlog import Backlog, Waiting, place_next
-from hpo.scheduling.durations import DurationModel
+from hpo.devices import GIB
+from hpo.scheduling.replay import Cards, Job, Policy, replay
 from hpo.sim import load_workload
-
-
-class _Card(Device):
-    """A card of the workload's capacity; the replay keeps its own books."""
-
-    def __init__(self, capacity_bytes: int) -> None:
-        self._capacity = capacity_bytes
-
-    @property
-    def label(self) -> str:
-        return "replay:0"
-
-    @property
-    def capacity_bytes(self) -> int:
-        return self._capacity
-
-    def snapshot(self) -> DeviceSnapshot:
-        return DeviceSnapshot(self.label, self._capacity, None, None)
 
 
 def load_runs(db: Path, study: str) -> list[tuple[dict[str, Any], int]]:
@@ -113,96 +91,23 @@ def lower_bound(trials: list[tuple[float, float]], budget_gib: float) -> tuple[f
     return big_s, big_s + max(0.0, rest_gib_s - beside) / budget_gib
 
 
-class Replay:
-    """Admission by true memory over ``runs``, event by event, on one card."""
-
-    def __init__(self, workload: Any, args: argparse.Namespace) -> None:
-        self.wl, self.args, self.now = workload, args, 0.0
-        ctx = int(workload.device.context_gib * GIB)
-        card = _Card(int(workload.device.capacity_gib * GIB))
-        self.sched = AdmissionScheduler([card], args.margin_frac, ctx, clock=lambda: self.now)
-        self.backlog = Backlog(args.max_bypass, args.max_waiting)
-        self.durations = DurationModel([workload.family_param])  # the study groups by family
-        self.bound: dict[int, int | None] = dict.fromkeys(range(args.par))
-        # trial number: (worker, params, start-up left, work left, start time)
-        self.running: dict[int, tuple[int, dict[str, Any], float, float, float]] = {}
-
-    def run(self, runs: list[tuple[dict[str, Any], int]]) -> float:
-        pending = list(enumerate(runs))
-        self._schedule(pending)
-        while self.running or pending or self.backlog.items:
-            if not self.running:  # an offer only recycled idle workers' contexts: offer again
-                self._schedule(pending)
-                if not self.running:
-                    raise RuntimeError(f"the replay is stuck with {len(self.backlog)} waiting")
-                continue
-            working = [p for _, p, setup, _, _ in self.running.values() if setup <= 0]
-            slowdown = max(1.0, sum(self._demand(p) for p in working))
-            # the next event: a start-up ends (wall time), or a trial's work ends (slowed down)
-            step = min(
-                setup if setup > 0 else work * slowdown
-                for _, _, setup, work, _ in self.running.values()
-            )
-            self.now += step
-            ended = []
-            for key, (w, p, setup, work, start) in list(self.running.items()):
-                if setup > 0:
-                    setup -= step
-                else:
-                    work -= step / slowdown
-                self.running[key] = (w, p, setup, work, start)
-                if setup <= 1e-12 and work <= 1e-12:
-                    ended.append(key)
-            for n in ended:
-                params, t0 = self.running[n][1], self.running[n][4]
-                del self.running[n]
-                self.sched.books.release(n)
-                self.durations.observe(
-                    params, {"end_reason": "complete", "duration_s": self.now - t0}
-                )
-            self._schedule(pending)
-        return self.now
-
-    def _demand(self, params: dict[str, Any]) -> float:
-        return float(self.wl.family(params).demand.value(params))
-
-    def _slots(self) -> list[Slot]:
-        busy = {w for w, *_ in self.running.values()}
-        return [Slot(w, w not in busy, d) for w, d in self.bound.items()]
-
-    def _act(self, item: Waiting, placement: Placement) -> bool:
-        for worker in placement.reclaim:  # recycled at once (a real respawn takes a second)
-            self.bound[worker] = None
-        if placement.decision is not Decision.ADMIT:
-            return False
-        n, epochs = item.trial
-        expected = self.durations.predict(item.params)
-        ends_at = float("inf") if expected is None else self.now + expected
-        self.sched.books.hold(n, placement, ends_at)
-        self.bound[placement.worker] = placement.device
-        family, scale = self.wl.family(item.params), self.args.time_scale
+def replay_runs(wl: Any, runs: list[tuple[dict[str, Any], int]], args: argparse.Namespace) -> float:
+    """Wall seconds of hpo's admission told the true memory (:mod:`hpo.scheduling.replay`)."""
+    jobs = []
+    for params, epochs in runs:
+        family, scale = wl.family(params), args.time_scale
+        footprint = footprint_gib(wl, params) * GIB
         work = epochs * family.epoch_s * scale
-        self.running[n] = (placement.worker, item.params, family.setup_s * scale, work, self.now)
-        return True
-
-    def _schedule(self, pending: list[tuple[int, tuple[dict[str, Any], int]]]) -> None:
-        """As the supervisor: waiting trials in queue order, then new ones while they start."""
-        for item in self.backlog.queue():
-            self._offer(item)
-        while pending and not self.backlog.full and any(s.idle for s in self._slots()):
-            n, (params, epochs) = pending.pop(0)
-            upper = footprint_gib(self.wl, params) * GIB
-            item = Waiting((n, epochs), params, Estimate(upper, upper, "oracle", 1))
-            self.backlog.add(item)
-            if self._offer(item).decision is not Decision.ADMIT:
-                return
-
-    def _offer(self, item: Waiting) -> Placement:
-        expected = self.durations.predict(item.params)
-        placement = place_next(self.backlog, self.sched, item, self._slots(), expected)
-        if self._act(item, placement):
-            self.backlog.started(item)
-        return placement
+        demand = float(family.demand.value(params))
+        jobs.append(Job(params, footprint, footprint, family.setup_s * scale, work, demand))
+    cards = Cards(
+        int(wl.device.capacity_gib * GIB), 1, int(wl.device.context_gib * GIB), args.margin_frac
+    )
+    policy = Policy(args.par, aware=True)
+    outcome = replay(
+        jobs, len(jobs), policy, cards, 0.0, [wl.family_param], args.max_waiting, args.max_bypass
+    )
+    return outcome.wall_s
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -220,7 +125,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     big_s, memory_bound_s = lower_bound(alone, budget_gib)
     bound_s = max(memory_bound_s, gpu_s)
     work_s = sum(s for _, s in alone)
-    replay_s = Replay(wl, args).run(runs)
+    replay_s = replay_runs(wl, runs, args)
     return {
         "trials": len(runs),
         "budget_gib": round(budget_gib, 2),

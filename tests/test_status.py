@@ -41,12 +41,13 @@ def test_status_and_dashboard_never_disturb_a_running_study(tmp_path: Path) -> N
     )
     dash, url = start_dashboard(tmp_path, *args)
     api = url.replace("/dashboard/studies/", "/api/studies/")
-    saw_running, polls = False, 0
+    saw_running, saw_eta, polls = False, False, 0
     try:
         while tune.poll() is None:
             status = run_look(tmp_path, "status", "--once", *args)
             assert status.returncode == 0, status.stderr
             saw_running |= "running trials: none" not in status.stdout
+            saw_eta |= "; ETA " in status.stdout and " trials/h" in status.stdout
             with urllib.request.urlopen(api, timeout=30) as response:
                 assert len(json.load(response)["trials"]) >= 1
             polls += 1
@@ -54,7 +55,7 @@ def test_status_and_dashboard_never_disturb_a_running_study(tmp_path: Path) -> N
         assert stop(dash) == 0
     out = tune.communicate(timeout=60)[0]
     assert tune.returncode == 0, out
-    assert polls >= 2 and saw_running
+    assert polls >= 2 and saw_running and saw_eta
     assert "locked" not in out and "Traceback" not in out
     states = dict(query(db, "select state, count(*) from trials group by state"))
     assert states.get("FAIL", 0) == 0 and states.get("RUNNING", 0) == 0

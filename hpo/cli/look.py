@@ -58,6 +58,7 @@ def add_look_commands(sub: Any) -> None:
         action="store_true",
         help="let the browser change and delete the study (default: the storage refuses writes)",
     )
+    _add_plan(sub)
     report = _with_study(sub.add_parser("report", help="HTML report with plots, and a PNG"))
     report.add_argument(
         "--out", default=None, metavar="DIR", help="output directory (default: reports/<study>)"
@@ -76,6 +77,27 @@ def add_look_commands(sub: Any) -> None:
         help="parameter on the memory plot's x axis (default: the study's first memory scaling "
         "parameter, else its first numeric one)",
     )
+
+
+def _add_plan(sub: Any) -> None:
+    plan = _with_study(
+        sub.add_parser("plan", help="what-if: trials/hour, OOMs and hours on other cards")
+    )
+    plan.add_argument(
+        "--workload", metavar="FILE", help="replay a workload file instead of the study's history"
+    )
+    plan.add_argument("--jobs", type=int, default=200, help="configurations drawn (--workload)")
+    plan.add_argument("--trials", type=int, help="target (default: the study's n_trials)")
+    plan.add_argument("--card-gib", metavar="G[,G]", help="card sizes (default: the study's)")
+    plan.add_argument("--cards", default="1", metavar="N[,N]", help="cards per node (default 1)")
+    plan.add_argument(
+        "--policies",
+        default="par1,par2,par3,par4,auto",
+        metavar="P[,P]",
+        help="parN (memory-blind, fixed PAR) and auto (memory-aware); default par1..par4,auto",
+    )
+    plan.add_argument("--setup-s", type=float, help="seconds an OOM costs (default: measured)")
+    plan.add_argument("--json", action="store_true", help="print the scenarios as JSON")
 
 
 def _with_study(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -207,9 +229,64 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan(args: argparse.Namespace) -> int:
+    from hpo.look import plan
+    from hpo.scheduling.replay import Policy
+
+    settings = _settings(args)
+    margin = settings.memory.device_margin_frac
+    try:
+        policies = [Policy.parse(p, settings.memory.max_par) for p in args.policies.split(",")]
+        counts = [int(c) for c in args.cards.split(",")]
+        sizes = [float(g) for g in args.card_gib.split(",")] if args.card_gib else []
+    except ValueError as e:
+        raise ConfigError(f"plan: {e}") from e
+    if any(c < 1 for c in counts) or any(not g > 0 for g in sizes):
+        raise ConfigError("plan: --cards must be >= 1 and --card-gib > 0")
+    if args.jobs < 1 or (args.trials is not None and args.trials < 1):
+        raise ConfigError("plan: --jobs and --trials must be >= 1")
+    if args.setup_s is not None and args.setup_s < 0:
+        raise ConfigError(f"--setup-s must be >= 0, got {args.setup_s:g}")
+    if args.workload:
+        from hpo.sim import load_workload
+
+        wl = load_workload(args.workload)  # a mistake in it: ConfigError
+        trials = plan.from_workload(wl, args.jobs)
+        source, groups = f"workload {wl.name}: {args.jobs} configurations", [wl.family_param]
+    else:
+        from hpo.look.db import StudyDB, StudyRef
+
+        ref = StudyRef.from_settings(settings)
+        with StudyDB(ref) as db:
+            ctx = _context_bytes(settings)
+            trials = plan.from_study(db, margin, ctx, args.setup_s, settings.study.groups)
+        source, groups = f"study {ref.name} ({ref.shown})", list(settings.study.groups)
+    if not sizes and trials.capacity_bytes is None:
+        raise ConfigError("plan: the study ran without device memory; say --card-gib")
+    sizes = sizes or [round(trials.capacity_bytes / 1024**3, 2)]  # type: ignore[operator]
+    target = args.trials or (args.jobs if args.workload else settings.study.n_trials)
+    rows = plan.what_if(trials, target, sizes, counts, policies, margin, groups)
+    if args.json:
+        print(json.dumps([r.as_dict() for r in rows], indent=2))
+    else:
+        print(plan.render(rows, trials, source))
+    return 0
+
+
+def _context_bytes(settings: Any) -> int:
+    """A worker's context on the study's devices (0 where they cannot be opened here)."""
+    from hpo.devices import context_bytes, open_devices
+
+    try:
+        return context_bytes(open_devices(settings.devices, readonly=True))
+    except Exception:  # e.g. CUDA devices seen from a machine without them
+        return 0
+
+
 LOOK_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "stats": _stats,
     "status": _status,
     "dashboard": _dashboard,
     "report": _report,
+    "plan": _plan,
 }

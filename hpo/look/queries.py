@@ -261,6 +261,36 @@ LAST_STEP = """\
 SELECT MAX(v.step) AS step FROM trial_intermediate_values v WHERE v.trial_id = :trial_id;"""
 
 
+# ``hpo plan``: every ended trial, its timing attributes and its parameters, in three reads.
+PLAN_TRIALS = """\
+SELECT t.trial_id, t.number, t.state, t.datetime_start, t.datetime_complete
+FROM trials t JOIN studies s ON s.study_id = t.study_id
+WHERE s.study_name = :study AND t.state IN ('COMPLETE', 'PRUNED', 'FAIL')
+ORDER BY t.number;"""
+
+PLAN_ATTRS = """\
+SELECT a.trial_id, a.key, a.value_json
+FROM trial_user_attributes a JOIN trials t ON t.trial_id = a.trial_id
+JOIN studies s ON s.study_id = t.study_id
+WHERE s.study_name = :study AND t.state IN ('COMPLETE', 'PRUNED', 'FAIL')
+  AND a.key IN ('end_reason', 'duration_s', 'admit_wait_s', 'peak_vram_mib', 'vram_reserved_mib',
+                'error',
+                'est_vram_upper_mib', 'vram_budget_mib', 'worker_pid', 'device', 'node_id');"""
+
+PLAN_PARAMS = """\
+SELECT p.trial_id, p.param_name, p.param_value, p.distribution_json
+FROM trial_params p JOIN trials t ON t.trial_id = p.trial_id
+JOIN studies s ON s.study_id = t.study_id
+WHERE s.study_name = :study AND t.state IN ('COMPLETE', 'PRUNED', 'FAIL');"""
+
+RECENT_COMPLETIONS = """\
+SELECT t.datetime_complete
+FROM trials t JOIN studies s ON s.study_id = t.study_id
+WHERE s.study_name = :study AND t.state IN ('COMPLETE', 'PRUNED')
+ORDER BY t.datetime_complete DESC
+LIMIT :limit;"""
+
+
 def for_dialect(sql: str, dialect: str) -> str:
     """The query for a SQLAlchemy dialect name (``sqlite`` as written, ``postgresql``)."""
     if dialect == "sqlite":

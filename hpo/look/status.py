@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
 RECENT = 5  # finished trials shown under the running ones
+RATE_WINDOW = 50  # the ETA's rate: the latest finished trials, up to now
 _MEMORY_ATTRS = ("est_vram_mib", "peak_vram_mib", "peak_rss_mib")
 
 
@@ -71,6 +72,14 @@ class Snapshot:
     devices: list[DeviceView] = field(default_factory=list)
     finished_before_run: int | None = None  # finished trials when that run started
     nodes: list[NodeView] = field(default_factory=list)  # the supervisors of the study
+    per_hour: float | None = None  # finished trials per hour lately, while trials run
+
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds to the target at the recent rate (None: no target, not running, no rate)."""
+        if not self.target or not self.per_hour or self.finished >= self.target:
+            return None
+        return 3600.0 * (self.target - self.finished) / self.per_hour
 
     @property
     def finished(self) -> int:
@@ -96,7 +105,24 @@ def take_snapshot(db: StudyDB, devices: list[DeviceView] | None = None) -> Snaps
         devices or [],
         run.get(RUN_BASE_ATTR),
         read_nodes(db),
+        _per_hour(db, now, _by_this_run(counts, run.get(RUN_BASE_ATTR))) if running else None,
     )
+
+
+def _by_this_run(counts: dict[str, int], base: Any) -> int:
+    """Trials the running run finished (all finished ones when its start is unknown)."""
+    finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
+    return finished - int(base) if isinstance(base, int) else finished
+
+
+def _per_hour(db: StudyDB, now: dt.datetime, this_run: int) -> float | None:
+    """Finished trials per hour over the latest ``RATE_WINDOW`` of this run's, up to now."""
+    rows = db.rows(queries.RECENT_COMPLETIONS, limit=min(RATE_WINDOW, this_run))
+    times = [t for r in rows if (t := _parse_time(r["datetime_complete"])) is not None]
+    if len(times) < 2:
+        return None
+    span = (now - min(times)).total_seconds()
+    return 3600.0 * len(times) / span if span > 0 else None
 
 
 def _elapsed(db: StudyDB, now: dt.datetime, running: bool) -> float | None:

@@ -51,6 +51,8 @@ def _header(snap: Snapshot) -> RenderableType:
         text += f" ({max(0, snap.finished - snap.finished_before_run)} by this run)"
     if snap.finished > snap.target:
         text += f"; {snap.finished} finished in all"
+    if snap.eta_s is not None and snap.per_hour is not None:
+        text += f"; ETA {_duration(snap.eta_s)} at {snap.per_hour:.1f} trials/h"
     bar = Table.grid(padding=(0, 1))
     bar.add_row(ProgressBar(total=snap.target, completed=done, width=40), Text(text))
     return Group(title, bar)

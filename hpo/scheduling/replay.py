@@ -1,0 +1,329 @@
+"""Admission replayed as events: what a list of known trials costs under a policy.
+
+No processes, no storage, no sampler: each :class:`Job` is one trial as it runs alone (the
+memory it holds at its peak, its worker's context included; what memory-aware admission would
+reserve for it; its seconds before the first allocation and of work after it; the share of the
+card's compute its steps use), and :func:`replay` runs jobs, drawn in order and again from the
+start when the list is spent, until ``n`` have finished, on ``count`` cards of one size:
+
+- ``parN`` (memory-blind, fixed PAR): a trial starts whenever one of N workers is idle. At its
+  first allocation, if what its card already holds (the allocated trials' peaks, the other
+  workers' contexts) plus its peak exceeds the card, it runs out of memory: its start-up is
+  lost and its configuration is drawn again later. One that does not fit the card even alone
+  runs out of memory once and is never drawn again (hpo's gate pre-prunes it after its own OOM).
+- ``auto`` (memory-aware, up to ``cap`` workers): hpo's own admission and backlog
+  (:mod:`hpo.scheduling.admission`, :mod:`hpo.scheduling.backlog`, expected durations learned
+  as the supervisor learns them) place each trial by its reservation. A job reserving more than
+  a lone trial may hold (the budget plus the margin) is pre-pruned, never run; one whose peak
+  exceeds its per-process cap runs out of memory and is drawn again with its peak reserved.
+
+Trials at work whose demands add up to more than 1 slow down together (a card does at most
+one GPU-second of work per second); a demand of 0 means the work seconds were measured as the
+trial ran and are not slowed further. A worker is idle again ``gap_s`` after its trial ends
+(what the supervisor and the worker spend between trials).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from hpo.contract import Decision
+from hpo.devices import Device, DeviceSnapshot
+from hpo.memory import Estimate
+from hpo.scheduling.admission import AdmissionScheduler, Placement, Slot
+from hpo.scheduling.backlog import Backlog, Waiting, place_next
+from hpo.scheduling.durations import DurationModel
+
+_EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class Job:
+    """One trial as it runs alone (bytes include its worker's context)."""
+
+    params: Mapping[str, Any]
+    peak_bytes: float
+    reserve_bytes: float  # memory-aware admission's upper estimate
+    setup_s: float  # before the first allocation (process, data, model)
+    work_s: float  # after it, alone on the card
+    demand: float = 0.0  # share of the card's compute while at work (0: not modelled)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """``par`` workers, memory-blind (``parN``) or memory-aware (``auto``, ``par`` the cap)."""
+
+    par: int
+    aware: bool
+
+    @property
+    def name(self) -> str:
+        return "auto" if self.aware else f"par{self.par}"
+
+    @classmethod
+    def parse(cls, text: str, cap: int = 8) -> Policy:
+        """``par1``, ``par2``, … or ``auto``; ValueError otherwise."""
+        text = text.strip()
+        if text == "auto":
+            return cls(cap, True)
+        match = re.fullmatch(r"par([1-9][0-9]*)", text)
+        if match is None:
+            raise ValueError(f"a policy is parN (N >= 1) or auto, got {text!r}")
+        return cls(int(match.group(1)), False)
+
+
+@dataclass(frozen=True)
+class Cards:
+    """The hardware to replay on: ``count`` cards of ``capacity_bytes``."""
+
+    capacity_bytes: int
+    count: int = 1
+    context_bytes: int = 0
+    margin_frac: float = 0.05
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a replay measured: finished trials, wall seconds, OOMs, pre-pruned draws."""
+
+    finished: int
+    wall_s: float
+    ooms: int
+    pre_pruned: int
+
+    @property
+    def per_hour(self) -> float:
+        return 3600.0 * self.finished / self.wall_s if self.wall_s > 0 else 0.0
+
+
+class _Card(Device):
+    """A card of the replay: admission keeps the books, the replay its own ledger."""
+
+    def __init__(self, capacity_bytes: int, index: int) -> None:
+        self._capacity, self._index = capacity_bytes, index
+
+    @property
+    def label(self) -> str:
+        return f"replay:{self._index}"
+
+    @property
+    def capacity_bytes(self) -> int:
+        return self._capacity
+
+    def snapshot(self) -> DeviceSnapshot:
+        return DeviceSnapshot(self.label, self._capacity, None, None)
+
+
+@dataclass
+class _Run:
+    worker: int
+    job: int  # index into the job list
+    setup: float  # start-up seconds left
+    work: float  # work seconds left (alone)
+    start: float
+    cap: float  # the per-process limit admission set (the card, memory-blind)
+    allocated: bool = False
+
+
+def replay(
+    jobs: Sequence[Job],
+    n: int,
+    policy: Policy,
+    cards: Cards,
+    gap_s: float = 0.0,
+    groups: Sequence[str] = (),
+    max_waiting: int = 8,
+    max_bypass: int = 8,
+) -> Outcome:
+    """Run ``jobs`` (in order, cyclically) under ``policy`` until ``n`` have finished; the wall
+    time is infinite when none of them can run on these cards."""
+    if n < 1 or not jobs:
+        raise ValueError("replay needs at least one job and n >= 1")
+    return _Replay(jobs, policy, cards, gap_s, groups, max_waiting, max_bypass).run(n)
+
+
+class _Replay:
+    def __init__(
+        self,
+        jobs: Sequence[Job],
+        policy: Policy,
+        cards: Cards,
+        gap_s: float,
+        groups: Sequence[str],
+        max_waiting: int,
+        max_bypass: int,
+    ) -> None:
+        self.jobs, self.policy, self.cards, self.gap_s = list(jobs), policy, cards, gap_s
+        self.now, self.finished, self.ooms, self.pre_pruned = 0.0, 0, 0, 0
+        devices = [_Card(cards.capacity_bytes, i) for i in range(cards.count)]
+        self.sched = AdmissionScheduler(
+            devices, cards.margin_frac, cards.context_bytes, policy.aware, clock=lambda: self.now
+        )
+        self.alone = cards.capacity_bytes  # budget + margin: the most a lone trial may hold
+        self.backlog = Backlog(max_bypass, max_waiting)
+        self.durations = DurationModel(groups)
+        self.bound: dict[int, int | None] = dict.fromkeys(range(policy.par))
+        self.idle_at: dict[int, float] = dict.fromkeys(range(policy.par), 0.0)
+        self.running: dict[int, _Run] = {}
+        self.reserve = [j.reserve_bytes for j in self.jobs]  # raised after an own OOM
+        self.out: set[int] = set()  # jobs that can never run here
+        self.next_draw, self.serial, self.n = 0, 0, 0
+
+    def run(self, n: int) -> Outcome:
+        self.n = n
+        self._schedule()
+        while self.finished < n:
+            step = self._next_event()
+            if step is None and self.backlog.items:  # an offer only recycled idle contexts
+                self._schedule()
+                step = self._next_event()
+                if step is None:
+                    raise RuntimeError(f"the replay is stuck with {len(self.backlog)} waiting")
+            if step is None:  # nothing waits, nothing runs: every job is out
+                return Outcome(self.finished, math.inf, self.ooms, self.pre_pruned)
+            self._advance(step)
+            self._schedule()
+        return Outcome(self.finished, self.now, self.ooms, self.pre_pruned)
+
+    def _next_event(self) -> float | None:
+        slow = self._slowdown()
+        steps = [r.setup if r.setup > _EPS else r.work * slow for r in self.running.values()]
+        steps += [t - self.now for t in self.idle_at.values() if t > self.now + _EPS]
+        return max(0.0, min(steps)) if steps else None
+
+    def _slowdown(self) -> float:
+        working = [self.jobs[r.job].demand for r in self.running.values() if r.allocated]
+        return max(1.0, sum(working))
+
+    def _advance(self, step: float) -> None:
+        slow = self._slowdown()
+        self.now += step
+        for key, r in list(self.running.items()):
+            if r.setup > _EPS:
+                r.setup -= step
+                if r.setup <= _EPS and not self._allocate(key, r):
+                    continue
+            elif r.allocated:
+                r.work -= step / slow
+            if r.allocated and r.work <= _EPS:
+                self._end(key, r, finished=True)
+
+    def _allocate(self, key: int, r: _Run) -> bool:
+        """The trial's first allocation: False if it runs out of memory."""
+        job = self.jobs[r.job]
+        r.setup = 0.0
+        if self.policy.aware:
+            fits = job.peak_bytes <= r.cap
+        else:
+            fits = self._held(r.worker) + job.peak_bytes <= self.cards.capacity_bytes
+        if fits:
+            r.allocated = True
+            return True
+        self.ooms += 1
+        if job.peak_bytes > self.alone:  # not even alone: pre-pruned from now on
+            self.out.add(r.job)
+        self.reserve[r.job] = max(self.reserve[r.job], job.peak_bytes)
+        self._end(key, r, finished=False)
+        return False
+
+    def _held(self, worker: int) -> float:
+        """What the card of ``worker`` holds besides it: allocated peaks, other contexts."""
+        device = self.bound[worker]
+        busy = {r.worker: r for r in self.running.values() if r.allocated}
+        held = 0.0
+        for w, d in self.bound.items():
+            if d != device or w == worker:
+                continue
+            held += self.jobs[busy[w].job].peak_bytes if w in busy else self.cards.context_bytes
+        return held
+
+    def _end(self, key: int, r: _Run, finished: bool) -> None:
+        del self.running[key]
+        self.sched.books.release(key)
+        self.idle_at[r.worker] = self.now + self.gap_s
+        if finished:
+            self.finished += 1
+            job = self.jobs[r.job]
+            seconds = {"end_reason": "complete", "duration_s": self.now - r.start}
+            self.durations.observe(job.params, seconds)
+
+    def _slots(self) -> list[Slot]:
+        busy = {r.worker for r in self.running.values()}
+        return [
+            Slot(w, w not in busy and self.idle_at[w] <= self.now + _EPS, d)
+            for w, d in self.bound.items()
+        ]
+
+    def _draw(self) -> int | None:
+        """The next job that may still run, in order, cyclically; None if none may."""
+        for _ in range(len(self.jobs)):
+            index = self.next_draw % len(self.jobs)
+            self.next_draw += 1
+            if index in self.out:
+                continue
+            if self.policy.aware and self.reserve[index] > self.alone:
+                self.pre_pruned += 1
+                self.out.add(index)
+                continue
+            return index
+        return None
+
+    def _schedule(self) -> None:
+        """As the supervisor: waiting trials in queue order, then new ones while they start."""
+        for item in self.backlog.queue():
+            self._offer(item)
+        while not self.backlog.full and any(s.idle for s in self._slots()):
+            if self.finished + len(self.running) + len(self.backlog) >= self.n:
+                return  # every slot of the target is claimed (as the storage's claim does)
+            index = self._draw()
+            if index is None:
+                return
+            self.serial += 1
+            upper = self.reserve[index]
+            estimate = Estimate(upper, upper, "replay", 1)
+            item = Waiting((self.serial, index), dict(self.jobs[index].params), estimate)
+            self.backlog.add(item)
+            if self._offer(item).decision is not Decision.ADMIT:
+                return
+
+    def _offer(self, item: Waiting) -> Placement:
+        expected = self.durations.predict(item.params)
+        placement = place_next(self.backlog, self.sched, item, self._slots(), expected)
+        for worker in placement.reclaim:  # recycled at once (a real respawn takes a second)
+            self.bound[worker] = None
+        if placement.decision is Decision.ADMIT:
+            self.backlog.started(item)
+            self._start(item, placement)
+        return placement
+
+    def _start(self, item: Waiting, placement: Placement) -> None:
+        serial, index = item.trial
+        job = self.jobs[index]
+        expected = self.durations.predict(item.params)
+        ends_at = math.inf if expected is None else self.now + expected
+        self.sched.books.hold(serial, placement, ends_at)
+        worker = int(placement.worker)
+        self.bound[worker] = placement.device
+        cap = placement.cap_bytes or self.cards.capacity_bytes
+        run = _Run(worker, index, job.setup_s, job.work_s, self.now, cap)
+        self.running[serial] = run
+        if job.setup_s <= _EPS:
+            self._allocate(serial, run)
+
+
+def summarise(outcomes: Mapping[str, Outcome]) -> dict[str, dict[str, float]]:
+    """Outcomes as plain numbers for JSON."""
+    return {
+        name: {
+            "finished": o.finished,
+            "wall_s": round(o.wall_s, 1) if math.isfinite(o.wall_s) else -1.0,
+            "trials_per_hour": round(o.per_hour, 1),
+            "ooms": o.ooms,
+            "pre_pruned": o.pre_pruned,
+        }
+        for name, o in outcomes.items()
+    }

@@ -1,0 +1,119 @@
+"""``hpo plan``: what-if replays of a study's own history or of a workload file; the ETA."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hpo.look import plan
+from hpo.look.db import StudyDB, StudyRef
+from hpo.look.status import Snapshot
+from hpo.look.status_view import render
+from hpo.scheduling.replay import Policy
+from tests.look import make_toy_study, run_look
+
+GIB = 1024**3
+
+
+def test_plan_of_a_workload_file_prints_every_policy(tmp_path: Path) -> None:
+    result = run_look(
+        tmp_path, "plan", "--workload", "criteria24", "--jobs", "60", "--cards", "1,2", "--json"
+    )
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert [(r["cards"], r["policy"]) for r in rows] == [
+        (c, p) for c in (1, 2) for p in ("par1", "par2", "par3", "par4", "auto")
+    ]
+    by = {(r["cards"], r["policy"]): r for r in rows}
+    assert by[(1, "auto")]["ooms"] == 0
+    assert by[(1, "par4")]["ooms"] > by[(1, "par1")]["ooms"]  # blind PAR over-commits
+    # what a lone trial cannot hold: lost once by par1, never run by the memory-aware policy
+    assert by[(1, "auto")]["pre_pruned"] > 0
+    # a second card runs more side by side (not twice as many: the big ones still run alone)
+    assert by[(2, "auto")]["trials_per_hour"] > 1.3 * by[(1, "auto")]["trials_per_hour"]
+    assert all(r["hours_to_target"] > 0 for r in rows)
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_plan_of_a_cpu_study_needs_a_card_size_then_replays_its_history(tmp_path: Path) -> None:
+    db = make_toy_study(tmp_path)
+    args = ["study=toy", f"storage.dir={db.parent}", "study.n_trials=40"]
+    refused = run_look(tmp_path, "plan", *args)
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == (
+        "hpo: error: plan: the study ran without device memory; say --card-gib"
+    )
+    result = run_look(tmp_path, "plan", *args, "--card-gib", "8", "--policies", "par1,par2")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("study toy (")
+    assert lines[1].startswith("as it ran: ") and "trials/h" in lines[1]
+    assert "hours to 40" in lines[2] and "hours left" in lines[2]
+    assert [line.split()[2] for line in lines[3:]] == ["par1", "par2"]
+    rate = {line.split()[2]: float(line.split()[3]) for line in lines[3:]}
+    assert rate["par2"] > 1.5 * rate["par1"]  # no memory held: two workers run twice as many
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--policies", "par0"], "plan: a policy is parN (N >= 1) or auto, got 'par0'"),
+        (["--cards", "0"], "plan: --cards must be >= 1 and --card-gib > 0"),
+        (["--card-gib", "big"], "plan: could not convert string to float: 'big'"),
+        (["--jobs", "0"], "plan: --jobs and --trials must be >= 1"),
+        (["--workload", "no-such.yaml"], "workload file 'no-such.yaml' cannot be read"),
+    ],
+)
+def test_plan_mistakes_are_one_line_and_exit_2(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    result = run_look(tmp_path, "plan", "--workload", "criteria24", *args)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert message in result.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_plan_of_a_missing_study_is_exit_2(tmp_path: Path) -> None:
+    result = run_look(tmp_path, "plan", "study=toy", f"storage.dir={tmp_path / 'none'}")
+    assert result.returncode == 2 and "does not exist" in result.stderr
+    assert not (tmp_path / "none").exists()
+
+
+def test_plan_matches_the_measured_run_of_a_kept_benchmark_study(tmp_path: Path) -> None:
+    """Replaying a kept packing study under the policy that ran gives its measured trials per
+    hour within 15 %: blind PAR (its OOMs included) and memory-aware admission."""
+    from bench import packing
+
+    keep = tmp_path / "kept"
+    argv = ["--trials", "30", "--time-scale", "0.01", "--policies", "par2,aware"]
+    assert packing.main([*argv, "--keep", str(keep), "--json", str(tmp_path / "p.json")]) == 0
+    for name, policy in (("par2", Policy(2, False)), ("aware", Policy(packing.AWARE_CAP, True))):
+        ref = StudyRef(f"packing-{name}", f"sqlite:///{keep / name / f'packing-{name}.db'}")
+        with StudyDB(ref) as db:
+            trials = plan.from_study(db, 0.05, int(0.5 * GIB), groups=["model"])
+        assert trials.measured is not None and trials.capacity_bytes is not None
+        target = trials.measured.finished
+        gib = trials.capacity_bytes / GIB
+        assert gib == pytest.approx(24, rel=0.01)
+        (row,) = plan.what_if(trials, target, [gib], [1], [policy], 0.05, ["model"])
+        ratio = row.outcome.per_hour / trials.measured.per_hour
+        assert 0.85 <= ratio <= 1.15, (name, row.outcome, trials.measured)
+
+
+def test_status_shows_the_eta_at_the_recent_rate() -> None:
+    snap = Snapshot("s", "sqlite:///x.db", 100, {"COMPLETE": 30, "PRUNED": 10}, 60.0)
+    assert snap.eta_s is None  # no rate: not running
+    snap.per_hour = 30.0
+    assert snap.eta_s == pytest.approx(2 * 3600)
+    from rich.console import Console
+
+    console = Console(width=160, record=True)
+    console.print(render(snap))
+    assert "40/100 finished toward the run's target; ETA 2:00:00 at 30.0 trials/h" in (
+        console.export_text()
+    )
+    snap.counts = {"COMPLETE": 100}
+    assert snap.eta_s is None  # reached

@@ -1,0 +1,96 @@
+"""The admission replay behind ``hpo plan`` and ``bench.packing_bound``: known trials as events."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from hpo.scheduling.replay import Cards, Job, Policy, replay
+
+GIB = 1024**3
+CARD = Cards(capacity_bytes=10 * GIB, count=1, context_bytes=0, margin_frac=0.05)
+
+
+def job(peak_gib: float, work_s: float = 10.0, setup_s: float = 1.0, demand: float = 0.0) -> Job:
+    peak = peak_gib * GIB
+    return Job({"size": peak_gib}, peak, peak, setup_s, work_s, demand)
+
+
+def test_memory_aware_runs_big_trials_one_after_another_without_oom() -> None:
+    """Two trials of 6 of 10 GiB cannot share the card: one at a time, 11 s each."""
+    out = replay([job(6)], 4, Policy(2, aware=True), CARD)
+    assert (out.finished, out.ooms, out.pre_pruned) == (4, 0, 0)
+    assert out.wall_s == pytest.approx(44.0)
+
+
+def test_memory_blind_par_loses_the_trial_that_allocates_into_a_full_card() -> None:
+    """Blind par 2: the second trial's first allocation (after its 1 s start-up) finds 6 GiB
+    held and runs out of memory; each retry loses its start-up while the first trial holds the
+    card (t = 1 … 10); the one that starts at t = 10 runs once the first ends. No third trial
+    starts: two finished or running claim the target."""
+    out = replay([job(6)], 2, Policy(2, aware=False), CARD)
+    assert out.finished == 2
+    assert out.ooms == 10
+    assert out.wall_s == pytest.approx(21.0)
+
+
+def test_trials_that_share_the_card_halve_the_wall_time() -> None:
+    par1 = replay([job(3)], 8, Policy(1, aware=False), CARD)
+    par2 = replay([job(3)], 8, Policy(2, aware=False), CARD)
+    auto = replay([job(3)], 8, Policy(8, aware=True), CARD)
+    assert par1.wall_s == pytest.approx(88.0)
+    assert par2.wall_s == pytest.approx(44.0) and par2.ooms == 0
+    assert auto.wall_s == pytest.approx(33.0)  # three of 3 GiB fit the 9.5 GiB budget
+
+
+def test_compute_contention_slows_trials_at_work_together() -> None:
+    """Two trials that each use the whole card's compute take as long side by side as one
+    after the other; at demand 0.5 they share it for free."""
+    full = replay([job(2, setup_s=0, demand=1.0)], 2, Policy(2, aware=True), CARD)
+    half = replay([job(2, setup_s=0, demand=0.5)], 2, Policy(2, aware=True), CARD)
+    assert full.wall_s == pytest.approx(20.0)
+    assert half.wall_s == pytest.approx(10.0)
+
+
+def test_the_gap_between_trials_idles_the_worker() -> None:
+    out = replay([job(1, setup_s=0)], 3, Policy(1, aware=False), CARD, gap_s=2.0)
+    assert out.wall_s == pytest.approx(34.0)  # 10 + 2 + 10 + 2 + 10
+
+
+def test_what_cannot_fit_alone_is_pre_pruned_or_lost_once() -> None:
+    jobs = [job(12), job(2, setup_s=0)]
+    aware = replay(jobs, 3, Policy(2, aware=True), CARD)
+    assert (aware.finished, aware.ooms, aware.pre_pruned) == (3, 0, 1)
+    blind = replay(jobs, 3, Policy(1, aware=False), CARD)
+    assert (blind.finished, blind.ooms) == (3, 1)
+    assert blind.wall_s == pytest.approx(31.0)  # the OOM cost its 1 s start-up
+
+
+def test_an_underestimated_trial_hits_its_cap_then_runs_with_its_peak_reserved() -> None:
+    low = Job({"size": 4}, 4 * GIB, 2 * GIB, 1.0, 10.0)
+    out = replay([low], 2, Policy(1, aware=True), CARD)
+    assert (out.finished, out.ooms) == (2, 1)
+
+
+def test_nothing_that_fits_is_infinite_time() -> None:
+    out = replay([job(12)], 5, Policy(2, aware=True), CARD)
+    assert out.finished == 0 and math.isinf(out.wall_s) and out.pre_pruned == 1
+
+
+def test_several_cards_run_in_parallel() -> None:
+    two = Cards(10 * GIB, 2, 0, 0.05)
+    out = replay([job(6)], 4, Policy(2, aware=True), two)
+    assert out.wall_s == pytest.approx(22.0) and out.ooms == 0
+
+
+@pytest.mark.parametrize("text", ["par0", "par", "auto2", "PAR2", "2"])
+def test_a_bad_policy_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="parN"):
+        Policy.parse(text)
+
+
+def test_policies_parse() -> None:
+    assert Policy.parse("par3") == Policy(3, aware=False)
+    assert Policy.parse(" auto ", cap=6) == Policy(6, aware=True)
+    assert Policy.parse("auto").name == "auto" and Policy.parse("par2").name == "par2"
