@@ -39,15 +39,20 @@ from hpo.memory.fit import (
     dominated_mean,
     dominating_mean,
     fit_group,
-    fit_line,
     repeat_residuals,
 )
-from hpo.memory.prior import Prior
+from hpo.memory.prior import Prior, calibrate
 
 _UNKNOWN_NOISE = 0.10  # relative noise assumed before any spread is measured
 _NOISE_WEIGHT = 4  # residuals that default counts as, blended with the measured ones
 _Z = 2.0  # standard errors of the fit added to the noise quantile
 _EXTRAPOLATE = 0.05  # added to the margin per doubling beyond the measured sizes
+
+
+def _stale(n: int, then: int) -> bool:
+    """Whether ``n`` measured points have grown past ``then`` (a fit's, the noise's) enough
+    to compute it again: by a twentieth, so every point while there are fewer than 20."""
+    return n - then >= max(1, then // 20)
 
 
 @dataclass(frozen=True)
@@ -108,8 +113,14 @@ class MemoryEstimator:
         self._cold_uplift = cold_uplift
         self._measured: dict[tuple[Any, ...], list[Point]] = defaultdict(list)
         self._bounds: dict[tuple[Any, ...], list[Point]] = defaultdict(list)
+        # per group and configuration: measured peaks, and their [sum, count]
+        self._configs: dict[tuple[Any, ...], dict[tuple[float, ...], list[float]]] = {}
+        self._sums: dict[tuple[Any, ...], dict[tuple[float, ...], list[float]]] = {}
         self._fits: dict[tuple[Any, ...], GroupFit | None] = {}
+        self._fitted_n: dict[tuple[Any, ...], int] = {}  # the group's points when fitted
         self._noise: Noise | None = None
+        self._noise_n = 0  # measured points when the noise was pooled
+        self._calibrated: tuple[tuple[Line, float] | None] | None = None
 
     # -- learning ---------------------------------------------------------------------
 
@@ -117,11 +128,24 @@ class MemoryEstimator:
         key, s = self.group_of(obs.params), self.s_of(obs.params)
         if not math.isfinite(obs.peak_bytes) or obs.peak_bytes <= 0:
             return
-        target = self._bounds if obs.censored else self._measured
-        target[key].append((s, float(obs.peak_bytes)))
-        if not obs.censored:
+        if obs.censored:
+            self._bounds[key].append((s, float(obs.peak_bytes)))
+            return
+        self._measured[key].append((s, float(obs.peak_bytes)))
+        configs = self._configs.setdefault(key, {})
+        new_size = s not in configs
+        configs.setdefault(s, []).append(float(obs.peak_bytes))
+        acc = self._sums.setdefault(key, {}).setdefault(s, [0.0, 0.0])
+        acc[0], acc[1] = acc[0] + float(obs.peak_bytes), acc[1] + 1
+        # Refit on every new size, else once a group has grown by a twentieth since its fit
+        # (every peak while it has fewer than 20): what one more repeat changes is within the
+        # noise, and refitting every trial made a long study's cost per trial grow with it.
+        n = len(self._measured[key])
+        if new_size or _stale(n, self._fitted_n.get(key, 0)):
             self._fits.pop(key, None)
-            self._noise = None
+        total = self.n_measured_total
+        if new_size or _stale(total, self._noise_n):
+            self._noise, self._calibrated = None, None
 
     @property
     def has_prior(self) -> bool:
@@ -136,16 +160,23 @@ class MemoryEstimator:
         """The parameters a prediction reads (groups and memory-scaling)."""
         return frozenset(self._scaling + self._groups)
 
+    @property
+    def n_measured_total(self) -> int:
+        return sum(map(len, self._measured.values()))
+
     def n_measured(self, params: Mapping[str, Any]) -> int:
         return len(self._measured.get(self.group_of(params), ()))
 
     def sizes(self, params: Mapping[str, Any]) -> set[tuple[float, ...]]:  # measured in group
-        return {sp for sp, _ in self._measured.get(self.group_of(params), ())}
+        return set(self._configs.get(self.group_of(params), ()))
 
     def measured_peaks(self, params: Mapping[str, Any]) -> list[float]:
         """Peaks measured for exactly this configuration (its group and scaling values)."""
-        s = self.s_of(params)
-        return [y for sp, y in self._measured.get(self.group_of(params), ()) if sp == s]
+        return list(self._configs.get(self.group_of(params), {}).get(self.s_of(params), ()))
+
+    def _means(self, key: tuple[Any, ...]) -> list[Point]:
+        """The mean measured peak of each configuration of a group (one point each)."""
+        return [(sp, total / n) for sp, (total, n) in self._sums.get(key, {}).items()]
 
     def group_of(self, params: Mapping[str, Any]) -> tuple[Any, ...]:
         return tuple(params.get(g) for g in self._groups)
@@ -173,7 +204,7 @@ class MemoryEstimator:
         fit = self._group_fit(key) if points else None
         if fit is not None and fit.beyond(s) > 0:  # convex growth the F-test let pass
             upper = max(upper, fit.convex_at(s) * (1 + self.noise().quantile))
-        ceiling = dominating_mean(points, s) if fit is not None and fit.below(s) else None
+        ceiling = dominating_mean(self._means(key), s) if fit and fit.below(s) else None
         if ceiling is not None:  # a line through convex data misses small sizes most
             upper = max(upper, ceiling * (1 + self.noise().quantile))
         if bound is not None and prune is not None:
@@ -195,6 +226,7 @@ class MemoryEstimator:
                 residuals += list(fit.loo) if fit is not None else repeat_residuals(points)
             q, rms, n = self._pool(residuals)
             self._noise = Noise(q, rms, n, self._pool(repeats)[0])
+            self._noise_n = self.n_measured_total
         return self._noise
 
     def _pool(self, residuals: list[float]) -> tuple[float, float, int]:
@@ -216,12 +248,13 @@ class MemoryEstimator:
     def _group_fit(self, key: tuple[Any, ...]) -> GroupFit | None:
         if key not in self._fits:
             self._fits[key] = fit_group(self._measured.get(key, []))
+            self._fitted_n[key] = len(self._measured.get(key, []))
         return self._fits[key]
 
     def _from_measurements(
         self, params: Mapping[str, Any], key: tuple[Any, ...], s: tuple[float, ...]
     ) -> tuple[float, float, str, float | None]:
-        points, noise = self._measured[key], self.noise()
+        points, noise = self._means(key), self.noise()  # one point per configuration
         fit = self._group_fit(key)
         floor = dominated_mean(points, s)
         if fit is not None:
@@ -229,32 +262,28 @@ class MemoryEstimator:
             margin = noise.quantile + _Z * se + _EXTRAPOLATE * fit.beyond(s)
             # Evidence only from a fit with a configuration more than its terms per extra
             # scaling param (two sizes of a 2-param group say nothing of the other way).
-            if len({p[0] for p in points}) >= len(fit.terms) + len(s) - 1:
+            if len(points) >= len(fit.terms) + len(s) - 1:
                 floor = max(floor, point * max(0.0, 1 - se) * (1 + noise.pure))
             return point, margin, "fit", floor
         # One x measured: extrapolate with the calibrated prior's slope, else proportionally
         # (safe when memory is affine with a non-negative intercept, as it is).
-        x, x0 = math.prod(s), math.prod(points[0][0])
-        y0 = sum(y for _, y in points) / len(points)
+        sums = self._sums[key].values()
+        s0, y0 = points[0][0], sum(t for t, _ in sums) / sum(n for _, n in sums)
+        x, x0 = math.prod(s), math.prod(s0)
         slope = self._prior_slope(params)
         point = y0 + slope * (x - x0) if slope is not None else y0 * max(1.0, x / x0)
         # Below the measured size a flat point is safe (memory is monotone).
         down = slope is not None
         beyond = sum(
-            math.log2(max(v / m, m / v if down else 1.0, 1.0))
-            for v, m in zip(s, points[0][0], strict=True)
+            math.log2(max(v / m, m / v if down else 1.0, 1.0)) for v, m in zip(s, s0, strict=True)
         )
-        margin = noise.quantile + _Z * noise.rms / math.sqrt(len(points))
+        margin = noise.quantile + _Z * noise.rms / math.sqrt(len(self._measured[key]))
         if slope is not None:  # the calibrated prior's slope is evidence; proportion is not
             floor = max(floor, point * (1 + noise.pure))
         return point, margin + _EXTRAPOLATE * beyond, "one-point", floor
 
     def _extend(
-        self,
-        fit: GroupFit,
-        params: Mapping[str, Any],
-        points: list[Point],
-        s: tuple[float, ...],
+        self, fit: GroupFit, params: Mapping[str, Any], points: list[Point], s: tuple[float, ...]
     ) -> float:
         """The fit at ``s``; for a fit affine in ``x`` outside the measured ``x``, from the
         nearest end with whichever of the fitted and the calibrated prior's slope predicts
@@ -306,45 +335,14 @@ class MemoryEstimator:
         return self._prior.state_bytes(params) if self._prior is not None else 0.0
 
     def _calibration(self) -> tuple[Line, float] | None:
-        """measured − state ≈ context + factor × (traced − state), over every measured trial the
-        prior covers, fitted on relative error; with how far that transfers between groups."""
+        """The prior calibrated on the measurements (:func:`hpo.memory.prior.calibrate`),
+        cached like the noise."""
         if self._prior is None:
             return None
-        pairs: dict[tuple[Any, ...], list[tuple[float, float, float]]] = {}
-        for key, points in self._measured.items():
-            params = dict(zip(self._groups, key, strict=True))
-            state = self._state(params)
-            for sp, y in points:
-                traced = self._prior.bytes_at(params, math.prod(sp))
-                if traced is not None:
-                    pairs.setdefault(key, []).append((traced - state, y - state, y))
-        if not pairs:
-            return None
-        every = [p for group in pairs.values() for p in group]
-        line = self._calibrate(every)
-        return line, max(self._min_uplift, self._transfer_spread(pairs, line))
-
-    def _calibrate(self, pairs: list[tuple[float, float, float]]) -> Line:
-        """The (context, factor) line through (dynamic traced, dynamic measured, measured)."""
-        line = fit_line([(t, d) for t, d, _ in pairs], [1.0 / (y * y) for *_, y in pairs])
-        if line is not None:
-            return line
-        # One traced size measured: a factor on top of the known context.
-        traced, dynamic = pairs[0][0], sum(p[1] for p in pairs) / len(pairs)
-        factor = max(0.0, dynamic - self._context) / traced if traced > 0 else 1.0
-        return Line(self._context, factor)
-
-    def _transfer_spread(
-        self, pairs: dict[tuple[Any, ...], list[tuple[float, float, float]]], line: Line
-    ) -> float:
-        """Largest relative error of the calibration on a group it was not fitted on (each
-        group left out in turn); in-sample, plus the cold uplift, with a single group."""
-        if len(pairs) < 2:
-            in_sample = max(abs(d - line.at(t)) / y for t, d, y in next(iter(pairs.values())))
-            return in_sample + self._cold_uplift
-        worst = 0.0
-        for key, held_out in pairs.items():
-            rest = [p for k, group in pairs.items() if k != key for p in group]
-            other = self._calibrate(rest)
-            worst = max(worst, *(abs(d - other.at(t)) / y for t, d, y in held_out))
-        return worst
+        if self._calibrated is None:
+            found = calibrate(
+                self._prior, self._measured, self._groups, self._context, self._min_uplift,
+                self._cold_uplift,
+            )  # fmt: skip
+            self._calibrated = (found,)
+        return self._calibrated[0]

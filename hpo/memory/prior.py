@@ -20,6 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from hpo.memory.fit import Line, fit_line
+
 logger = logging.getLogger(__name__)
 
 
@@ -50,6 +52,52 @@ class Prior:
     def slope(self, params: Mapping[str, Any]) -> float | None:
         line = self._line(params)
         return None if line is None else line[1]
+
+
+Points = Sequence[tuple[tuple[float, ...], float]]  # (scaling values, measured bytes)
+
+
+def calibrate(
+    prior: Prior,
+    measured: Mapping[tuple[Any, ...], Points],
+    groups: Sequence[str],
+    context: float,
+    min_uplift: float,
+    cold_uplift: float,
+) -> tuple[Line, float] | None:
+    """measured − state ≈ context + factor × (traced − state), over every measured trial the
+    prior covers (``measured``: by group), fitted on relative error; with how far that
+    transfers between groups (the calibration's relative error on a group left out)."""
+    pairs: dict[tuple[Any, ...], list[tuple[float, float, float]]] = {}
+    for key, points in measured.items():
+        params = dict(zip(groups, key, strict=True))
+        state = prior.state_bytes(params)
+        for sp, y in points:
+            traced = prior.bytes_at(params, math.prod(sp))
+            if traced is not None:
+                pairs.setdefault(key, []).append((traced - state, y - state, y))
+    if not pairs:
+        return None
+    line = _calibrate([p for group in pairs.values() for p in group], context)
+    if len(pairs) < 2:  # in-sample, plus the cold uplift, with a single group
+        in_sample = max(abs(d - line.at(t)) / y for t, d, y in next(iter(pairs.values())))
+        return line, max(min_uplift, in_sample + cold_uplift)
+    worst = 0.0
+    for key, held_out in pairs.items():
+        other = _calibrate([p for k, group in pairs.items() if k != key for p in group], context)
+        worst = max(worst, *(abs(d - other.at(t)) / y for t, d, y in held_out))
+    return line, max(min_uplift, worst)
+
+
+def _calibrate(pairs: list[tuple[float, float, float]], context: float) -> Line:
+    """The (context, factor) line through (dynamic traced, dynamic measured, measured)."""
+    line = fit_line([(t, d) for t, d, _ in pairs], [1.0 / (y * y) for *_, y in pairs])
+    if line is not None:
+        return line
+    # One traced size measured: a factor on top of the known context.
+    traced, dynamic = pairs[0][0], sum(p[1] for p in pairs) / len(pairs)
+    factor = max(0.0, dynamic - context) / traced if traced > 0 else 1.0
+    return Line(context, factor)
 
 
 def grid_points(
