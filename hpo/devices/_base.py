@@ -9,6 +9,7 @@ code outside ``hpo.devices`` special-cases one of them.
 from __future__ import annotations
 
 import abc
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +58,12 @@ class Device(abc.ABC):
     def context_bytes(self) -> int:
         """Device memory a worker process holds once it has touched the device."""
         return 0
+
+    def foreign_bytes(self, own_pids: Collection[int]) -> int | None:
+        """Memory held on the device now by processes outside ``own_pids`` (the supervisor,
+        its workers and their children): another user's job, a notebook, a display server.
+        None where the device cannot tell which process holds what."""
+        return None
 
     # -- in a worker, for the trials that run on this device ------------------------------
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Collection
 from typing import Any
 
 from hpo.contract import Attr
@@ -74,6 +75,28 @@ class NvidiaDevice(Device):
     def context_bytes(self) -> int:
         return DEFAULT_CUDA_CONTEXT_BYTES
 
+    def foreign_bytes(self, own_pids: Collection[int]) -> int | None:
+        """NVML's per-process memory on this GPU of the processes that run in this PID
+        namespace and are not hpo's. A process NVML names by a PID this namespace does not
+        have (another container, or ours seen from the host) is not counted: whose it is
+        cannot be told, so the margin covers it. None when NVML cannot list processes."""
+        nvml, held = self._nvml, 0
+        try:
+            procs = [
+                *nvml.nvmlDeviceGetComputeRunningProcesses(self._handle),
+                *nvml.nvmlDeviceGetGraphicsRunningProcesses(self._handle),
+            ]
+        except Exception as e:  # not supported, or no permission
+            logger.debug("NVML process list unavailable: %s", e)
+            return None
+        seen: set[int] = set()
+        for proc in procs:
+            if proc.pid in own_pids or proc.pid in seen or not _local(proc.pid):
+                continue
+            seen.add(proc.pid)
+            held += int(proc.usedGpuMemory or 0)
+        return held
+
     def cap_process(self, cap_bytes: int | None) -> None:
         torch = sys.modules.get("torch")
         if torch is None or not torch.cuda.is_available():
@@ -126,6 +149,13 @@ class NvidiaDevice(Device):
         torch = cuda_torch()
         if torch is not None:
             torch.cuda.empty_cache()
+
+
+def _local(pid: int) -> bool:
+    """Whether ``pid`` is a process of this PID namespace."""
+    import psutil
+
+    return bool(psutil.pid_exists(pid))
 
 
 def cuda_torch() -> Any | None:

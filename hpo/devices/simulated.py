@@ -18,7 +18,7 @@ import contextlib
 import fcntl
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,6 +90,12 @@ class SimulatedGpu(Device):
             return self._snapshot_of(entries)
         with self._locked() as entries:
             return self._snapshot_of(entries)
+
+    def foreign_bytes(self, own_pids: Collection[int]) -> int | None:
+        """What the ledger's live processes outside ``own_pids`` hold (read, never written)."""
+        entries = _read(self._ledger)
+        mine = {str(pid) for pid in own_pids}
+        return sum(e["bytes"] for p, e in entries.items() if p not in mine and _alive(int(p)))
 
     def _snapshot_of(self, entries: dict[str, Any]) -> DeviceSnapshot:
         used = sum(e["bytes"] for e in entries.values())

@@ -18,6 +18,7 @@ whenever a worker is idle, as a fixed PAR always did (pre-pruning still applies)
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -27,6 +28,9 @@ from typing import Any
 from hpo.contract import Decision
 from hpo.devices import MIB, Device
 from hpo.memory import Estimate, device_budget
+
+logger = logging.getLogger(__name__)
+_NOTE_BYTES = 256 * MIB  # a change in memory held outside hpo worth a log line
 
 
 @dataclass(frozen=True)
@@ -75,9 +79,26 @@ class DeviceBooks:
     margin_frac: float
     context_bytes: int
     running: dict[int, _Running] = field(default_factory=dict)  # by trial number
+    foreign: dict[int, int] = field(default_factory=dict)  # held by processes outside hpo
+    _measured_at: float = -math.inf
 
     def budget(self, index: int) -> int:
-        return device_budget(self.devices[index], self.margin_frac)
+        """The device's capacity less the margin and what processes outside hpo hold."""
+        return device_budget(self.devices[index], self.margin_frac) - self.foreign.get(index, 0)
+
+    def measure_foreign(self, every_s: float = 1.0) -> None:
+        """Read what processes other than this one and its descendants (the workers and
+        their children) hold on each device, at most every ``every_s`` seconds."""
+        now = time.monotonic()
+        if now - self._measured_at < every_s:
+            return
+        self._measured_at = now
+        own = own_pids()
+        for index, device in enumerate(self.devices):
+            held = (device.foreign_bytes(own) if device.has_memory else None) or 0
+            if abs(held - self.foreign.get(index, 0)) >= _NOTE_BYTES:
+                logger.info("%s: %.0f MiB held outside hpo", device.label, held / MIB)
+            self.foreign[index] = held
 
     def reserved(self, index: int) -> int:
         return sum(r.reserve_bytes for r in self.running.values() if r.device == index)
@@ -229,6 +250,17 @@ class AdmissionScheduler:
         )
         idle_here = [s.key for s in others if s.idle]
         return Placement(Decision.WAIT, why, index, reclaim=_enough(idle_here, short, ctx))
+
+
+def own_pids() -> set[int]:
+    """This process and its descendants."""
+    import psutil
+
+    me = psutil.Process()
+    try:
+        return {me.pid, *(c.pid for c in me.children(recursive=True))}
+    except psutil.Error:
+        return {me.pid}
 
 
 def _pick_worker(index: int, slots: Sequence[Slot]) -> Slot | None:

@@ -95,6 +95,8 @@ class Launcher:
         """Start waiting trials that fit now (in the backlog's order: largest first), then have
         idle workers ask up to ``room`` new ones (running, waiting and trials being asked count
         as asked); none once ``stopping()`` (a Ctrl-C may arrive between two requests)."""
+        if self.models.admission.packing:  # memory others hold comes off the budgets
+            self.models.admission.books.measure_foreign()
         self.start_waiting(pool)
         room -= len(self.backlog) + sum(w.proposing for w in pool.workers)
         if time.monotonic() < self._claimed_until:
