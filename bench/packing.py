@@ -308,6 +308,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="extra config override for every policy (repeatable)",
     )
     p.add_argument("--keep", help="keep each policy's study here (default: a temporary folder)")
+    p.add_argument(
+        "--no-spikes",
+        action="store_true",
+        help="evaluations not declared as memory spikes (eval_spike off): what that lever brings",
+    )
     args = p.parse_args(argv)
     args.workload = str(Path(args.workload).resolve())
     unknown = set(args.policies.split(",")) - set(POLICIES)
@@ -316,6 +321,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.trials < 1:
         p.error(f"--trials must be >= 1, got {args.trials}")
     return args
+
+
+def without_spikes(path: str, out_dir: Path) -> str:
+    """A copy of the workload file whose families declare no evaluation spikes."""
+    import yaml
+
+    raw = yaml.safe_load(Path(path).read_text())
+    for family in raw["families"].values():
+        family["eval_spike"] = False
+    out = out_dir / Path(path).name
+    out.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return str(out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -331,10 +348,13 @@ def main(argv: list[str] | None = None) -> int:
         "trials": args.trials,
         "time_scale": args.time_scale,
         "seed": args.seed,
+        "spikes": not args.no_spikes,
         "policies": {},
     }
     with tempfile.TemporaryDirectory(prefix="hpo-packing-") as tmp:
         root = Path(args.keep or tmp)
+        if args.no_spikes:
+            args.workload = without_spikes(args.workload, Path(tmp))
         for policy in args.policies.split(","):
             t0 = time.monotonic()
             result["policies"][policy] = run_policy(policy, args, root)

@@ -22,6 +22,10 @@ def __getattr__(name: str) -> Any:
         from hpo import api
 
         return getattr(api, name)
+    if name == "memory_spike":
+        from hpo.execution.spike import memory_spike
+
+        return memory_spike
     raise AttributeError(f"module 'hpo' has no attribute {name!r}")
 
 
@@ -33,5 +37,6 @@ __all__ = [
     "__version__",
     "current_context",
     "load_study",
+    "memory_spike",
     "tune",
 ]

@@ -66,6 +66,9 @@ class Attr:
     PEAK_VRAM_MIB = "peak_vram_mib"  # the trial's device footprint (NVML, or reserved)
     PEAK_VRAM_ALLOCATED_MIB = "peak_vram_allocated_mib"
     PEAK_VRAM_RESERVED_MIB = "peak_vram_reserved_mib"
+    STEADY_VRAM_MIB = "steady_vram_mib"  # the peak outside declared spikes (hpo.memory_spike)
+    SPIKE_VRAM_MIB = "spike_vram_mib"  # the most a declared spike added to what was held
+    SPIKE_WAIT_S = "spike_wait_s"  # seconds waited for other trials' spikes on the device
     # the memory gate's estimate at admission (MiB) and what it was held against
     EST_VRAM_MIB = "est_vram_mib"
     EST_VRAM_UPPER_MIB = "est_vram_upper_mib"

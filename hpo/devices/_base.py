@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Collection
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 MIB = 1024 * 1024
@@ -74,6 +75,15 @@ class Device(abc.ABC):
 
     def reset_peaks(self) -> None:
         """Start measuring this process's peaks afresh (a trial starts)."""
+        return None
+
+    def held_bytes(self) -> int | None:
+        """Device memory this process holds now, context included (None: unknown)."""
+        return None
+
+    def spike_lock_path(self) -> Path | None:
+        """The file whose lock serializes declared memory spikes on this device across
+        processes (:mod:`hpo.execution.spike`); None: spikes are not serialized."""
         return None
 
     def process_bytes(self, pids: set[int]) -> int | None:

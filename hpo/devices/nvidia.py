@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import sys
+import tempfile
 from collections.abc import Collection
+from pathlib import Path
 from typing import Any
 
 from hpo.contract import Attr
@@ -113,6 +115,18 @@ class NvidiaDevice(Device):
         torch = cuda_torch()
         if torch is not None:
             torch.cuda.reset_peak_memory_stats()
+
+    def held_bytes(self) -> int | None:
+        torch = cuda_torch()
+        if torch is None:
+            return 0  # CUDA untouched: nothing held
+        return int(torch.cuda.memory_reserved()) + DEFAULT_CUDA_CONTEXT_BYTES
+
+    def spike_lock_path(self) -> Path | None:
+        """One lock file per physical GPU (its NVML UUID) in the temporary directory."""
+        uuid = self._nvml.nvmlDeviceGetUUID(self._handle)
+        name = uuid.decode() if isinstance(uuid, bytes) else str(uuid)
+        return Path(tempfile.gettempdir()) / f"hpo-spike-{name}.lock"
 
     def process_bytes(self, pids: set[int]) -> int | None:
         """Per-process device memory (NVML, all GPUs) of ``pids``, once CUDA is in use."""

@@ -170,6 +170,12 @@ class SimulatedGpu(Device):
     def reset_peaks(self) -> None:
         self._peak_allocated = self._allocated
 
+    def held_bytes(self) -> int | None:
+        return self._context + self._allocated if self._touched else 0
+
+    def spike_lock_path(self) -> Path | None:
+        return self._dir / f"sim{self._index}.spike.lock"
+
     def peak_attrs(self, sampled_peak: int | None) -> dict[str, Any]:
         """This process's peaks since :meth:`reset_peaks`, from its own ledger entry (none if
         it never touched the card)."""

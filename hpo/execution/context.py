@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from hpo.devices import Device
+    from hpo.execution.spike import SpikeLog
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class TrialContext:
     # each scaled by 1 / accum_steps; 1 and None when the batch runs whole.
     accum_steps: int = 1
     micro_batch: int | None = None
+    # The trial's declared memory spikes (hpo.memory_spike), kept by the runner.
+    spikes: SpikeLog | None = None
 
 
 _current: contextvars.ContextVar[TrialContext | None] = contextvars.ContextVar(

@@ -17,6 +17,7 @@ from hpo.contract import Attr, EndReason
 from hpo.execution.context import TrialContext, trial_context
 from hpo.execution.probe import MemoryProbe
 from hpo.execution.protocol import Assignment, Outcome
+from hpo.execution.spike import SpikeLog
 from hpo.storage import user_attrs_writer
 from hpo.storage.outage import StorageOutage
 
@@ -74,14 +75,16 @@ class TrialRunner:
             handle=self._device,
             accum_steps=assignment.accum_steps,
             micro_batch=assignment.micro_batch,
+            spikes=SpikeLog(),
         )
         start = time.monotonic()
         self._device.cap_process(assignment.mem_cap_bytes)
         with MemoryProbe(self._device) as probe, trial_context(ctx):
             trial, reason, value, message = self._call(assignment.trial_id)
         self._device.release_cached()
+        assert ctx.spikes is not None
         attrs: dict[str, Any] = {
-            **probe.attrs(),
+            **ctx.spikes.attrs(probe.attrs()),
             Attr.DURATION_S: round(time.monotonic() - start, 3),
             Attr.WORKER_PID: os.getpid(),
             Attr.DEVICE: self._device.label,

@@ -75,6 +75,8 @@ class Estimate:
     # what a run may reach if the fit is at its optimistic end (its point less one standard
     # error, plus the noise): what pre-pruning holds against the device (None: the upper)
     prune_bytes: float | None = None
+    spike_bytes: float = 0.0  # of upper_bytes, a declared spike's upper bound (one per device)
+    spike_floor_bytes: float = 0.0  # and its low end: the rest is the steady reservation
 
     @property
     def evidence_bytes(self) -> float:

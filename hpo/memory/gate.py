@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from hpo.contract import MEASURED, Attr, Decision, EndReason
@@ -101,6 +101,9 @@ class MemoryGate:
         self.estimator = MemoryEstimator(
             scaling, groups, prior, context_bytes=context_bytes, **estimator_kwargs
         )
+        # declared spikes' sizes (hpo.memory_spike), learned like peaks
+        self.spikes = MemoryEstimator(scaling, groups, **estimator_kwargs)
+        self._context = context_bytes
 
     @property
     def active(self) -> bool:
@@ -114,10 +117,11 @@ class MemoryGate:
         if estimate is None:
             return Verdict(Decision.ADMIT, "nothing known yet", None, self.budget_bytes)
         assert self.budget_bytes is not None and self.alone_bytes is not None
-        fitted = [p for p in self.estimator.measured_peaks(params) if p <= self.budget_bytes]
+        budget = self.budget_bytes
+        fitted = [p for p in self.estimator.measured_peaks(params) if p <= budget]
         if fitted:
             why = f"measured {min(fitted) / MIB:.0f} MiB within the budget before"
-            return Verdict(Decision.ADMIT, why, estimate, self.budget_bytes)
+            return Verdict(Decision.ADMIT, why, self._spiked(params, estimate), budget)
         # A single measurement extrapolated proportionally is a safe bound for admission but
         # too loose to give a configuration up for good: such a trial runs and is measured.
         trusted = estimate.source != "one-point" or self.estimator.has_prior
@@ -129,7 +133,18 @@ class MemoryGate:
                 f"{self.budget_bytes / MIB:.0f} MiB + margin)"
             )
             return Verdict(Decision.PRE_PRUNE, reason, estimate, self.budget_bytes)
-        return Verdict(Decision.ADMIT, "fits the budget", estimate, self.budget_bytes)
+        return Verdict(Decision.ADMIT, "fits the budget", self._spiked(params, estimate), budget)
+
+    def _spiked(self, params: Mapping[str, Any], estimate: Estimate) -> Estimate:
+        """``estimate`` with the part of it its declared spikes take, where they were
+        measured: admission reserves the rest as steady memory plus one spike per device."""
+        spike = self.spikes.predict(params) if self.spikes.n_observations else None
+        if spike is None:
+            return estimate
+        room = max(0.0, estimate.upper_bytes - self._context)  # a steady part holds a context
+        upper = min(spike.upper_bytes, room)
+        floor = min(upper, max(0.0, 2 * spike.point_bytes - spike.upper_bytes))
+        return replace(estimate, spike_bytes=upper, spike_floor_bytes=floor)
 
     def hold_back(
         self, params: Mapping[str, Any], pending: Iterable[Mapping[str, Any]]
@@ -164,6 +179,9 @@ class MemoryGate:
         if peak_mib is None or attrs.get(Attr.END_REASON) not in MEASURED:
             return
         self.estimator.observe(Observation(dict(params), float(peak_mib) * MIB))
+        spike_mib = attrs.get(Attr.SPIKE_VRAM_MIB)
+        if isinstance(spike_mib, (int, float)) and spike_mib > 0:
+            self.spikes.observe(Observation(dict(params), float(spike_mib) * MIB))
 
     def _own_oom(self, bound: float, attrs: Mapping[str, Any]) -> bool:
         """Whether an OOM says something about the trial's own needs (module docstring)."""

@@ -44,6 +44,7 @@ class Placement:
     reserve_bytes: int = 0  # device memory held for the trial beyond its worker's context
     cap_bytes: int | None = None  # per-process limit on the device, context included
     reclaim: tuple[Any, ...] = ()  # idle workers to recycle so their contexts free memory
+    spike_bytes: int = 0  # its declared spike, held in the device's one spike slot
 
 
 @dataclass
@@ -51,6 +52,7 @@ class _Running:
     device: int
     reserve_bytes: int
     ends_at: float  # expected end (monotonic seconds; inf while unknown)
+    spike_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -101,14 +103,23 @@ class DeviceBooks:
             self.foreign[index] = held
 
     def reserved(self, index: int) -> int:
-        return sum(r.reserve_bytes for r in self.running.values() if r.device == index)
+        """Steady reservations on device ``index``, plus its spike slot."""
+        here = [r for r in self.running.values() if r.device == index]
+        return sum(r.reserve_bytes for r in here) + self.spike_slot(index)
+
+    def spike_slot(self, index: int) -> int:
+        """The largest declared spike of the trials on device ``index``: spikes take turns
+        (:mod:`hpo.execution.spike`), so one slot holds any of them."""
+        return max((r.spike_bytes for r in self.running.values() if r.device == index), default=0)
 
     def n_running(self, index: int) -> int:
         return sum(r.device == index for r in self.running.values())
 
     def hold(self, trial_number: int, placement: Placement, ends_at: float = math.inf) -> None:
         assert placement.device is not None
-        self.running[trial_number] = _Running(placement.device, placement.reserve_bytes, ends_at)
+        self.running[trial_number] = _Running(
+            placement.device, placement.reserve_bytes, ends_at, placement.spike_bytes
+        )
 
     def ends(self, index: int) -> list[tuple[float, int]]:
         """(expected end, reservation) of the trials running on device ``index``, soonest first."""
@@ -234,16 +245,21 @@ class AdmissionScheduler:
         held = len(others) * ctx + books.reserved(index)
         if protect is not None and protected:
             held += protect.nbytes
+        spike = 0
         if exclusive:  # alone: every idle neighbour's context is freed first
             need, short = budget - held - ctx, len(others) * ctx
+            whole = need
         else:
             assert estimate is not None  # not exclusive
-            need = max(MIB, int(estimate.upper_bytes) - ctx)  # no estimate is only a context
-            short = held + ctx + need - budget
+            whole = max(MIB, int(estimate.upper_bytes) - ctx)  # no estimate is only a context
+            spike = int(estimate.spike_bytes)  # a declared spike shares the device's slot
+            need = max(MIB, whole - int(estimate.spike_floor_bytes)) if spike else whole
+            grow = max(0, spike - books.spike_slot(index))
+            short = held + ctx + need + grow - budget
         if short <= 0 and need > 0:
-            cap = min(ctx + need + self._margin_bytes[index], budget + self._margin_bytes[index])
+            cap = min(ctx + whole + self._margin_bytes[index], budget + self._margin_bytes[index])
             why = f"fits {label}: {(ctx + need) / MIB:.0f} of {(budget - held) / MIB:.0f} MiB free"
-            return Placement(Decision.ADMIT, why, index, worker.key, need, cap)
+            return Placement(Decision.ADMIT, why, index, worker.key, need, cap, spike_bytes=spike)
         why = (
             f"{(ctx + max(need, 0)) / MIB:.0f} MiB does not fit the "
             f"{(budget - held) / MIB:.0f} MiB free on {label}"

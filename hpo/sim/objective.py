@@ -17,6 +17,7 @@ longer: ``demand(batch) / demand(micro-batch)`` times.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -26,6 +27,7 @@ import optuna
 from hpo.config.schema import StudyConf
 from hpo.devices.simulated import SimulatedGpu
 from hpo.execution.context import current_context
+from hpo.execution.spike import memory_spike
 from hpo.sim.workload import load_workload
 
 if TYPE_CHECKING:
@@ -70,11 +72,13 @@ def objective(trial: optuna.Trial, cfg: DictConfig) -> float:
         best, work_s = 0.0, family.epoch_s * scale * stretch
         for epoch in range(1, int(study.epochs) + 1):
             _run_epoch(gpu, work_s - eval_s)
-            if extra:
-                gpu.allocate(extra)  # the evaluation's buffers, beside the training state
-            _run_epoch(gpu, eval_s)
-            if extra:
-                gpu.release(extra)
+            spike = memory_spike(extra) if family.eval_spike else contextlib.nullcontext()
+            with spike:
+                if extra:
+                    gpu.allocate(extra)  # the evaluation's buffers, beside the training state
+                _run_epoch(gpu, eval_s)
+                if extra:
+                    gpu.release(extra)
             value = family.curve.value(params, epoch)
             best = max(best, value)
             trial.report(value, epoch)

@@ -81,6 +81,7 @@ class Family:
     setup_s: float = 0.0  # seconds before the first allocation (process, data, model)
     eval_extra_gib: tuple[Term, ...] = ()  # allocated for the evaluation after each epoch
     eval_s: float = 0.0  # seconds the evaluation holds it (part of the epoch's time)
+    eval_spike: bool = False  # the evaluation is a declared memory spike (hpo.memory_spike)
 
 
 @dataclass(frozen=True)
@@ -205,7 +206,14 @@ def _family(name: str, raw: Any) -> Family:
         setup_s=float(raw.get("setup_s", 0.0)),
         eval_extra_gib=_terms(raw.get("eval_extra_gib") or ()),
         eval_s=float(raw.get("eval_s", 0.0)),
+        eval_spike=_flag(raw.get("eval_spike", False), f"families.{name}.eval_spike"),
     )
+
+
+def _flag(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{where} must be true or false, got {value!r}")
+    return value
 
 
 def _check(wl: Workload) -> None:

@@ -208,8 +208,9 @@ class Launcher:
             Attr.ADMIT_WAIT_S: round(time.monotonic() - item.since, 3),
             **(item.reestimated or {}),
         }
-        if models.admission.packing:
-            held = placement.reserve_bytes + models.admission.books.context_bytes
+        if models.admission.packing:  # what it may hold: its reservation, spike and context
+            held = placement.reserve_bytes + placement.spike_bytes
+            held += models.admission.books.context_bytes
             attrs[Attr.VRAM_RESERVED_MIB] = round(held / MIB, 1)
         if models.split[1]:  # the objective accumulates gradients: say how this one runs
             attrs[Attr.ACCUM_STEPS] = item.accum_steps
