@@ -51,7 +51,7 @@ AWARE_CAP = 8
 
 class TruthGate:
     """The oracle's gate: skips what cannot fit alone by the workload's truth and estimates
-    every other trial by its true footprint."""
+    every other trial by its true footprint (and its evaluation's, where it is a spike)."""
 
     def __init__(self, inner: MemoryGate, workload: Any) -> None:
         self._inner, self._wl = inner, workload
@@ -68,7 +68,11 @@ class TruthGate:
             why = f"cannot fit alone: {upper / MIB:.0f} MiB > {alone / MIB:.0f} MiB"
             return Verdict(Decision.PRE_PRUNE, why, None, budget)
         point = float(self._wl.footprint_bytes(params))
-        return Verdict(Decision.ADMIT, "oracle", Estimate(point, upper, "oracle", 0), budget)
+        spike = (
+            float(self._wl.eval_extra_bytes(params)) if self._wl.family(params).eval_spike else 0
+        )
+        estimate = Estimate(point, upper, "oracle", 0, spike_bytes=spike, spike_floor_bytes=spike)
+        return Verdict(Decision.ADMIT, "oracle", estimate, budget)
 
 
 def true_upper(workload: Any, params: dict[str, Any]) -> float:

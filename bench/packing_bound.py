@@ -40,9 +40,13 @@ from hpo.devices import GIB
 from hpo.scheduling.replay import Cards, Job, Policy, replay
 from hpo.sim import load_workload
 
+Run = tuple[dict[str, Any], int, dict[str, Any]]  # as run, epochs reported, as asked
 
-def load_runs(db: Path, study: str) -> list[tuple[dict[str, Any], int]]:
-    """(params, epochs reported) of the trials that ran to a result, in trial order."""
+
+def load_runs(db: Path, study: str, batch_param: str = "batch_size") -> list[Run]:
+    """(params as run, epochs reported, params as asked) of the trials that ran to a result,
+    in trial order: a trial that ran as micro-batches (``micro_batch``, ``accum_steps`` > 1)
+    held the memory of its micro-batch."""
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         rows = con.execute(
@@ -61,7 +65,18 @@ def load_runs(db: Path, study: str) -> list[tuple[dict[str, Any], int]]:
                 "WHERE trial_id = ?",
                 (trial_id,),
             ).fetchall()
-            runs.append(({name: _decode(v, d) for name, v, d in params}, int(epochs)))
+            asked = {name: _decode(v, d) for name, v, d in params}
+            attrs = dict(
+                con.execute(
+                    "SELECT key, value_json FROM trial_user_attributes WHERE trial_id = ? "
+                    "AND key IN ('accum_steps', 'micro_batch')",
+                    (trial_id,),
+                ).fetchall()
+            )
+            run = dict(asked)
+            if json.loads(attrs.get("accum_steps", "1")) > 1 and "micro_batch" in attrs:
+                run[batch_param] = json.loads(attrs["micro_batch"])
+            runs.append((run, int(epochs), asked))
         return runs
     finally:
         con.close()
@@ -91,13 +106,23 @@ def lower_bound(trials: list[tuple[float, float]], budget_gib: float) -> tuple[f
     return big_s, big_s + max(0.0, rest_gib_s - beside) / budget_gib
 
 
-def replay_runs(wl: Any, runs: list[tuple[dict[str, Any], int]], args: argparse.Namespace) -> float:
+def seconds_alone(wl: Any, run: Run, time_scale: float) -> float:
+    """Wall seconds of a run's epochs alone on the card: a micro-batched one does the same GPU
+    work at its micro-batch's lower utilisation, as the simulated objective does."""
+    params, epochs, asked = run
+    family = wl.family(params)
+    stretch = min(1.0, family.demand.value(asked)) / min(1.0, family.demand.value(params))
+    return epochs * family.epoch_s * time_scale * stretch
+
+
+def replay_runs(wl: Any, runs: list[Run], args: argparse.Namespace) -> float:
     """Wall seconds of hpo's admission told the true memory (:mod:`hpo.scheduling.replay`)."""
     jobs = []
-    for params, epochs in runs:
+    for run in runs:
+        params = run[0]
         family, scale = wl.family(params), args.time_scale
         footprint = footprint_gib(wl, params) * GIB
-        work = epochs * family.epoch_s * scale
+        work = seconds_alone(wl, run, scale)
         demand = float(family.demand.value(params))
         jobs.append(Job(params, footprint, footprint, family.setup_s * scale, work, demand))
     cards = Cards(
@@ -112,13 +137,14 @@ def replay_runs(wl: Any, runs: list[tuple[dict[str, Any], int]], args: argparse.
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     wl = load_workload(args.workload)
-    runs = load_runs(Path(args.db), args.study)
+    runs = load_runs(Path(args.db), args.study, args.batch_param)
     if not runs:
         raise ValueError(f"no trial of study {args.study!r} ran to a result in {args.db}")
     budget_gib = wl.device.capacity_gib * (1 - args.margin_frac)
     alone, gpu_s, setup_s = [], 0.0, 0.0
-    for params, epochs in runs:
-        seconds = epochs * wl.family(params).epoch_s * args.time_scale
+    for run in runs:
+        params = run[0]
+        seconds = seconds_alone(wl, run, args.time_scale)
         alone.append((footprint_gib(wl, params), seconds))
         gpu_s += min(1.0, wl.family(params).demand.value(params)) * seconds
         setup_s += wl.family(params).setup_s * args.time_scale
@@ -151,6 +177,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-bypass", type=int, default=8, help="memory.max_bypass")
     p.add_argument("--max-waiting", type=int, default=8, help="memory.max_waiting")
     p.add_argument("--par", type=int, default=8, help="worker processes")
+    p.add_argument("--batch-param", default="batch_size", help="study.memory.batch_param")
     p.add_argument("--json", dest="json_out", help="write the results here")
     args = p.parse_args(argv)
     if not Path(args.db).is_file():
