@@ -20,6 +20,9 @@ starts and nothing is written. The trials come from one of two places.
 
 For each scenario it reports trials per hour, OOMs, configurations pre-pruned, and hours to
 the target (``n_trials`` from zero; from a study, also what is left from where it stands).
+Not modelled: micro-batching (a configuration that cannot fit a card whole counts as
+pre-pruned there, where hpo would run it as micro-batches) and declared spikes (a trial holds
+its whole peak).
 """
 
 from __future__ import annotations
