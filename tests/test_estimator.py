@@ -166,3 +166,23 @@ def test_grid_of_the_prior_covers_every_group_at_both_corners() -> None:
         itertools.product(["a", "b"], [8, 64])
     )
     assert all(p["lr"] == pytest.approx(1e-3) for p in points)
+
+
+def test_the_version_changes_on_new_sizes_and_bounds_and_every_twentieth_repeat() -> None:
+    """What the supervisor sends the workers' copies again for: not every repeated peak of a
+    long study (pickling the whole estimator per trial grew with the study)."""
+    est = _estimator()
+    versions = []
+    for bs in (8, 16, 32):  # new sizes: each one
+        est.observe(Observation({"model": "small", "batch_size": bs}, truth("small", bs)))
+        versions.append(est.version)
+    assert versions == [1, 2, 3]
+    for _ in range(17):  # repeats while fewer than 20 peaks: each one
+        est.observe(Observation({"model": "small", "batch_size": 8}, truth("small", 8)))
+    assert est.version == 20
+    for _ in range(980):  # then once per twentieth more: 90 times up to 1,000 peaks
+        est.observe(Observation({"model": "small", "batch_size": 8}, truth("small", 8)))
+    assert 20 < est.version < 20 + 100
+    bumped = est.version
+    est.observe(Observation({"model": "small", "batch_size": 64}, 9e12, censored=True))
+    assert est.version == bumped + 1  # an OOM bound: at once

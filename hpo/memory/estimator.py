@@ -40,6 +40,7 @@ from hpo.memory.fit import (
     dominating_mean,
     fit_group,
     repeat_residuals,
+    stale,
 )
 from hpo.memory.prior import Prior, calibrate
 
@@ -47,12 +48,6 @@ _UNKNOWN_NOISE = 0.10  # relative noise assumed before any spread is measured
 _NOISE_WEIGHT = 4  # residuals that default counts as, blended with the measured ones
 _Z = 2.0  # standard errors of the fit added to the noise quantile
 _EXTRAPOLATE = 0.05  # added to the margin per doubling beyond the measured sizes
-
-
-def _stale(n: int, then: int) -> bool:
-    """Whether ``n`` measured points have grown past ``then`` (a fit's, the noise's) enough
-    to compute it again: by a twentieth, so every point while there are fewer than 20."""
-    return n - then >= max(1, then // 20)
 
 
 @dataclass(frozen=True)
@@ -122,6 +117,7 @@ class MemoryEstimator:
         self._fitted_n: dict[tuple[Any, ...], int] = {}  # the group's points when fitted
         self._noise: Noise | None = None
         self._noise_n = 0  # measured points when the noise was pooled
+        self.version, self._version_n = 0, 0  # changes when predictions may (same rule)
         self._calibrated: tuple[tuple[Line, float] | None] | None = None
 
     # -- learning ---------------------------------------------------------------------
@@ -132,6 +128,7 @@ class MemoryEstimator:
             return
         if obs.censored:
             self._bounds[key].append((s, float(obs.peak_bytes)))
+            self.version += 1
             return
         self._measured[key].append((s, float(obs.peak_bytes)))
         configs = self._configs.setdefault(key, {})
@@ -143,11 +140,13 @@ class MemoryEstimator:
         # (every peak while it has fewer than 20): what one more repeat changes is within the
         # noise, and refitting every trial made a long study's cost per trial grow with it.
         n = len(self._measured[key])
-        if new_size or _stale(n, self._fitted_n.get(key, 0)):
+        if new_size or stale(n, self._fitted_n.get(key, 0)):
             self._fits.pop(key, None)
         total = self.n_measured_total
-        if new_size or _stale(total, self._noise_n):
+        if new_size or stale(total, self._noise_n):
             self._noise, self._calibrated = None, None
+        if new_size or stale(total, self._version_n):  # worth sending the workers again
+            self.version, self._version_n = self.version + 1, total
 
     @property
     def has_prior(self) -> bool:

@@ -253,3 +253,9 @@ def dominating_mean(points: Sequence[Point], s: Sequence[float]) -> float | None
         if all(a >= b for a, b in zip(sp, s, strict=True)):
             by_config.setdefault(sp, []).append(y)
     return min((sum(ys) / len(ys) for ys in by_config.values()), default=None)
+
+
+def stale(n: int, then: int) -> bool:
+    """Whether ``n`` points have grown past ``then`` by a twentieth (every one below 20): when
+    a fit, the pooled noise or the workers' copy of the gate is worth computing again."""
+    return n - then >= max(1, then // 20)

@@ -106,6 +106,12 @@ class MemoryGate:
         self._context = context_bytes
 
     @property
+    def version(self) -> int:
+        """Changes when the gate's decisions may: an OOM bound, a new size, a twentieth more
+        peaks (what the workers' copies are sent again for)."""
+        return self.estimator.version + self.spikes.version
+
+    @property
     def active(self) -> bool:
         """False on CPU-only runs: there is no device memory to plan."""
         return self.budget_bytes is not None

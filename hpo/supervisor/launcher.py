@@ -110,7 +110,7 @@ class Launcher:
     def _propose(self, pool: WorkerPool, worker: WorkerHandle) -> None:
         """Ask ``worker`` to ask the study for a trial, with the memory gate if it changed."""
         gate = self.models.gate
-        version = gate.estimator.n_observations
+        version = gate.version
         if gate.active and version != self._gate_version:
             self._gate_version, self._gate_bytes = version, pickled_gate(gate)
         snapshot = self._gate_bytes if worker.gate_seen != version else None
