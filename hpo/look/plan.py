@@ -10,9 +10,10 @@ starts and nothing is written. The trials come from one of two places.
   the failed request, or what the same configuration measured when it ran, and would have
   taken as long as that configuration (else its memory group) took. What an OOM costs (the
   start-up before the first allocation) is the median duration of the study's own OOM trials,
-  or ``--setup-s``; a worker's gap between trials is the median gap measured. Durations are
-  replayed as measured, under the contention of the policy that ran: another policy neither
-  slows nor speeds them, so a plan for a denser policy is optimistic.
+  or ``--setup-s``; a worker's gap between trials is the lower quartile of those measured.
+  Durations are replayed as measured, under the contention of the policy that ran: another
+  policy neither slows nor speeds them, so a plan for a denser policy is optimistic. A trial
+  that declared spikes takes its steady memory (``steady_vram_mib``) at its first allocation.
 - **A workload file** (``--workload``): ``--jobs`` configurations drawn from its space (seeded),
   each with its true peak and one noise draw, its evaluation memory and the context;
   memory-aware admission reserves the worst noise (what hpo's estimator converges to);
@@ -21,8 +22,8 @@ starts and nothing is written. The trials come from one of two places.
 For each scenario it reports trials per hour, OOMs, configurations pre-pruned, and hours to
 the target (``n_trials`` from zero; from a study, also what is left from where it stands).
 Not modelled: micro-batching (a configuration that cannot fit a card whole counts as
-pre-pruned there, where hpo would run it as micro-batches) and declared spikes (a trial holds
-its whole peak).
+pre-pruned there, where hpo would run it as micro-batches), and a spike's own timing (the
+reservations are what hpo recorded; on a workload file a trial holds its whole peak).
 """
 
 from __future__ import annotations
@@ -144,7 +145,9 @@ def from_study(
         else:
             reserve = peak * 1.1
         setup = min(setup_s, seconds)
-        jobs.append(Job(p, peak, reserve, setup, seconds - setup))
+        steady = a.get("steady_vram_mib")  # outside its declared spikes
+        alloc = float(steady) * MIB if isinstance(steady, (int, float)) else None
+        jobs.append(Job(p, peak, reserve, setup, seconds - setup, alloc_bytes=alloc))
     budgets = [float(a["vram_budget_mib"]) for a in attrs.values() if "vram_budget_mib" in a]
     capacity = int(max(budgets) * MIB / (1 - margin_frac)) if budgets else None
     devices = {a.get("device") for a in attrs.values() if a.get("device")}
@@ -218,8 +221,8 @@ def _seconds(trial: Mapping[str, Any], attrs: Mapping[str, Any]) -> float | None
 
 
 def _gap(ended: Sequence[Mapping[str, Any]], attrs: Mapping[int, Mapping[str, Any]]) -> float:
-    """The median time from a trial's end to the next dispatch (its start plus what it waited
-    for memory): what the supervisor and a worker spend between trials."""
+    """The time from a trial's end to the next dispatch (its start plus what it waited for
+    memory), its lower quartile: what the supervisor and a worker spend between trials."""
     ends = sorted(_time(t["datetime_complete"]) for t in ended)
     gaps = []
     for t in ended:
@@ -229,7 +232,8 @@ def _gap(ended: Sequence[Mapping[str, Any]], attrs: Mapping[int, Mapping[str, An
         before = bisect.bisect_right(ends, dispatch)
         if before:
             gaps.append((dispatch - ends[before - 1]).total_seconds())
-    return statistics.median(gaps) if gaps else 0.0
+    # the lower quartile: a dispatch long after the latest end waited for memory, not for hpo
+    return statistics.quantiles(gaps, n=4)[0] if len(gaps) >= 4 else min(gaps, default=0.0)
 
 
 def from_workload(wl: Any, n_jobs: int, seed: int = 0) -> Trials:

@@ -7,9 +7,10 @@ card's compute its steps use), and :func:`replay` runs jobs, drawn in order and 
 start when the list is spent, until ``n`` have finished, on ``count`` cards of one size:
 
 - ``parN`` (memory-blind, fixed PAR): a trial starts whenever one of N workers is idle. At its
-  first allocation, if what its card already holds (the allocated trials' peaks, the other
-  workers' contexts) plus its peak exceeds the card, it runs out of memory: its start-up is
-  lost and its configuration is drawn again later. One that does not fit the card even alone
+  first allocation, if what its card already holds (the allocated trials' steady memory, which
+  is their peak unless they declared spikes, and the other workers' contexts) plus its own
+  exceeds the card, it runs out of memory: its start-up is lost and its configuration is drawn
+  again later. One that does not fit the card even alone
   runs out of memory once and is never drawn again (hpo's gate pre-prunes it after its own OOM).
 - ``auto`` (memory-aware, up to ``cap`` workers): hpo's own admission and backlog
   (:mod:`hpo.scheduling.admission`, :mod:`hpo.scheduling.backlog`, expected durations learned
@@ -51,6 +52,11 @@ class Job:
     setup_s: float  # before the first allocation (process, data, model)
     work_s: float  # after it, alone on the card
     demand: float = 0.0  # share of the card's compute while at work (0: not modelled)
+    alloc_bytes: float | None = None  # held once allocated, outside declared spikes (the peak)
+
+    @property
+    def steady_bytes(self) -> float:
+        return self.peak_bytes if self.alloc_bytes is None else self.alloc_bytes
 
 
 @dataclass(frozen=True)
@@ -219,7 +225,7 @@ class _Replay:
         if self.policy.aware:
             fits = job.peak_bytes <= r.cap
         else:
-            fits = self._held(r.worker) + job.peak_bytes <= self.cards.capacity_bytes
+            fits = self._held(r.worker) + job.steady_bytes <= self.cards.capacity_bytes
         if fits:
             r.allocated = True
             return True
@@ -238,7 +244,7 @@ class _Replay:
         for w, d in self.bound.items():
             if d != device or w == worker:
                 continue
-            held += self.jobs[busy[w].job].peak_bytes if w in busy else self.cards.context_bytes
+            held += self.jobs[busy[w].job].steady_bytes if w in busy else self.cards.context_bytes
         return held
 
     def _end(self, key: int, r: _Run, finished: bool) -> None:

@@ -75,17 +75,19 @@ def storage_exists(url: str) -> bool:
     return path is None or path.is_file()
 
 
-def prepare_storage(url: str) -> None:
+def prepare_storage(url: str, busy_timeout_s: float = 60.0) -> None:
     """Create the SQLite file's directory and switch the file to WAL mode.
 
     WAL lets readers (workers checking the pruner, ``hpo status``) run while one writer
-    commits; the mode is stored in the file, so every later connection inherits it.
+    commits; the mode is stored in the file, so every later connection inherits it. The
+    switch waits up to ``busy_timeout_s`` for a supervisor started at the same moment that
+    is creating the tables (sqlite3's default of 5 s ran out on a loaded machine).
     """
     path = sqlite_path(url)
     if path is None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    with sqlite3.connect(path) as conn:
+    with sqlite3.connect(path, timeout=busy_timeout_s) as conn:
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
     if str(mode).lower() != "wal":
         raise ConfigError(f"cannot switch {path} to WAL mode (got {mode!r})")

@@ -168,7 +168,7 @@ class Supervisor:
         return WorkerSpec(self._settings, threads=threads, run_id=self._run_id)
 
     def _open_study(self) -> tuple[optuna.Study, StudyStore]:
-        prepare_storage(self._settings.storage.url)
+        prepare_storage(self._settings.storage.url, self._settings.storage.busy_timeout_s)
         storage = self._open_storage()
         faults = self._settings.faults
         opened = setup.open_study(self._settings, storage, self._gate_factory, self._recorder)
