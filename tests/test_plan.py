@@ -39,13 +39,16 @@ def test_plan_of_a_workload_file_prints_every_policy(tmp_path: Path) -> None:
 
 def test_plan_of_a_cpu_study_needs_a_card_size_then_replays_its_history(tmp_path: Path) -> None:
     db = make_toy_study(tmp_path)
-    args = ["study=toy", f"storage.dir={db.parent}", "study.n_trials=40"]
+    args = ["study=toy", f"storage.dir={db.parent}"]
     refused = run_look(tmp_path, "plan", *args)
     assert refused.returncode == 2
     assert refused.stderr.strip() == (
         "hpo: error: plan: the study ran without device memory; say --card-gib"
     )
-    result = run_look(tmp_path, "plan", *args, "--card-gib", "8", "--policies", "par1,par2")
+    default = run_look(tmp_path, "plan", *args, "--card-gib", "8", "--policies", "par1")
+    assert "hours to 16" in default.stdout  # the target of the run that made the study
+    plan_args = ["--card-gib", "8", "--policies", "par1,par2", "--trials", "40"]
+    result = run_look(tmp_path, "plan", *args, *plan_args)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("study toy (")

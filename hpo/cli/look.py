@@ -87,7 +87,7 @@ def _add_plan(sub: Any) -> None:
         "--workload", metavar="FILE", help="replay a workload file instead of the study's history"
     )
     plan.add_argument("--jobs", type=int, default=200, help="configurations drawn (--workload)")
-    plan.add_argument("--trials", type=int, help="target (default: the study's n_trials)")
+    plan.add_argument("--trials", type=int, help="target (default: the run's n_trials)")
     plan.add_argument("--card-gib", metavar="G[,G]", help="card sizes (default: the study's)")
     plan.add_argument("--cards", default="1", metavar="N[,N]", help="cards per node (default 1)")
     plan.add_argument(
@@ -264,7 +264,8 @@ def _plan(args: argparse.Namespace) -> int:
     if not sizes and trials.capacity_bytes is None:
         raise ConfigError("plan: the study ran without device memory; say --card-gib")
     sizes = sizes or [round(trials.capacity_bytes / 1024**3, 2)]  # type: ignore[operator]
-    target = args.trials or (args.jobs if args.workload else settings.study.n_trials)
+    default = args.jobs if args.workload else trials.target or settings.study.n_trials
+    target = args.trials or default  # a study: its latest run's n_trials, else the config's
     rows = plan.what_if(trials, target, sizes, counts, policies, margin, groups)
     if args.json:
         print(json.dumps([r.as_dict() for r in rows], indent=2))

@@ -39,6 +39,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from hpo.contract import RUN_TARGET_ATTR
 from hpo.errors import ConfigError
 from hpo.look import queries
 from hpo.look.db import StudyDB
@@ -60,6 +61,7 @@ class Trials:
     context_bytes: int
     finished: int = 0  # trials already finished (a study)
     measured: Outcome | None = None  # the study as it ran
+    target: int | None = None  # the n_trials of its latest run, where recorded
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,8 @@ def from_study(
     start = min(_time(t["datetime_start"]) for t in ended)
     wall = (max(_time(t["datetime_complete"]) for t in ended) - start).total_seconds()
     measured = Outcome(len(ran), wall, len(ooms), 0)
+    run = {r["key"]: json.loads(r["value_json"]) for r in db.rows(queries.RUN_ATTRS)}
+    target = run.get(RUN_TARGET_ATTR)
     return Trials(
         jobs,
         _gap(ended, attrs),
@@ -163,6 +167,7 @@ def from_study(
         context_bytes,
         finished=len(ran),
         measured=measured,
+        target=int(target) if isinstance(target, int) else None,
     )
 
 
@@ -289,8 +294,9 @@ def render(rows: Sequence[Row], trials: Trials, source: str) -> str:
     lines = [source]
     m = trials.measured
     if m is not None:
+        took = f"{m.wall_s / 3600:.2f} h" if m.wall_s >= 3600 else f"{m.wall_s:.0f} s"
         lines.append(
-            f"as it ran: {m.finished} trials in {m.wall_s / 3600:.2f} h = {m.per_hour:.1f} "
+            f"as it ran: {m.finished} trials in {took} = {m.per_hour:.1f} "
             f"trials/h, {m.ooms} OOM; gap between trials {trials.gap_s:.2f} s"
         )
     head = f"{'card':>10} {'policy':>7} {'trials/h':>9} {'OOM':>5} {'pre-pruned':>10}"
