@@ -53,8 +53,8 @@ class SpikeLog:
                 self.peaks[key] = max(self.peaks.get(key, 0.0), float(peaks[key]))
         if top is not None and spike_base is None:
             self.steady_mib = max(self.steady_mib, float(top))
-        elif top is not None and spike_base is not None:
-            self.spike_mib = max(self.spike_mib, float(top) - spike_base / MIB)
+        elif top is not None:
+            self.spike_mib = max(self.spike_mib, float(top) - (spike_base or 0) / MIB)
         device.reset_peaks()
 
     def attrs(self, measured: dict[str, Any]) -> dict[str, Any]:
