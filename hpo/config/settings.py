@@ -83,6 +83,7 @@ class MemorySettings:
     trace_timeout_s: float
     oom_retry_halved_batch: bool
     pack: bool
+    settle: bool
     max_bypass: int
     max_waiting: int
     max_par: int
@@ -249,6 +250,7 @@ def _memory(mem: Mapping[str, Any], study_memory: Mapping[str, Any]) -> MemorySe
         trace_timeout_s=float(mem["trace_timeout_s"]),
         oom_retry_halved_batch=bool(mem["oom_retry_halved_batch"]),
         pack=bool(mem["pack"]),
+        settle=bool(mem["settle"]),
         max_bypass=int(mem["max_bypass"]),
         max_waiting=int(mem["max_waiting"]),
         max_par=int(mem["max_par"]),

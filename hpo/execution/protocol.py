@@ -23,6 +23,11 @@ class Assignment:
     mem_cap_bytes: int | None = None  # its process's limit on that device, context included
     accum_steps: int = 1  # micro-batches per optimizer step (gradient accumulation)
     micro_batch: int | None = None  # the batch of one micro-step (None: not split)
+    # Settling (hpo.execution.settle): once its peak stops growing between two reports, the
+    # trial holds its peak times 1 + settle_frac, under a cap that much plus cap_slack_bytes;
+    # None: it keeps its reservation to the end.
+    settle_frac: float | None = None
+    cap_slack_bytes: int = 0
 
 
 @dataclass
@@ -42,6 +47,15 @@ class Outcome:
     message: str | None = None  # one line for the log (error summary)
     leaking: str | None = None  # why the worker should be replaced (memory grew across trials)
     ended: FrozenTrial | None = None  # the trial as the worker ended it (None: not ended yet)
+
+
+@dataclass
+class Settled:
+    """Worker → supervisor, while a trial runs: its peak stopped growing; it now holds at most
+    ``held_bytes`` on its device (context included), under a cap to match."""
+
+    trial_number: int
+    held_bytes: int
 
 
 @dataclass

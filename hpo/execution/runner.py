@@ -8,6 +8,7 @@ import os
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,9 +18,11 @@ from hpo.contract import Attr, EndReason
 from hpo.execution.context import TrialContext, trial_context
 from hpo.execution.probe import MemoryProbe
 from hpo.execution.protocol import Assignment, Outcome
+from hpo.execution.settle import Settler
 from hpo.execution.spike import SpikeLog
 from hpo.storage import user_attrs_writer
 from hpo.storage.outage import StorageOutage
+from hpo.storage.resilient import ResilientStorage
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -47,14 +50,18 @@ class TrialRunner:
         device: Device,
         storage: BaseStorage,
         take: Callable[[int], optuna.Trial] | None = None,
+        notify: Callable[[object], Any] | None = None,
     ) -> None:
         """``name`` is the device the objective uses (``cuda:0`` for a worker bound to one
         GPU); ``device`` is where trials run and are recorded (its label); ``storage`` is the
         study's (the runner ends completed and pruned trials in it); ``take(trial_id)`` gives the
-        trial to run (by default read from the storage)."""
+        trial to run (by default read from the storage); ``notify`` sends the supervisor a
+        message while a trial runs (its :class:`~hpo.execution.protocol.Settled`; without it
+        trials never settle)."""
         self._study = study
         self._take = take or (lambda trial_id: optuna.Trial(study, trial_id))
         self._write = user_attrs_writer(storage)
+        self._reports, self._notify = storage, notify
         self._objective = objective
         self._cfg = cfg
         self._name = name
@@ -68,6 +75,7 @@ class TrialRunner:
         :class:`~hpo.storage.StorageOutage`: not the objective's failure, so no outcome (the
         worker exits and the supervisor, which shares the storage, decides the trial's fate).
         """
+        spikes = SpikeLog()
         ctx = TrialContext(
             device=self._name,
             trial_number=assignment.trial_number,
@@ -75,16 +83,21 @@ class TrialRunner:
             handle=self._device,
             accum_steps=assignment.accum_steps,
             micro_batch=assignment.micro_batch,
-            spikes=SpikeLog(),
+            spikes=spikes,
         )
         start = time.monotonic()
         self._device.cap_process(assignment.mem_cap_bytes)
         with MemoryProbe(self._device) as probe, trial_context(ctx):
-            trial, reason, value, message = self._call(assignment.trial_id)
+            settler = self._settler(assignment, lambda: spikes.attrs(probe.attrs()), ctx)
+            try:
+                trial, reason, value, message = self._call(assignment.trial_id)
+            finally:
+                if isinstance(self._reports, ResilientStorage):
+                    self._reports.on_report = None
         self._device.release_cached()
-        assert ctx.spikes is not None
         attrs: dict[str, Any] = {
-            **ctx.spikes.attrs(probe.attrs()),
+            **spikes.attrs(probe.attrs()),
+            **settler.attrs,
             Attr.DURATION_S: round(time.monotonic() - start, 3),
             Attr.WORKER_PID: os.getpid(),
             Attr.DEVICE: self._device.label,
@@ -95,6 +108,20 @@ class TrialRunner:
         if trial is not None and reason in (EndReason.COMPLETE, EndReason.PRUNED):
             outcome.ended = self._end(trial, assignment.trial_id, reason, value, attrs)
         return outcome
+
+    def _settler(
+        self, assignment: Assignment, measure: Callable[[], dict[str, Any]], ctx: TrialContext
+    ) -> Settler:
+        """The trial's settler, watching its reports (see :mod:`hpo.execution.settle`)."""
+        ckpt = ctx.checkpoint_dir
+        resumed = ckpt is not None and any(ckpt.iterdir())
+        storage = self._reports if isinstance(self._reports, ResilientStorage) else None
+        if storage is None or self._notify is None:
+            assignment = replace(assignment, settle_frac=None)
+        settler = Settler(assignment, measure, self._device, self._notify or _ignore, resumed)
+        if storage is not None:
+            storage.on_report = settler.on_report
+        return settler
 
     def _call(
         self, trial_id: int
@@ -136,6 +163,10 @@ class TrialRunner:
         except Exception as e:
             logger.info("trial %d: left to the supervisor to record (%s)", trial.number, e)
             return None
+
+
+def _ignore(message: object) -> None:
+    """No supervisor to tell."""
 
 
 def classify_exception(e: BaseException) -> EndReason:

@@ -171,7 +171,7 @@ def _serve(conn: Connection, spec: WorkerSpec, objective: Any) -> None:
         try:
             session = session or _open_session(spec)
             if runner is None:
-                runner = _make_runner(spec, objective, msg.device, session)
+                runner = _make_runner(spec, objective, msg.device, session, conn)
             outcome = runner.run(msg)
         except StorageOutage as e:  # the supervisor sees the exit: worker_died, or it stops
             logger.error("trial %d: %s; worker exits", msg.trial_number, e)
@@ -228,8 +228,11 @@ def _seeded(settings: Settings, seed: int, number: int) -> Any:
     return settings.make_sampler(seed=(seed * 1_000_003 + number) % 2**32)
 
 
-def _make_runner(spec: WorkerSpec, objective: Any, placed: str | None, session: _Session) -> Any:
-    """The runner of this worker, bound to the device admission ``placed`` its first trial on."""
+def _make_runner(
+    spec: WorkerSpec, objective: Any, placed: str | None, session: _Session, conn: Connection
+) -> Any:
+    """The runner of this worker, bound to the device admission ``placed`` its first trial on;
+    it tells the supervisor through ``conn`` when a running trial settles."""
     from hpo.devices import open_device
     from hpo.execution.runner import TrialRunner
 
@@ -239,7 +242,10 @@ def _make_runner(spec: WorkerSpec, objective: Any, placed: str | None, session: 
     device = open_device(label, settings.devices)
     cfg = settings.objective_config()
     take = session.proposer.take
-    return TrialRunner(session.study, objective, cfg, name, device, session.storage, take)
+    storage = session.storage
+    return TrialRunner(
+        session.study, objective, cfg, name, device, storage, take, partial(_send, conn)
+    )
 
 
 def bind_cuda(label: str) -> str:

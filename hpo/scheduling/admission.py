@@ -129,6 +129,15 @@ class DeviceBooks:
     def release(self, trial_number: int) -> None:
         self.running.pop(trial_number, None)
 
+    def settle(self, trial_number: int, reserve_bytes: int) -> int:
+        """A running trial now holds at most ``reserve_bytes`` (see :mod:`hpo.execution.settle`):
+        its reservation shrinks to that; returns the bytes freed."""
+        held = self.running.get(trial_number)
+        if held is None or held.spike_bytes or reserve_bytes >= held.reserve_bytes:
+            return 0
+        freed, held.reserve_bytes = held.reserve_bytes - reserve_bytes, reserve_bytes
+        return freed
+
 
 class AdmissionScheduler:
     """Places trials on devices by predicted memory (or blindly, with ``pack=False``)."""
@@ -150,6 +159,10 @@ class AdmissionScheduler:
     @property
     def packing(self) -> bool:
         return self._pack
+
+    def margin_bytes(self, index: int) -> int:
+        """What a trial's cap on device ``index`` allows above its reservation."""
+        return self._margin_bytes[index]
 
     def place(
         self,

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from hpo.contract import Attr
+from hpo.execution.protocol import Assignment
 from hpo.memory import Estimate
 from hpo.scheduling.admission import AdmissionScheduler, Placement, Slot
 
@@ -85,6 +87,20 @@ class Backlog:
     def drop(self, item: Waiting) -> None:
         """``item`` leaves without starting (it was found never to fit): nobody was overtaken."""
         self.items.remove(item)
+
+    def drain(self, why: str) -> list[tuple[Assignment, dict[str, Any], str]]:
+        """Empty the backlog (the run ends): each waiting trial with its wait, to record."""
+        now = time.monotonic()
+        drained = [
+            (
+                Assignment(item.trial_id, item.trial.number, None),
+                {Attr.ADMIT_WAIT_S: round(now - item.since, 3)},
+                why,
+            )
+            for item in self.items
+        ]
+        self.items.clear()
+        return drained
 
     def may_ask(self) -> bool:
         """Whether a new trial may be asked to fill an idle worker."""

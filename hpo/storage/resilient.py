@@ -41,6 +41,10 @@ PRIVATE_GUARDED = (
 class ResilientStorage(RDBStorage):
     """``rdb`` behind an outage guard (the wrapper holds no engine of its own)."""
 
+    # Called with (trial_id, step) after each intermediate value is stored: a worker's trial
+    # runner watches its trial's reports this way (hpo.execution.settle).
+    on_report: Callable[[int, int], None] | None = None
+
     def __init__(self, rdb: RDBStorage, guard: OutageGuard) -> None:  # noqa: D107
         # RDBStorage.__init__ is not called: every attribute the wrapper lacks is the real
         # storage's (__getattr__), so Optuna's helpers that read them still work.
@@ -66,6 +70,14 @@ class ResilientStorage(RDBStorage):
 
     def __del__(self) -> None:  # the real storage disposes of its engine itself
         pass
+
+    def set_trial_intermediate_value(
+        self, trial_id: int, step: int, intermediate_value: float
+    ) -> None:
+        """``RDBStorage.set_trial_intermediate_value``, riding out outages; then ``on_report``."""
+        self.guard.call(self._rdb.set_trial_intermediate_value, trial_id, step, intermediate_value)
+        if self.on_report is not None:
+            self.on_report(trial_id, step)
 
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``fn`` (a function of this storage's database) through the outage guard."""
@@ -145,6 +157,8 @@ def _wrap_methods() -> None:
         if name.startswith("__") or not callable(getattr(RDBStorage, name)):
             continue
         if isinstance(RDBStorage.__dict__.get(name), staticmethod):
+            continue
+        if name in ResilientStorage.__dict__:  # its own (the report hook)
             continue
         if not name.startswith("_") or name in PRIVATE_GUARDED:
             setattr(ResilientStorage, name, _guarded(name))

@@ -18,7 +18,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -26,12 +26,13 @@ import optuna
 from hpo.config.space import describe
 from hpo.contract import MEMORY_CONSTRAINT, Attr, Decision, EndReason
 from hpo.devices import MIB, Device
-from hpo.execution.protocol import AskedTrial, Assignment, Proposal, Propose
+from hpo.execution.protocol import AskedTrial, Assignment, Proposal, Propose, Settled
 from hpo.memory import micro
 from hpo.memory.sampling import pickled_gate
 from hpo.pruners import PatientHyperbandPruner
 from hpo.scheduling import AdmissionScheduler, Backlog, DurationModel, Placement, RamBudget, Slot
 from hpo.scheduling.backlog import Waiting, place_next
+from hpo.scheduling.settle import SettleModel, settle
 from hpo.supervisor.liveness import owner_attrs
 
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ class LaunchModels:
     ram: RamBudget
     durations: DurationModel
     split: tuple[str, int] = ("batch_size", 0)  # the batch param, most micro-batches (0: none)
+    settle: SettleModel = field(default_factory=lambda: SettleModel(enabled=False))
 
 
 class Launcher:
@@ -117,9 +119,18 @@ class Launcher:
         worker.gate_seen = version
         pool.propose(worker, Propose(self._target, self._owner, snapshot))
 
-    def on_proposal(self, pool: WorkerPool, proposal: Proposal, stopping: bool) -> None:
-        """A worker asked a trial: pre-prune it, or queue it and start what fits; when
-        ``stopping``, end it before it starts."""
+    def on_message(self, pool: WorkerPool, worker: WorkerHandle, message: Any, stop: bool) -> None:
+        """A worker's message other than an outcome: its running trial settled, or it asked a
+        trial (a :class:`Proposal`): pre-prune that, or queue it and start what fits; when
+        ``stop``, end it before it starts."""
+        if isinstance(message, Settled):
+            running = worker.assignment  # the trial may have ended since
+            if running and running.trial_number == message.trial_number:
+                if settle(self.models.admission.books, message):
+                    self.start_waiting(pool)
+            return
+        worker.proposing = False
+        proposal: Proposal = message
         trial, trial_id = proposal.trial, proposal.trial_id
         if trial is None:
             if proposal.error:
@@ -127,7 +138,7 @@ class Launcher:
                 self._recorder.count_failure(proposal.error)
             self._claimed_until = time.monotonic() + _CLAIMED_RETRY_S
             return
-        if stopping:
+        if stop:
             start = Assignment(trial_id, trial.number, None)
             self._recorder.interrupt(self._study, [(start, {}, "stopped before it started")])
             return
@@ -219,7 +230,7 @@ class Launcher:
         kept = (Attr.VRAM_RESERVED_MIB, Attr.ACCUM_STEPS)
         self._reserved[trial.number] = {k: attrs[k] for k in kept if k in attrs}
         device = None if placement.device is None else models.devices[placement.device].label
-        self._dispatch(pool, worker, item, device, placement.cap_bytes, attrs)
+        self._dispatch(pool, worker, item, device, placement, attrs)
 
     def _dispatch(
         self,
@@ -227,11 +238,11 @@ class Launcher:
         worker: WorkerHandle,
         item: Waiting,
         device: str | None,
-        cap_bytes: int | None,
+        placement: Placement,
         attrs: dict[str, Any],
     ) -> None:
         """Record ``attrs``, the worker and the checkpoint directory; send the trial to
-        ``worker`` to run on ``device`` under ``cap_bytes``."""
+        ``worker`` to run on ``device`` under the placement's cap (settling unless it spikes)."""
         trial = item.trial
         checkpoint_dir = self._checkpoints.dir_for(trial)
         attrs = {**attrs, Attr.WORKER_PID: worker.pid}
@@ -239,18 +250,21 @@ class Launcher:
             attrs[Attr.CHECKPOINT_DIR] = checkpoint_dir
         self._store.set_user_attrs(item.trial_id, attrs)
         logger.debug("trial %d -> worker %d: %s", trial.number, worker.pid, describe(item.params))
-        # A dead pipe shows up as DIED in the next poll.
         micro_batch = attrs.get(Attr.MICRO_BATCH) if item.accum_steps > 1 else None
+        cap, index, spikes = placement.cap_bytes, placement.device, placement.spike_bytes
+        settles = cap is not None and index is not None and not spikes
         assignment = Assignment(
             item.trial_id,
             trial.number,
             checkpoint_dir,
             device,
-            cap_bytes,
+            cap,
             accum_steps=item.accum_steps,
             micro_batch=micro_batch,
+            settle_frac=self.models.settle.frac() if settles else None,
+            cap_slack_bytes=self.models.admission.margin_bytes(index or 0) if settles else 0,
         )
-        pool.assign(worker, assignment)
+        pool.assign(worker, assignment)  # a dead pipe shows up as DIED in the next poll
 
     def _slots(self, pool: WorkerPool) -> list[Slot]:
         """The workers as admission sees them; recycled ones still hold their contexts."""
@@ -317,6 +331,7 @@ class Launcher:
             self._reestimate()
         self.models.ram.observe(params, attrs)
         self.models.durations.observe(params, attrs)
+        self.models.settle.observe(attrs)
 
     def _reestimate(self) -> None:
         """Estimate the waiting trials again. A trial asked before its model was measured would
@@ -330,20 +345,6 @@ class Launcher:
             elif verdict.estimate != item.estimate or steps != item.accum_steps:
                 item.estimate, item.reestimated = verdict.estimate, verdict.attrs()
                 item.params, item.accum_steps = run, steps
-
-    def drop_waiting(self, why: str) -> list[tuple[Assignment, dict[str, Any], str]]:
-        """Empty the backlog (the run ends): each waiting trial with its wait, to record."""
-        now = time.monotonic()
-        dropped = [
-            (
-                Assignment(item.trial_id, item.trial.number, None),
-                {Attr.ADMIT_WAIT_S: round(now - item.since, 3)},
-                why,
-            )
-            for item in self.backlog.items
-        ]
-        self.backlog.items.clear()
-        return dropped
 
     def waiting_trial_ids(self) -> list[int]:
         return [item.trial_id for item in self.backlog.items]

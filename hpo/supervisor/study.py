@@ -17,6 +17,7 @@ from hpo.devices import context_bytes, open_devices
 from hpo.errors import ConfigError
 from hpo.execution.procs import available_cpus
 from hpo.scheduling import AdmissionScheduler, Backlog, DurationModel, RamBudget, auto_par
+from hpo.scheduling.settle import SettleModel
 from hpo.storage import StudyStore, check_writable  # noqa: F401 (the supervisor calls it here)
 from hpo.supervisor.launcher import LaunchModels
 
@@ -121,7 +122,8 @@ def open_study(
             learned,
         )
     split = (space.batch_param, space.max_accum_steps)
-    models = LaunchModels(devices, gate, admission, ram, durations, split)
+    settle = SettleModel(mem.settle and admission.packing)
+    models = LaunchModels(devices, gate, admission, ram, durations, split, settle)
     backlog = Backlog(mem.max_bypass, mem.max_waiting)
     store = StudyStore(storage, space.name, settings.storage.url)
     recorder.store = store

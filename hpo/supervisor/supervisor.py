@@ -24,7 +24,7 @@ from hpo.contract import Attr, EndReason
 from hpo.execution import procs
 from hpo.execution.pool import DIED, WorkerHandle, WorkerPool
 from hpo.execution.procs import available_cpus
-from hpo.execution.protocol import Outcome, Proposal
+from hpo.execution.protocol import Outcome
 from hpo.execution.worker import WorkerSpec
 from hpo.memory import MemoryGate, build_gate
 from hpo.storage import StudyStore, display_url, open_storage, prepare_storage, storage_exists
@@ -219,9 +219,8 @@ class Supervisor:
                     self._on_died(study, pool, worker)
                 elif isinstance(payload, Outcome):
                     self._on_outcome(study, pool, worker, payload)
-                elif isinstance(payload, Proposal):
-                    worker.proposing = False
-                    launcher.on_proposal(pool, payload, self._signals.stopping())
+                else:  # a Proposal, or a running trial's Settled
+                    launcher.on_message(pool, worker, payload, self._signals.stopping())
             self._enforce_timeouts(study, pool)
             self._keep_alive(study, store, pool)
         self._summary.interrupted = True
@@ -346,5 +345,5 @@ class Supervisor:
             attrs = {Attr.WORKER_PID: worker.pid, Attr.DURATION_S: now - worker.started_at}
             ended.append((worker.assignment, attrs, why))
         if self._launcher is not None:
-            ended += self._launcher.drop_waiting(f"{why} (before it started)")
+            ended += self._launcher.backlog.drain(f"{why} (before it started)")
         self._recorder.interrupt(study, ended)

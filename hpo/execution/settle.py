@@ -1,0 +1,80 @@
+"""Settling: a running trial gives back the memory its reservation held beyond its own peak.
+
+Admission reserves a trial's *upper* estimate: the point plus the run-to-run noise and the fit's
+uncertainty, or the whole device budget while its group was never measured. Once the trial has
+trained a while, its own peak is known far better than any estimate: a training process reaches
+its peak within the first steps and evaluation, and the caching allocator then holds it. So at
+each report the runner compares the device peak with the one at the previous report; the first
+time it did not grow over a whole report interval, the trial *settles*: its process is capped at
+that peak times ``1 + settle_frac`` plus the device's margin (a trial that grows past it runs out
+of memory alone, never a neighbour), and a :class:`~hpo.execution.protocol.Settled` message tells
+the supervisor, which shrinks the trial's reservation to the same bytes and admits waiting
+trials into what was freed (:mod:`hpo.scheduling.settle` learns ``settle_frac`` from how much
+settled trials still grew).
+
+A trial resumed from its checkpoint does not settle: it reports its saved epochs again before
+it trains, with no growth between those reports. Neither does one holding a declared spike
+(:mod:`hpo.execution.spike`), whose memory comes and goes by design.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from hpo.contract import Attr
+from hpo.devices import MIB
+from hpo.execution.protocol import Assignment, Settled
+
+if TYPE_CHECKING:
+    from hpo.devices import Device
+
+logger = logging.getLogger(__name__)
+
+_GROWN = 1.001  # a peak this much above the previous report's grew (rounding aside)
+
+
+class Settler:
+    """Watches one trial's reports (``on_report``) and settles it once (see the module)."""
+
+    def __init__(
+        self,
+        assignment: Assignment,
+        measure: Callable[[], dict[str, Any]],
+        device: Device,
+        notify: Callable[[object], Any],
+        resumed: bool,
+    ) -> None:
+        """``measure()`` gives the trial's memory attributes so far (its declared spikes'
+        peaks included)."""
+        self._a, self._measure, self._device, self._notify = assignment, measure, device, notify
+        self._on = assignment.settle_frac is not None and not resumed and device.has_memory
+        self._last: float | None = None  # the device peak at the previous report (MiB)
+        self._start = time.monotonic()
+        self.attrs: dict[str, Any] = {}  # what settling recorded, for the trial's attributes
+
+    def on_report(self, trial_id: int, step: int) -> None:
+        if not self._on or trial_id != self._a.trial_id:
+            return
+        peak = self._measure().get(Attr.PEAK_VRAM_MIB)
+        last, self._last = self._last, peak
+        if peak is None or last is None or peak > last * _GROWN:
+            return
+        self._on = False
+        frac = self._a.settle_frac
+        assert frac is not None
+        held = int(peak * MIB * (1 + frac))
+        cap = self._a.mem_cap_bytes
+        if cap is not None and held + self._a.cap_slack_bytes >= cap:
+            return  # it holds about what it reserved: nothing to give back
+        if cap is not None:
+            self._device.cap_process(held + self._a.cap_slack_bytes)
+        self.attrs = {
+            Attr.SETTLE_PEAK_VRAM_MIB: round(peak, 1),
+            Attr.VRAM_SETTLED_MIB: round(held / MIB, 1),
+            Attr.SETTLED_AFTER_S: round(time.monotonic() - self._start, 3),
+        }
+        logger.debug("trial %d settles at %.0f MiB (step %d)", self._a.trial_number, peak, step)
+        self._notify(Settled(self._a.trial_number, held))

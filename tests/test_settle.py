@@ -1,0 +1,179 @@
+"""Settling: a running trial whose peak stopped growing gives back what it reserved beyond it."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+from hpo.contract import Attr, Decision
+from hpo.devices import GIB, MIB, SimulatedGpu
+from hpo.devices.simulated import SimulatedGpuSpec
+from hpo.execution.protocol import Assignment, Settled
+from hpo.execution.settle import Settler
+from hpo.scheduling.admission import DeviceBooks, Placement
+from hpo.scheduling.settle import DEFAULT_FRAC, MIN_FRAC, SettleModel, settle
+from tests.conftest import run_hpo
+
+
+class _Probe:
+    """The trial's device peak so far, as MemoryProbe.attrs() gives it."""
+
+    def __init__(self) -> None:
+        self.peak_mib: float | None = None
+
+    def attrs(self) -> dict[str, Any]:
+        return {} if self.peak_mib is None else {Attr.PEAK_VRAM_MIB: self.peak_mib}
+
+
+class _Device:
+    has_memory = True
+
+    def __init__(self) -> None:
+        self.caps: list[int | None] = []
+
+    def cap_process(self, cap_bytes: int | None) -> None:
+        self.caps.append(cap_bytes)
+
+
+def _settler(
+    frac: float | None = 0.05, resumed: bool = False, cap: int = 20 * GIB
+) -> tuple[Settler, _Probe, _Device, list[object]]:
+    sent: list[object] = []
+    assignment = Assignment(7, 3, None, "sim:0", cap, settle_frac=frac, cap_slack_bytes=GIB)
+    probe, device = _Probe(), _Device()
+    settler = Settler(assignment, probe.attrs, device, sent.append, resumed)  # type: ignore[arg-type]
+    return settler, probe, device, sent  # type: ignore[arg-type]
+
+
+def test_a_trial_settles_when_its_peak_did_not_grow_over_a_report_interval() -> None:
+    settler, probe, device, sent = _settler()
+    probe.peak_mib = 4000.0
+    settler.on_report(7, 0)  # weights only (a report before training)
+    probe.peak_mib = 8000.0
+    settler.on_report(7, 1)  # the first epoch grew it: not yet
+    assert sent == [] and device.caps == []
+    settler.on_report(99, 2)  # another trial's report (same worker, earlier trial): ignored
+    assert sent == []
+    settler.on_report(7, 2)  # a whole epoch without growth: settles
+    held = int(8000 * MIB * 1.05)
+    assert sent == [Settled(3, held)]
+    assert device.caps == [held + GIB]  # its cap follows: growing past it is its own OOM
+    assert settler.attrs[Attr.VRAM_SETTLED_MIB] == round(held / MIB, 1)
+    assert settler.attrs[Attr.SETTLE_PEAK_VRAM_MIB] == 8000.0
+    settler.on_report(7, 3)  # once only
+    assert len(sent) == 1
+
+
+@pytest.mark.parametrize(
+    ("frac", "resumed", "cap", "why"),
+    [
+        (None, False, 20 * GIB, "the supervisor did not ask (spike, memory-blind, settle off)"),
+        (0.05, True, 20 * GIB, "resumed: saved epochs are reported again before training"),
+        (0.05, False, 8 * GIB, "it holds about what it reserved: nothing to give back"),
+    ],
+)
+def test_no_settling(frac: float | None, resumed: bool, cap: int, why: str) -> None:
+    settler, probe, device, sent = _settler(frac, resumed, cap)
+    probe.peak_mib = 7000.0
+    for step in range(4):
+        settler.on_report(7, step)
+    assert sent == [] and device.caps == [] and settler.attrs == {}, why
+
+
+def test_books_shrink_a_settled_reservation_and_a_spiking_trial_keeps_its_own() -> None:
+    card = SimulatedGpu(0, SimulatedGpuSpec(24.0, 0.5), Path("/nonexistent-sim-dir"))
+    books = DeviceBooks([card], 0.05, int(0.5 * GIB))
+    books.hold(1, Placement(Decision.ADMIT, "", 0, reserve_bytes=20 * GIB))
+    books.hold(2, Placement(Decision.ADMIT, "", 0, reserve_bytes=4 * GIB, spike_bytes=GIB))
+    assert books.reserved(0) == 25 * GIB
+    assert settle(books, Settled(1, int(8.5 * GIB)))  # context included in the message
+    assert books.reserved(0) == 13 * GIB
+    assert not settle(books, Settled(1, 12 * GIB))  # never grows back
+    assert not settle(books, Settled(2, GIB))  # a declared spike's memory comes and goes
+    assert not settle(books, Settled(5, GIB))  # ended meanwhile
+    assert books.reserved(0) == 13 * GIB
+
+
+def test_the_headroom_is_learned_from_how_much_settled_trials_still_grew() -> None:
+    model = SettleModel()
+    assert model.frac() == DEFAULT_FRAC
+    model.observe({Attr.PEAK_VRAM_MIB: 9000.0})  # never settled: says nothing
+    for _ in range(10):
+        model.observe({Attr.SETTLE_PEAK_VRAM_MIB: 1000.0, Attr.PEAK_VRAM_MIB: 1000.0})
+    assert model.frac() == MIN_FRAC  # flat after settling
+    model.observe({Attr.SETTLE_PEAK_VRAM_MIB: 1000.0, Attr.PEAK_VRAM_MIB: 1040.0})
+    assert model.frac() == pytest.approx(0.06)  # half as much again as the largest growth
+    model.observe({Attr.SETTLE_PEAK_VRAM_MIB: 1000.0, Attr.END_REASON: "oom"})
+    assert model.frac() is None  # a settled trial ran out anyway: no more settling
+    assert SettleModel(enabled=False).frac() is None
+
+
+WORKLOAD = """
+name: settle_test
+device: {capacity_gib: 24, context_gib: 0.5, count: 1}
+family_param: model
+epochs: 8
+space:
+  model: {type: categorical, choices: [a]}
+  batch_size: {type: categorical, choices: [8]}
+  lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
+families:
+  a:
+    peak_gib: [{coef: 5.0}]
+    epoch_s: 20.0
+    demand: {base: 0.2}
+    curve: {ceiling: 0.8, rate: 0.3, best_lr: 1.0e-3, lr_width: 1.0}
+"""
+
+
+def _run(tmp_path: Path, settle: bool) -> list[Any]:
+    """Four trials of one configuration, three workers; an upper estimate 60 % above the
+    point, so that two trials fit the 24 GiB card by their reservations, three by their peaks."""
+    tmp_path.mkdir()
+    workload = tmp_path / "settle_test.yaml"
+    workload.write_text(WORKLOAD)
+    store = tmp_path / "_optuna"
+    proc = run_hpo(
+        tmp_path,
+        "study=simulated",
+        f"study.workload={workload}",
+        f"storage.dir={store}",
+        "study.time_scale=0.02",
+        "study.n_trials=4",
+        "par=3",
+        "sampler=random",
+        "pruner=none",
+        "memory.min_uplift=0.6",
+        f"memory.settle={str(settle).lower()}",
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    study = optuna.load_study(study_name="simulated", storage=f"sqlite:///{store}/simulated.db")
+    return sorted(study.trials, key=lambda t: t.number)
+
+
+def _dispatched(trial: Any) -> datetime.datetime:
+    return trial.datetime_start + datetime.timedelta(seconds=trial.user_attrs[Attr.ADMIT_WAIT_S])
+
+
+def test_settled_trials_let_a_waiting_one_start_beside_them(tmp_path: Path) -> None:
+    """Trials 1 and 2 reserve their upper estimates and trial 3 does not fit beside them;
+    once they settled (two reports without growth) it does, long before either ends."""
+    trials = _run(tmp_path / "on", settle=True)
+    assert all(t.state.name == "COMPLETE" for t in trials)
+    first, a, b, third = trials
+    assert first.user_attrs[Attr.VRAM_RESERVED_MIB] == first.user_attrs[Attr.VRAM_BUDGET_MIB]
+    for t in (a, b):
+        attrs = t.user_attrs
+        assert attrs[Attr.VRAM_SETTLED_MIB] < 0.75 * attrs[Attr.VRAM_RESERVED_MIB]
+        assert attrs[Attr.PEAK_VRAM_MIB] <= attrs[Attr.VRAM_SETTLED_MIB]
+    assert _dispatched(third) < min(a.datetime_complete, b.datetime_complete)
+
+    trials = _run(tmp_path / "off", settle=False)  # the control: it waits for one to end
+    first, a, b, third = trials
+    assert Attr.VRAM_SETTLED_MIB not in a.user_attrs
+    ended = min(a.datetime_complete, b.datetime_complete)
+    assert _dispatched(third) > ended - datetime.timedelta(seconds=0.5)
