@@ -76,11 +76,13 @@ class Attr:
     EST_N_MEASURED = "est_n_measured"
     VRAM_BUDGET_MIB = "vram_budget_mib"
     VRAM_RESERVED_MIB = "vram_reserved_mib"  # admission's reservation, context included
-    # Settling (hpo.execution.settle): the peak when it stopped growing, what the trial held
-    # from then on (its reservation and cap, context included), and when (s after its start)
+    # Settling (hpo.execution.settle): the peak when it stopped growing (outside spikes that
+    # had a slot), what the trial held from then on (its reservation, context included), when
+    # (s after its start), and how much that peak still grew to the end (a fraction)
     SETTLE_PEAK_VRAM_MIB = "settle_peak_vram_mib"
     VRAM_SETTLED_MIB = "vram_settled_mib"
     SETTLED_AFTER_S = "settled_after_s"
+    SETTLE_GROWTH_FRAC = "settle_growth_frac"
     ADMIT_WAIT_S = "admit_wait_s"  # seconds the trial waited for memory
     MICRO_BATCH = "micro_batch"  # the batch one step holds (gradient accumulation)
     ACCUM_STEPS = "accum_steps"  # micro-batches per optimizer step (1: the whole batch)

@@ -20,13 +20,15 @@ from tests.conftest import run_hpo
 
 
 class _Probe:
-    """The trial's device peak so far, as MemoryProbe.attrs() gives it."""
+    """The trial's device peaks so far, as the runner measures them."""
 
     def __init__(self) -> None:
         self.peak_mib: float | None = None
+        self.steady_mib: float | None = None  # outside declared spikes, once one happened
 
     def attrs(self) -> dict[str, Any]:
-        return {} if self.peak_mib is None else {Attr.PEAK_VRAM_MIB: self.peak_mib}
+        out = {} if self.peak_mib is None else {Attr.PEAK_VRAM_MIB: self.peak_mib}
+        return out if self.steady_mib is None else {**out, Attr.STEADY_VRAM_MIB: self.steady_mib}
 
 
 class _Device:
@@ -40,10 +42,12 @@ class _Device:
 
 
 def _settler(
-    frac: float | None = 0.05, resumed: bool = False, cap: int = 20 * GIB
+    frac: float | None = 0.05, resumed: bool = False, cap: int = 20 * GIB, spike: int = 0
 ) -> tuple[Settler, _Probe, _Device, list[object]]:
     sent: list[object] = []
-    assignment = Assignment(7, 3, None, "sim:0", cap, settle_frac=frac, cap_slack_bytes=GIB)
+    assignment = Assignment(
+        7, 3, None, "sim:0", cap, settle_frac=frac, cap_slack_bytes=GIB, spike_bytes=spike
+    )
     probe, device = _Probe(), _Device()
     settler = Settler(assignment, probe.attrs, device, sent.append, resumed)  # type: ignore[arg-type]
     return settler, probe, device, sent  # type: ignore[arg-type]
@@ -62,16 +66,32 @@ def test_a_trial_settles_when_its_peak_did_not_grow_over_a_report_interval() -> 
     held = int(8000 * MIB * 1.05)
     assert sent == [Settled(3, held)]
     assert device.caps == [held + GIB]  # its cap follows: growing past it is its own OOM
-    assert settler.attrs[Attr.VRAM_SETTLED_MIB] == round(held / MIB, 1)
-    assert settler.attrs[Attr.SETTLE_PEAK_VRAM_MIB] == 8000.0
+    probe.peak_mib = 8200.0
     settler.on_report(7, 3)  # once only
     assert len(sent) == 1
+    attrs = settler.attrs(probe.attrs())
+    assert attrs[Attr.VRAM_SETTLED_MIB] == round(held / MIB, 1)
+    assert attrs[Attr.SETTLE_PEAK_VRAM_MIB] == 8000.0
+    assert attrs[Attr.SETTLE_GROWTH_FRAC] == 0.025  # what the headroom is learned from
+
+
+def test_a_trial_with_a_spike_slot_settles_its_steady_memory() -> None:
+    settler, probe, device, sent = _settler(spike=3 * GIB)
+    probe.peak_mib, probe.steady_mib = 11000.0, 6000.0  # an evaluation added 5000 MiB
+    settler.on_report(7, 1)
+    probe.peak_mib = 11500.0  # a larger evaluation; the steady part did not grow
+    settler.on_report(7, 2)
+    held = int(6000 * MIB * 1.05)
+    assert sent == [Settled(3, held)]  # its spike slot stays booked on the device
+    assert device.caps == [held + 3 * GIB + GIB]  # the cap keeps room for the spike
+    probe.steady_mib = 6060.0
+    assert settler.attrs(probe.attrs())[Attr.SETTLE_GROWTH_FRAC] == 0.01  # steady to steady
 
 
 @pytest.mark.parametrize(
     ("frac", "resumed", "cap", "why"),
     [
-        (None, False, 20 * GIB, "the supervisor did not ask (spike, memory-blind, settle off)"),
+        (None, False, 20 * GIB, "the supervisor did not ask (memory-blind, or settle off)"),
         (0.05, True, 20 * GIB, "resumed: saved epochs are reported again before training"),
         (0.05, False, 8 * GIB, "it holds about what it reserved: nothing to give back"),
     ],
@@ -81,10 +101,10 @@ def test_no_settling(frac: float | None, resumed: bool, cap: int, why: str) -> N
     probe.peak_mib = 7000.0
     for step in range(4):
         settler.on_report(7, step)
-    assert sent == [] and device.caps == [] and settler.attrs == {}, why
+    assert sent == [] and device.caps == [] and settler.attrs(probe.attrs()) == {}, why
 
 
-def test_books_shrink_a_settled_reservation_and_a_spiking_trial_keeps_its_own() -> None:
+def test_books_shrink_a_settled_reservation_and_keep_the_spike_slot() -> None:
     card = SimulatedGpu(0, SimulatedGpuSpec(24.0, 0.5), Path("/nonexistent-sim-dir"))
     books = DeviceBooks([card], 0.05, int(0.5 * GIB))
     books.hold(1, Placement(Decision.ADMIT, "", 0, reserve_bytes=20 * GIB))
@@ -93,9 +113,10 @@ def test_books_shrink_a_settled_reservation_and_a_spiking_trial_keeps_its_own() 
     assert settle(books, Settled(1, int(8.5 * GIB)))  # context included in the message
     assert books.reserved(0) == 13 * GIB
     assert not settle(books, Settled(1, 12 * GIB))  # never grows back
-    assert not settle(books, Settled(2, GIB))  # a declared spike's memory comes and goes
+    assert settle(books, Settled(2, int(2.5 * GIB)))  # its steady part; the slot stays
+    assert books.reserved(0) == 11 * GIB
     assert not settle(books, Settled(5, GIB))  # ended meanwhile
-    assert books.reserved(0) == 13 * GIB
+    assert books.reserved(0) == 11 * GIB
 
 
 def test_the_headroom_is_learned_from_how_much_settled_trials_still_grew() -> None:
@@ -103,9 +124,9 @@ def test_the_headroom_is_learned_from_how_much_settled_trials_still_grew() -> No
     assert model.frac() == DEFAULT_FRAC
     model.observe({Attr.PEAK_VRAM_MIB: 9000.0})  # never settled: says nothing
     for _ in range(10):
-        model.observe({Attr.SETTLE_PEAK_VRAM_MIB: 1000.0, Attr.PEAK_VRAM_MIB: 1000.0})
+        model.observe({Attr.SETTLE_PEAK_VRAM_MIB: 1000.0, Attr.SETTLE_GROWTH_FRAC: 0.0})
     assert model.frac() == MIN_FRAC  # flat after settling
-    model.observe({Attr.SETTLE_PEAK_VRAM_MIB: 1000.0, Attr.PEAK_VRAM_MIB: 1040.0})
+    model.observe({Attr.SETTLE_PEAK_VRAM_MIB: 1000.0, Attr.SETTLE_GROWTH_FRAC: 0.04})
     assert model.frac() == pytest.approx(0.06)  # half as much again as the largest growth
     model.observe({Attr.SETTLE_PEAK_VRAM_MIB: 1000.0, Attr.END_REASON: "oom"})
     assert model.frac() is None  # a settled trial ran out anyway: no more settling

@@ -95,9 +95,10 @@ class TrialRunner:
                 if isinstance(self._reports, ResilientStorage):
                     self._reports.on_report = None
         self._device.release_cached()
+        measured = spikes.attrs(probe.attrs())
         attrs: dict[str, Any] = {
-            **spikes.attrs(probe.attrs()),
-            **settler.attrs,
+            **measured,
+            **settler.attrs(measured),
             Attr.DURATION_S: round(time.monotonic() - start, 3),
             Attr.WORKER_PID: os.getpid(),
             Attr.DEVICE: self._device.label,

@@ -10,11 +10,12 @@ that peak times ``1 + settle_frac`` plus the device's margin (a trial that grows
 of memory alone, never a neighbour), and a :class:`~hpo.execution.protocol.Settled` message tells
 the supervisor, which shrinks the trial's reservation to the same bytes and admits waiting
 trials into what was freed (:mod:`hpo.scheduling.settle` learns ``settle_frac`` from how much
-settled trials still grew).
+settled trials still grew). A trial whose declared spikes (:mod:`hpo.execution.spike`) have the
+device's spike slot settles its steady memory (the peak outside spikes); its cap keeps room for
+the spike.
 
 A trial resumed from its checkpoint does not settle: it reports its saved epochs again before
-it trains, with no growth between those reports. Neither does one holding a declared spike
-(:mod:`hpo.execution.spike`), whose memory comes and goes by design.
+it trains, with no growth between those reports.
 """
 
 from __future__ import annotations
@@ -51,14 +52,21 @@ class Settler:
         peaks included)."""
         self._a, self._measure, self._device, self._notify = assignment, measure, device, notify
         self._on = assignment.settle_frac is not None and not resumed and device.has_memory
-        self._last: float | None = None  # the device peak at the previous report (MiB)
+        self._last: float | None = None  # what it held at the previous report (MiB)
+        self._settled: float | None = None  # what it held when it settled (MiB)
         self._start = time.monotonic()
-        self.attrs: dict[str, Any] = {}  # what settling recorded, for the trial's attributes
+        self._attrs: dict[str, Any] = {}
+
+    def _held_mib(self, attrs: dict[str, Any]) -> float | None:
+        """The peak settling watches: outside declared spikes when they have a slot of their
+        own on the device (the trial's steady memory), else the whole peak."""
+        peak = attrs.get(Attr.PEAK_VRAM_MIB)
+        return attrs.get(Attr.STEADY_VRAM_MIB, peak) if self._a.spike_bytes else peak
 
     def on_report(self, trial_id: int, step: int) -> None:
         if not self._on or trial_id != self._a.trial_id:
             return
-        peak = self._measure().get(Attr.PEAK_VRAM_MIB)
+        peak = self._held_mib(self._measure())
         last, self._last = self._last, peak
         if peak is None or last is None or peak > last * _GROWN:
             return
@@ -66,15 +74,26 @@ class Settler:
         frac = self._a.settle_frac
         assert frac is not None
         held = int(peak * MIB * (1 + frac))
-        cap = self._a.mem_cap_bytes
-        if cap is not None and held + self._a.cap_slack_bytes >= cap:
+        cap, limit = self._a.mem_cap_bytes, held + self._a.spike_bytes + self._a.cap_slack_bytes
+        if cap is not None and limit >= cap:
             return  # it holds about what it reserved: nothing to give back
         if cap is not None:
-            self._device.cap_process(held + self._a.cap_slack_bytes)
-        self.attrs = {
+            self._device.cap_process(limit)
+        self._settled = peak
+        self._attrs = {
             Attr.SETTLE_PEAK_VRAM_MIB: round(peak, 1),
             Attr.VRAM_SETTLED_MIB: round(held / MIB, 1),
             Attr.SETTLED_AFTER_S: round(time.monotonic() - self._start, 3),
         }
         logger.debug("trial %d settles at %.0f MiB (step %d)", self._a.trial_number, peak, step)
         self._notify(Settled(self._a.trial_number, held))
+
+    def attrs(self, final: dict[str, Any]) -> dict[str, Any]:
+        """What settling records on the trial, given its final memory attributes: nothing if
+        it did not settle; else the peak it settled at, what it held from then on, when, and
+        how much it still grew (the same peak at the end over the one it settled at, less 1)."""
+        if self._settled is None:
+            return {}
+        end = self._held_mib(final) or self._settled
+        growth = max(0.0, end / self._settled - 1.0)
+        return {**self._attrs, Attr.SETTLE_GROWTH_FRAC: round(growth, 4)}

@@ -130,10 +130,11 @@ class DeviceBooks:
         self.running.pop(trial_number, None)
 
     def settle(self, trial_number: int, reserve_bytes: int) -> int:
-        """A running trial now holds at most ``reserve_bytes`` (see :mod:`hpo.execution.settle`):
-        its reservation shrinks to that; returns the bytes freed."""
+        """A running trial now holds at most ``reserve_bytes`` (see :mod:`hpo.execution.settle`;
+        outside its spikes, whose slot stays): its reservation shrinks to that; returns the
+        bytes freed."""
         held = self.running.get(trial_number)
-        if held is None or held.spike_bytes or reserve_bytes >= held.reserve_bytes:
+        if held is None or reserve_bytes >= held.reserve_bytes:
             return 0
         freed, held.reserve_bytes = held.reserve_bytes - reserve_bytes, reserve_bytes
         return freed

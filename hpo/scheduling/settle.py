@@ -3,7 +3,7 @@
 A running trial settles when its device peak did not grow over a whole report interval
 (:mod:`hpo.execution.settle`): from then on its reservation, and its process's cap, is that peak
 times ``1 + frac``. ``frac`` starts at :data:`DEFAULT_FRAC`; each settled trial that ends says how
-much it grew after settling (its final peak over the peak it settled at), and ``frac`` becomes
+much it grew after settling (``settle_growth_frac``), and ``frac`` becomes
 half as much again as the largest growth seen, never below :data:`MIN_FRAC`. A settled trial
 that runs out of memory anyway means the rule does not hold for this study: settling stops for
 the rest of the run (trials keep their admitted reservations, as with ``memory.settle=false``).
@@ -56,9 +56,9 @@ class SettleModel:
                 float(settled),
             )
             return
-        peak = attrs.get(Attr.PEAK_VRAM_MIB)
-        if peak:
-            self._growth.append(max(0.0, float(peak) / float(settled) - 1.0))
+        growth = attrs.get(Attr.SETTLE_GROWTH_FRAC)
+        if growth is not None:
+            self._growth.append(max(0.0, float(growth)))
 
 
 def settle(books: DeviceBooks, message: Settled) -> bool:

@@ -242,7 +242,7 @@ class Launcher:
         attrs: dict[str, Any],
     ) -> None:
         """Record ``attrs``, the worker and the checkpoint directory; send the trial to
-        ``worker`` to run on ``device`` under the placement's cap (settling unless it spikes)."""
+        ``worker`` to run on ``device`` under the placement's cap, settling when it can."""
         trial = item.trial
         checkpoint_dir = self._checkpoints.dir_for(trial)
         attrs = {**attrs, Attr.WORKER_PID: worker.pid}
@@ -251,8 +251,8 @@ class Launcher:
         self._store.set_user_attrs(item.trial_id, attrs)
         logger.debug("trial %d -> worker %d: %s", trial.number, worker.pid, describe(item.params))
         micro_batch = attrs.get(Attr.MICRO_BATCH) if item.accum_steps > 1 else None
-        cap, index, spikes = placement.cap_bytes, placement.device, placement.spike_bytes
-        settles = cap is not None and index is not None and not spikes
+        cap, index = placement.cap_bytes, placement.device
+        settles = cap is not None and index is not None
         assignment = Assignment(
             item.trial_id,
             trial.number,
@@ -263,6 +263,7 @@ class Launcher:
             micro_batch=micro_batch,
             settle_frac=self.models.settle.frac() if settles else None,
             cap_slack_bytes=self.models.admission.margin_bytes(index or 0) if settles else 0,
+            spike_bytes=placement.spike_bytes,
         )
         pool.assign(worker, assignment)  # a dead pipe shows up as DIED in the next poll
 
@@ -345,6 +346,3 @@ class Launcher:
             elif verdict.estimate != item.estimate or steps != item.accum_steps:
                 item.estimate, item.reestimated = verdict.estimate, verdict.attrs()
                 item.params, item.accum_steps = run, steps
-
-    def waiting_trial_ids(self) -> list[int]:
-        return [item.trial_id for item in self.backlog.items]

@@ -325,7 +325,7 @@ class Supervisor:
         assert self._beats is not None and self._launcher is not None and self._node is not None
         running = [w.assignment.trial_id for w in pool.workers if w.assignment is not None]
         self._node.tick(len(running), self._signals)  # this node's record; stop requests
-        running += self._launcher.waiting_trial_ids()
+        running += [item.trial_id for item in self._launcher.backlog.items]
         self._beats.beat(running)
         if time.monotonic() >= self._next_reap:
             self._reap(study, store, exclude=set(running))
