@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -22,6 +23,20 @@ def test_memory_aware_runs_big_trials_one_after_another_without_oom() -> None:
     out = replay([job(6)], 4, Policy(2, aware=True), CARD)
     assert (out.finished, out.ooms, out.pre_pruned) == (4, 0, 0)
     assert out.wall_s == pytest.approx(44.0)
+
+
+def test_a_trial_that_settles_lets_the_next_start_beside_it() -> None:
+    """Reserving 6 of 10 GiB (budget 9.5) for a 3 GiB peak, two trials cannot start together;
+    settled after 2 of their 10 work seconds at 3 GiB, the next starts beside: it starts at
+    t = 3 (1 s start-up + 2 s), not at t = 11."""
+    wide = Job({"size": 3}, 3 * GIB, 6 * GIB, 1.0, 10.0, settle_after=0.2, settled_bytes=3 * GIB)
+    out = replay([wide], 2, Policy(2, aware=True), CARD)
+    assert (out.finished, out.ooms) == (2, 0)
+    assert out.wall_s == pytest.approx(14.0)
+    kept = replay([replace(wide, settle_after=None)], 2, Policy(2, aware=True), CARD)
+    assert kept.wall_s == pytest.approx(22.0)
+    blind = replay([wide], 2, Policy(2, aware=False), CARD)  # memory-blind: nothing to settle
+    assert blind.wall_s == pytest.approx(11.0)
 
 
 def test_memory_blind_par_loses_the_trial_that_allocates_into_a_full_card() -> None:

@@ -13,11 +13,14 @@ starts and nothing is written. The trials come from one of two places.
   or ``--setup-s``; a worker's gap between trials is the lower quartile of those measured.
   Durations are replayed as measured, under the contention of the policy that ran: another
   policy neither slows nor speeds them, so a plan for a denser policy is optimistic. A trial
-  that declared spikes takes its steady memory (``steady_vram_mib``) at its first allocation.
+  that declared spikes takes its steady memory (``steady_vram_mib``) at its first allocation;
+  one that settled (``settled_after_s``, ``vram_settled_mib``) settles as it did under
+  memory-aware admission (a history without settling plans ``auto`` without it).
 - **A workload file** (``--workload``): ``--jobs`` configurations drawn from its space (seeded),
   each with its true peak and one noise draw, its evaluation memory and the context;
-  memory-aware admission reserves the worst noise (what hpo's estimator converges to);
-  start-up, work (every epoch, no pruning) and compute demand come from the file.
+  memory-aware admission reserves the worst noise (what hpo's estimator converges to) and
+  each trial settles after two of its epochs at its peak plus 5 %; start-up, work (every
+  epoch, no pruning) and compute demand come from the file.
 
 For each scenario it reports trials per hour, OOMs, configurations pre-pruned, and hours to
 the target (``n_trials`` from zero; from a study, also what is left from where it stands).
@@ -36,7 +39,7 @@ import random
 import statistics
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from hpo.contract import RUN_TARGET_ATTR
@@ -45,6 +48,7 @@ from hpo.look import queries
 from hpo.look.db import StudyDB
 from hpo.memory.oom import needed_lower_bound
 from hpo.scheduling.replay import Cards, Job, Outcome, Policy, replay
+from hpo.scheduling.settle import DEFAULT_FRAC
 
 MIB, GIB = 1024**2, 1024**3
 _RAN = ("complete", "pruned")
@@ -149,7 +153,8 @@ def from_study(
         setup = min(setup_s, seconds)
         steady = a.get("steady_vram_mib")  # outside its declared spikes
         alloc = float(steady) * MIB if isinstance(steady, (int, float)) else None
-        jobs.append(Job(p, peak, reserve, setup, seconds - setup, alloc_bytes=alloc))
+        job = Job(p, peak, reserve, setup, seconds - setup, alloc_bytes=alloc)
+        jobs.append(_settling(job, a))
     budgets = [float(a["vram_budget_mib"]) for a in attrs.values() if "vram_budget_mib" in a]
     capacity = int(max(budgets) * MIB / (1 - margin_frac)) if budgets else None
     devices = {a.get("device") for a in attrs.values() if a.get("device")}
@@ -241,6 +246,15 @@ def _gap(ended: Sequence[Mapping[str, Any]], attrs: Mapping[int, Mapping[str, An
     return statistics.quantiles(gaps, n=4)[0] if len(gaps) >= 4 else min(gaps, default=0.0)
 
 
+def _settling(job: Job, attrs: Mapping[str, Any]) -> Job:
+    """``job`` settling as the trial did (``settled_after_s``, ``vram_settled_mib``), if it did."""
+    after, held = attrs.get("settled_after_s"), attrs.get("vram_settled_mib")
+    if not isinstance(after, (int, float)) or not isinstance(held, (int, float)) or job.work_s <= 0:
+        return job
+    share = min(1.0, max(0.0, (float(after) - job.setup_s) / job.work_s))
+    return replace(job, settle_after=share, settled_bytes=float(held) * MIB)
+
+
 def from_workload(wl: Any, n_jobs: int, seed: int = 0) -> Trials:
     """``n_jobs`` configurations drawn from a workload file's space (module docstring)."""
     rng = random.Random(seed)
@@ -254,7 +268,10 @@ def from_workload(wl: Any, n_jobs: int, seed: int = 0) -> Trials:
         worst = wl.peak_bytes(params) * (1 + wl.noise_frac) + extra + ctx
         work = wl.epochs * family.epoch_s
         demand = min(1.0, float(family.demand.value(params)))
-        jobs.append(Job(params, peak, worst, family.setup_s, work, demand))
+        # it settles after two reports (hpo.execution.settle), at its peak plus 5 %
+        settle = 2 / wl.epochs if wl.epochs > 2 else None
+        held = peak * (1 + DEFAULT_FRAC)
+        jobs.append(Job(params, peak, worst, family.setup_s, work, demand, None, settle, held))
     return Trials(jobs, 0.0, int(wl.device.capacity_gib * GIB), wl.device_count, ctx)
 
 

@@ -274,7 +274,7 @@ FROM trial_user_attributes a JOIN trials t ON t.trial_id = a.trial_id
 JOIN studies s ON s.study_id = t.study_id
 WHERE s.study_name = :study AND t.state IN ('COMPLETE', 'PRUNED', 'FAIL')
   AND a.key IN ('end_reason', 'duration_s', 'admit_wait_s', 'peak_vram_mib', 'vram_reserved_mib',
-                'error', 'steady_vram_mib',
+                'error', 'steady_vram_mib', 'settled_after_s', 'vram_settled_mib',
                 'est_vram_upper_mib', 'vram_budget_mib', 'worker_pid', 'device', 'node_id');"""
 
 PLAN_PARAMS = """\

@@ -16,7 +16,8 @@ start when the list is spent, until ``n`` have finished, on ``count`` cards of o
   (:mod:`hpo.scheduling.admission`, :mod:`hpo.scheduling.backlog`, expected durations learned
   as the supervisor learns them) place each trial by its reservation. A job reserving more than
   a lone trial may hold (the budget plus the margin) is pre-pruned, never run; one whose peak
-  exceeds its per-process cap runs out of memory and is drawn again with its peak reserved.
+  exceeds its per-process cap runs out of memory and is drawn again with its peak reserved. A
+  job that settles (``settle_after``) holds only ``settled_bytes`` from then on.
 
 Trials at work whose demands add up to more than 1 slow down together (a card does at most
 one GPU-second of work per second); a demand of 0 means the work seconds were measured as the
@@ -53,6 +54,10 @@ class Job:
     work_s: float  # after it, alone on the card
     demand: float = 0.0  # share of the card's compute while at work (0: not modelled)
     alloc_bytes: float | None = None  # held once allocated, outside declared spikes (the peak)
+    # memory-aware: after this share of its work it settles (hpo.execution.settle) and its
+    # reservation drops to settled_bytes; None: it keeps its reservation to the end
+    settle_after: float | None = None
+    settled_bytes: float = 0.0
 
     @property
     def steady_bytes(self) -> float:
@@ -133,6 +138,7 @@ class _Run:
     start: float
     cap: float  # the per-process limit admission set (the card, memory-blind)
     allocated: bool = False
+    settles_at: float = -1.0  # work seconds left when it settles (-1: it does not)
 
 
 def replay(
@@ -198,6 +204,7 @@ class _Replay:
     def _next_event(self) -> float | None:
         slow = self._slowdown()
         steps = [r.setup if r.setup > _EPS else r.work * slow for r in self.running.values()]
+        steps += [(r.work - r.settles_at) * slow for r in self.running.values() if r.settles_at > 0]
         steps += [t - self.now for t in self.idle_at.values() if t > self.now + _EPS]
         return max(0.0, min(steps)) if steps else None
 
@@ -215,6 +222,10 @@ class _Replay:
                     continue
             elif r.allocated:
                 r.work -= step / slow
+            if r.allocated and r.work <= r.settles_at + _EPS:  # settled: holds its peak
+                r.settles_at = -1.0
+                settled = self.jobs[r.job].settled_bytes - self.cards.context_bytes
+                self.sched.books.settle(key, int(settled))
             if r.allocated and r.work <= _EPS:
                 self._end(key, r, finished=True)
 
@@ -316,6 +327,8 @@ class _Replay:
         self.bound[worker] = placement.device
         cap = placement.cap_bytes or self.cards.capacity_bytes
         run = _Run(worker, index, job.setup_s, job.work_s, self.now, cap)
+        if self.policy.aware and job.settle_after is not None:
+            run.settles_at = job.work_s * (1.0 - job.settle_after)
         self.running[serial] = run
         if job.setup_s <= _EPS:
             self._allocate(serial, run)
