@@ -38,11 +38,18 @@ def test_learns_an_affine_family_from_two_sizes() -> None:
 
 
 def test_one_measurement_extrapolates_on_the_safe_side() -> None:
+    """Memory affine in the batch with a non-negative intercept grows at most in proportion:
+    from one size, the upper bound is above that top, the point halfway from the measured
+    value to it (the top as point made every larger batch look as if it could not fit)."""
     est = _estimator()
-    est.observe(Observation({"model": "small", "batch_size": 16}, truth("small", 16)))
+    y16 = truth("small", 16)
+    est.observe(Observation({"model": "small", "batch_size": 16}, y16))
     e = est.predict({"model": "small", "batch_size": 64})
     assert e is not None and e.source == "one-point"
-    assert e.point_bytes >= truth("small", 64)
+    assert e.upper_bytes > 4 * y16 >= truth("small", 64)
+    assert e.point_bytes == pytest.approx((y16 + 4 * y16) / 2)
+    smaller = est.predict({"model": "small", "batch_size": 8})  # below it: flat, and safe
+    assert smaller is not None and smaller.point_bytes == pytest.approx(y16)
 
 
 def test_oom_is_a_lower_bound_for_that_size_and_every_larger_one() -> None:

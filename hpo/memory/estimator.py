@@ -4,9 +4,11 @@ Trials are grouped by the parameters that change memory (the model family); with
 memory is fitted in the memory-scaling parameters (batch size, sequence length, …) by
 :mod:`hpo.memory.fit`: affine in their product, with a term of one parameter alone or a
 quadratic one where the data call for it, monotone in each. A group with measurements at two
-or more sizes is fitted from them; with one, the prior's slope (calibrated) or a safe
-proportional rule extrapolates; with none, the prior, calibrated on the other groups'
-measurements (a device factor and a context overhead), or uncalibrated with a cold uplift.
+or more sizes is fitted from them; with one, the prior's slope (calibrated) extrapolates, else
+the upper bound grows in proportion to the size (memory affine in it with a non-negative
+intercept grows no faster; the point is halfway from the measured value); with none, the prior,
+calibrated on the other groups' measurements (a device factor and a context overhead), or
+uncalibrated with a cold uplift.
 
 The upper bound is the point plus a margin from the data's own spread: an upper quantile of
 the leave-one-out residuals of every group's fit and of repeated configurations (the
@@ -105,9 +107,7 @@ class MemoryEstimator:
         self._groups = tuple(groups)
         self._prior = prior
         self._context = float(context_bytes)
-        self._quantile = quantile
-        self._min_uplift = min_uplift
-        self._cold_uplift = cold_uplift
+        self._quantile, self._min_uplift, self._cold_uplift = quantile, min_uplift, cold_uplift
         self._measured: dict[tuple[Any, ...], list[Point]] = defaultdict(list)
         self._bounds: dict[tuple[Any, ...], list[Point]] = defaultdict(list)
         # per group and configuration: measured peaks, and their [sum, count]
@@ -272,7 +272,8 @@ class MemoryEstimator:
         s0, y0 = points[0][0], sum(t for t, _ in sums) / sum(n for _, n in sums)
         x, x0 = math.prod(s), math.prod(s0)
         slope = self._prior_slope(params)
-        point = y0 + slope * (x - x0) if slope is not None else y0 * max(1.0, x / x0)
+        top = y0 + slope * (x - x0) if slope is not None else y0 * max(1.0, x / x0)
+        point = top if slope is not None else (y0 + top) / 2
         # Below the measured size a flat point is safe (memory is monotone).
         down = slope is not None
         beyond = sum(
@@ -281,7 +282,7 @@ class MemoryEstimator:
         margin = noise.quantile + _Z * noise.rms / math.sqrt(len(self._measured[key]))
         if slope is not None:  # the calibrated prior's slope is evidence; proportion is not
             floor = max(floor, point * (1 + noise.pure))
-        return point, margin + _EXTRAPOLATE * beyond, "one-point", floor
+        return point, top / point * (1 + margin + _EXTRAPOLATE * beyond) - 1, "one-point", floor
 
     def _extend(
         self, fit: GroupFit, params: Mapping[str, Any], points: list[Point], s: tuple[float, ...]
@@ -333,7 +334,7 @@ class MemoryEstimator:
         return slope * (found[0].slope if found else 1.0)
 
     def _state(self, params: Mapping[str, Any]) -> float:  # a traced step's state, if known
-        return self._prior.state_bytes(params) if self._prior is not None else 0.0
+        return 0.0 if self._prior is None else self._prior.state_bytes(params)
 
     def _calibration(self) -> tuple[Line, float] | None:
         """The prior calibrated on the measurements (:func:`hpo.memory.prior.calibrate`),
