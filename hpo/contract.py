@@ -77,8 +77,8 @@ class Attr:
     VRAM_BUDGET_MIB = "vram_budget_mib"
     VRAM_RESERVED_MIB = "vram_reserved_mib"  # admission's reservation, context included
     # Settling (hpo.execution.settle): the peak when it stopped growing (outside spikes that
-    # had a slot), what the trial held from then on (its reservation, context included), when
-    # (s after its start), and how much that peak still grew to the end (a fraction)
+    # had a slot), what the trial held from then on (context and spike slot included, as in
+    # vram_reserved_mib), when (s after its start), and how much that peak still grew after
     SETTLE_PEAK_VRAM_MIB = "settle_peak_vram_mib"
     VRAM_SETTLED_MIB = "vram_settled_mib"
     SETTLED_AFTER_S = "settled_after_s"

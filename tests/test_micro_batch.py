@@ -68,10 +68,10 @@ def test_the_fewest_micro_batches_that_can_run_are_chosen() -> None:
 
 
 def test_an_untrusted_estimate_over_the_budget_is_split_rather_than_run_alone() -> None:
-    """One size measured (bs 4: 6,000 MiB): bs 64 extrapolates to ~96,000 MiB, too loose to
-    pre-prune, so whole it would run alone and most likely run out of memory; split into 4
-    micro-batches of 16 its point estimate (~24,000 MiB) is within what a lone trial may hold
-    (24 GiB: the budget plus the margin)."""
+    """One size measured (bs 4: 6,000 MiB): bs 64 may need up to ~96,000 MiB (point halfway,
+    ~51,000), too loose to pre-prune, so whole it would run alone and most likely run out of
+    memory; split into 4 micro-batches of 16 its point estimate (~15,000 MiB) is within what a
+    lone trial may hold (24 GiB: the budget plus the margin), into 2 of 32 (~27,000) not."""
     gate = MemoryGate([Card()], ["batch_size"], ["model"], 0.05, context_bytes=512 * MIB)
     gate.observe({"model": "l", "batch_size": 4}, {"end_reason": "complete", "peak_vram_mib": 6000})
     whole = gate.check({"model": "l", "batch_size": 64})

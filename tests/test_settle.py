@@ -49,7 +49,7 @@ def _settler(
         7, 3, None, "sim:0", cap, settle_frac=frac, cap_slack_bytes=GIB, spike_bytes=spike
     )
     probe, device = _Probe(), _Device()
-    settler = Settler(assignment, probe.attrs, device, sent.append, resumed)  # type: ignore[arg-type]
+    settler = Settler(assignment, probe.attrs, device, sent.append, resumed, sent.append)  # type: ignore[arg-type]
     return settler, probe, device, sent  # type: ignore[arg-type]
 
 
@@ -64,11 +64,13 @@ def test_a_trial_settles_when_its_peak_did_not_grow_over_a_report_interval() -> 
     assert sent == []
     settler.on_report(7, 2)  # a whole epoch without growth: settles
     held = int(8000 * MIB * 1.05)
-    assert sent == [Settled(3, held)]
+    assert sent[0] == Settled(3, held)  # told to the supervisor
+    assert isinstance(sent[1], dict)  # recorded on the running trial at once (hpo status)
+    assert sent[1][Attr.VRAM_SETTLED_MIB] == round(held / MIB, 1)
     assert device.caps == [held + GIB]  # its cap follows: growing past it is its own OOM
     probe.peak_mib = 8200.0
     settler.on_report(7, 3)  # once only
-    assert len(sent) == 1
+    assert len(sent) == 2
     attrs = settler.attrs(probe.attrs())
     assert attrs[Attr.VRAM_SETTLED_MIB] == round(held / MIB, 1)
     assert attrs[Attr.SETTLE_PEAK_VRAM_MIB] == 8000.0
@@ -82,7 +84,10 @@ def test_a_trial_with_a_spike_slot_settles_its_steady_memory() -> None:
     probe.peak_mib = 11500.0  # a larger evaluation; the steady part did not grow
     settler.on_report(7, 2)
     held = int(6000 * MIB * 1.05)
-    assert sent == [Settled(3, held)]  # its spike slot stays booked on the device
+    assert sent[0] == Settled(3, held)  # its spike slot stays booked on the device
+    recorded = sent[1]
+    assert isinstance(recorded, dict)
+    assert recorded[Attr.VRAM_SETTLED_MIB] == round((held + 3 * GIB) / MIB, 1)  # slot included
     assert device.caps == [held + 3 * GIB + GIB]  # the cap keeps room for the spike
     probe.steady_mib = 6060.0
     assert settler.attrs(probe.attrs())[Attr.SETTLE_GROWTH_FRAC] == 0.01  # steady to steady

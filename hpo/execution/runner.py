@@ -9,6 +9,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -119,7 +120,9 @@ class TrialRunner:
         storage = self._reports if isinstance(self._reports, ResilientStorage) else None
         if storage is None or self._notify is None:
             assignment = replace(assignment, settle_frac=None)
-        settler = Settler(assignment, measure, self._device, self._notify or _ignore, resumed)
+        record = partial(self._write, assignment.trial_id)
+        notify = self._notify or _ignore
+        settler = Settler(assignment, measure, self._device, notify, resumed, record)
         if storage is not None:
             storage.on_report = settler.on_report
         return settler

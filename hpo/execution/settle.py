@@ -47,10 +47,13 @@ class Settler:
         device: Device,
         notify: Callable[[object], Any],
         resumed: bool,
+        record: Callable[[dict[str, Any]], Any] | None = None,
     ) -> None:
         """``measure()`` gives the trial's memory attributes so far (its declared spikes'
-        peaks included)."""
+        peaks included); ``record(attrs)`` writes what settling decided on the running trial
+        at once (``hpo status`` shows what it holds now)."""
         self._a, self._measure, self._device, self._notify = assignment, measure, device, notify
+        self._record = record
         self._on = assignment.settle_frac is not None and not resumed and device.has_memory
         self._last: float | None = None  # what it held at the previous report (MiB)
         self._settled: float | None = None  # what it held when it settled (MiB)
@@ -82,11 +85,13 @@ class Settler:
         self._settled = peak
         self._attrs = {
             Attr.SETTLE_PEAK_VRAM_MIB: round(peak, 1),
-            Attr.VRAM_SETTLED_MIB: round(held / MIB, 1),
+            Attr.VRAM_SETTLED_MIB: round((held + self._a.spike_bytes) / MIB, 1),
             Attr.SETTLED_AFTER_S: round(time.monotonic() - self._start, 3),
         }
         logger.debug("trial %d settles at %.0f MiB (step %d)", self._a.trial_number, peak, step)
         self._notify(Settled(self._a.trial_number, held))
+        if self._record is not None:
+            self._record(self._attrs)
 
     def attrs(self, final: dict[str, Any]) -> dict[str, Any]:
         """What settling records on the trial, given its final memory attributes: nothing if

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Group
@@ -92,13 +93,18 @@ def _trials(title: str, trials: list[TrialView], running: bool) -> RenderableTyp
             str(t.number),
             _duration(t.seconds),
             _step(t) if running else _end(t),
-            _mib(t.attrs.get("vram_reserved_mib", t.attrs.get("est_vram_mib"))),
+            _mib(_held(t.attrs)),
             _mib(t.attrs.get("peak_vram_mib")),
             _rss(t),
             str(t.attrs.get("device", "-")),
             t.params,
         )
     return table
+
+
+def _held(attrs: Mapping[str, Any]) -> Any:
+    """What admission holds for the trial: settled, reserved, or at least its estimate."""
+    return attrs.get("vram_settled_mib", attrs.get("vram_reserved_mib", attrs.get("est_vram_mib")))
 
 
 def _end(t: TrialView) -> str:
