@@ -8,7 +8,6 @@ import os
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -118,10 +117,8 @@ class TrialRunner:
         ckpt = ctx.checkpoint_dir
         resumed = ckpt is not None and any(ckpt.iterdir())
         storage = self._reports if isinstance(self._reports, ResilientStorage) else None
-        if storage is None or self._notify is None:
-            assignment = replace(assignment, settle_frac=None)
+        notify = self._notify if storage is not None else None  # no reports seen: no settling
         record = partial(self._write, assignment.trial_id)
-        notify = self._notify or _ignore
         settler = Settler(assignment, measure, self._device, notify, resumed, record)
         if storage is not None:
             storage.on_report = settler.on_report
@@ -167,10 +164,6 @@ class TrialRunner:
         except Exception as e:
             logger.info("trial %d: left to the supervisor to record (%s)", trial.number, e)
             return None
-
-
-def _ignore(message: object) -> None:
-    """No supervisor to tell."""
 
 
 def classify_exception(e: BaseException) -> EndReason:

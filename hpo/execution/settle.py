@@ -45,16 +45,18 @@ class Settler:
         assignment: Assignment,
         measure: Callable[[], dict[str, Any]],
         device: Device,
-        notify: Callable[[object], Any],
+        notify: Callable[[object], Any] | None,
         resumed: bool,
         record: Callable[[dict[str, Any]], Any] | None = None,
     ) -> None:
         """``measure()`` gives the trial's memory attributes so far (its declared spikes'
-        peaks included); ``record(attrs)`` writes what settling decided on the running trial
-        at once (``hpo status`` shows what it holds now)."""
+        peaks included); ``notify`` tells the supervisor (None: no one to tell, no settling);
+        ``record(attrs)`` writes what settling decided on the running trial at once (``hpo
+        status`` shows what it holds now). Only a capped trial settles (memory-aware)."""
         self._a, self._measure, self._device, self._notify = assignment, measure, device, notify
         self._record = record
-        self._on = assignment.settle_frac is not None and not resumed and device.has_memory
+        asked = assignment.settle_frac is not None and assignment.mem_cap_bytes is not None
+        self._on = asked and notify is not None and not resumed and device.has_memory
         self._last: float | None = None  # what it held at the previous report (MiB)
         self._settled: float | None = None  # what it held when it settled (MiB)
         self._start = time.monotonic()
@@ -78,10 +80,10 @@ class Settler:
         assert frac is not None
         held = int(peak * MIB * (1 + frac))
         cap, limit = self._a.mem_cap_bytes, held + self._a.spike_bytes + self._a.cap_slack_bytes
-        if cap is not None and limit >= cap:
+        assert cap is not None and self._notify is not None  # else never on
+        if limit >= cap:
             return  # it holds about what it reserved: nothing to give back
-        if cap is not None:
-            self._device.cap_process(limit)
+        self._device.cap_process(limit)
         self._settled = peak
         self._attrs = {
             Attr.SETTLE_PEAK_VRAM_MIB: round(peak, 1),

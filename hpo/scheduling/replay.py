@@ -204,7 +204,8 @@ class _Replay:
     def _next_event(self) -> float | None:
         slow = self._slowdown()
         steps = [r.setup if r.setup > _EPS else r.work * slow for r in self.running.values()]
-        steps += [(r.work - r.settles_at) * slow for r in self.running.values() if r.settles_at > 0]
+        settling = [r for r in self.running.values() if r.allocated and r.settles_at > 0]
+        steps += [(r.work - r.settles_at) * slow for r in settling]
         steps += [t - self.now for t in self.idle_at.values() if t > self.now + _EPS]
         return max(0.0, min(steps)) if steps else None
 
