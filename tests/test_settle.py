@@ -14,6 +14,7 @@ from hpo.devices import GIB, MIB, SimulatedGpu
 from hpo.devices.simulated import SimulatedGpuSpec
 from hpo.execution.protocol import Assignment, Settled
 from hpo.execution.settle import Settler
+from hpo.memory import MemoryGate, micro
 from hpo.scheduling.admission import DeviceBooks, Placement
 from hpo.scheduling.settle import DEFAULT_FRAC, MIN_FRAC, SettleModel, settle
 from tests.conftest import run_hpo
@@ -138,6 +139,45 @@ def test_the_headroom_is_learned_from_how_much_settled_trials_still_grew() -> No
     assert SettleModel(enabled=False).frac() is None
 
 
+def test_a_settled_trial_stands_for_its_unmeasured_group_until_it_ends() -> None:
+    """Nothing of group ``a`` was measured: its trials reserve the whole card, until one of
+    them settles; then they are estimated from what it holds (never pre-pruned by it), and
+    after it ended from its measurement alone."""
+    card = SimulatedGpu(0, SimulatedGpuSpec(24.0, 0.5), Path("/nonexistent-sim-dir"))
+    gate = MemoryGate([card], ["batch_size"], ["model"], 0.05, context_bytes=0.5 * GIB)
+    a8, a4, b8 = ({"model": m, "batch_size": bs} for m, bs in (("a", 8), ("a", 4), ("b", 8)))
+    assert gate.check(a8).estimate is None
+    gate.settled(1, a8, 6 * GIB)
+    early = gate.check(a8)
+    assert early.decision is Decision.ADMIT and early.estimate is not None
+    assert early.estimate.source == "settled" and early.reason == "a trial of its group settled"
+    assert 6 * GIB < early.estimate.upper_bytes < 8 * GIB  # its noise margin, not the card
+    small = gate.check(a4).estimate
+    assert small is not None and small.upper_bytes <= early.estimate.upper_bytes
+    assert gate.check(b8).estimate is None  # another group learns nothing from it
+    gate.settled(2, a8, 30 * GIB)  # more than the card: admits (never pre-prunes) by it
+    assert gate.check(a8).decision is Decision.ADMIT
+    gate.ended(1)
+    gate.ended(2)
+    assert gate.check(a8).estimate is None  # ended unmeasured (e.g. failed): nothing known
+    gate.settled(3, a8, 6 * GIB)
+    gate.observe(a8, {Attr.END_REASON: "complete", Attr.PEAK_VRAM_MIB: 5000.0})
+    measured = gate.check(a8).estimate
+    assert measured is not None and measured.source == "one-point"  # the measurement rules
+
+
+def test_an_estimate_from_a_settled_trial_does_not_split_a_batch() -> None:
+    """A large batch of an unmeasured group whose settled estimate looks beyond the card runs
+    whole, as with nothing known, and is measured at its own size (not at a micro-batch)."""
+    card = SimulatedGpu(0, SimulatedGpuSpec(24.0, 0.5), Path("/nonexistent-sim-dir"))
+    gate = MemoryGate([card], ["batch_size"], ["model"], 0.05, context_bytes=0.5 * GIB)
+    gate.settled(1, {"model": "a", "batch_size": 8}, 12 * GIB)
+    big = {"model": "a", "batch_size": 64}
+    assert gate.check(big).estimate.point_bytes > 24 * GIB  # type: ignore[union-attr]
+    k, run, verdict = micro.choose(gate, big, "batch_size", 8)
+    assert (k, run["batch_size"], verdict.decision) == (1, 64, Decision.ADMIT)
+
+
 WORKLOAD = """
 name: settle_test
 device: {capacity_gib: 24, context_gib: 0.5, count: 1}
@@ -197,9 +237,14 @@ def test_settled_trials_let_a_waiting_one_start_beside_them(tmp_path: Path) -> N
         assert attrs[Attr.VRAM_SETTLED_MIB] < 0.75 * attrs[Attr.VRAM_RESERVED_MIB]
         assert attrs[Attr.PEAK_VRAM_MIB] <= attrs[Attr.VRAM_SETTLED_MIB]
     assert _dispatched(third) < min(a.datetime_complete, b.datetime_complete)
+    # the first reserved the card (nothing measured); once it settled, the next one was
+    # estimated from it and started beside it
+    assert a.user_attrs[Attr.EST_SOURCE] == "settled"
+    assert _dispatched(a) < first.datetime_complete
 
     trials = _run(tmp_path / "off", settle=False)  # the control: it waits for one to end
     first, a, b, third = trials
     assert Attr.VRAM_SETTLED_MIB not in a.user_attrs
+    assert _dispatched(a) > first.datetime_complete - datetime.timedelta(seconds=0.5)
     ended = min(a.datetime_complete, b.datetime_complete)
     assert _dispatched(third) > ended - datetime.timedelta(seconds=0.5)

@@ -67,7 +67,7 @@ class Estimate:
 
     point_bytes: float
     upper_bytes: float
-    source: str  # fit | one-point | calibrated-prior | cold-prior | oom-bound
+    source: str  # fit | one-point | calibrated-prior | cold-prior | oom-bound | settled
     n_measured: int  # measured trials of the same group
     # what a run may reach if the fit is at its optimistic end (its point less one standard
     # error, plus the noise): what pre-pruning holds against the device (None: the upper)

@@ -26,10 +26,15 @@ The rules, in order:
   refused the allocation (:func:`~hpo.memory.oom.hit_own_limit`); an OOM from a card that
   others over-committed (a memory-blind policy) teaches nothing, unless the bound alone
   exceeds the budget.
+- **A settled trial stands for its group until it is measured**: while nothing of a group was
+  measured, its trials are estimated from its running trials that settled
+  (:meth:`MemoryGate.settled`: what each holds, as if measured), so that the next one need not
+  wait for the whole card; such an estimate admits, never pre-prunes.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -104,6 +109,11 @@ class MemoryGate:
         # declared spikes' sizes (hpo.memory_spike), learned like peaks
         self.spikes = MemoryEstimator(scaling, groups, **estimator_kwargs)
         self._context = context_bytes
+        self._settled: dict[int, Observation] = {}  # running trials that settled, by number
+        self._views: dict[tuple[Any, ...], MemoryEstimator] = {}  # the estimator with them
+
+    def __getstate__(self) -> dict[str, Any]:  # the workers' copies need no views
+        return {**self.__dict__, "_views": {}}
 
     @property
     def version(self) -> int:
@@ -121,7 +131,10 @@ class MemoryGate:
             return Verdict(Decision.ADMIT, "no device memory to plan", None, None)
         estimate = self.estimator.predict(params)
         if estimate is None:
-            return Verdict(Decision.ADMIT, "nothing known yet", None, self.budget_bytes)
+            early = self._provisional(params)
+            why = "nothing known yet" if early is None else "a trial of its group settled"
+            early = early and self._spiked(params, early)
+            return Verdict(Decision.ADMIT, why, early, self.budget_bytes)
         assert self.budget_bytes is not None and self.alone_bytes is not None
         budget = self.budget_bytes
         fitted = [p for p in self.estimator.measured_peaks(params) if p <= budget]
@@ -151,6 +164,36 @@ class MemoryGate:
         upper = min(spike.upper_bytes, room)
         floor = min(upper, max(0.0, 2 * spike.point_bytes - spike.upper_bytes))
         return replace(estimate, spike_bytes=upper, spike_floor_bytes=floor)
+
+    def settled(self, number: int, params: Mapping[str, Any], held_bytes: float) -> None:
+        """Running trial ``number`` settled: it holds at most ``held_bytes`` from now on (its
+        peak and the growth settling allows); until it ends (:meth:`ended`) that is what its
+        group's unmeasured trials are estimated from."""
+        self._settled[number] = Observation(dict(params), float(held_bytes))
+        self._views.clear()
+
+    def ended(self, number: int) -> None:
+        """Trial ``number`` ended (its measurement, if any, is observed on its own)."""
+        if self._settled.pop(number, None) is not None:
+            self._views.clear()
+
+    def _provisional(self, params: Mapping[str, Any]) -> Estimate | None:
+        """The estimate from the settled running trials of ``params``'s group, as if they had
+        been measured (source ``settled``); None if there are none."""
+        est = self.estimator
+        if not self._settled or not est.params_needed <= params.keys():
+            return None
+        key = est.group_of(params)
+        if key not in self._views:
+            same = [o for o in self._settled.values() if est.group_of(o.params) == key]
+            if not same:
+                return None
+            view = copy.deepcopy(est)
+            for obs in same:
+                view.observe(obs)
+            self._views[key] = view
+        found = self._views[key].predict(params)
+        return None if found is None else replace(found, source="settled", prune_bytes=None)
 
     def hold_back(
         self, params: Mapping[str, Any], pending: Iterable[Mapping[str, Any]]

@@ -59,7 +59,10 @@ def choose(
 
 
 def _fits(gate: MemoryGate, verdict: Verdict) -> bool:
-    """Nothing known (it runs whole to be measured), or its point estimate within what a lone
-    trial may hold (an upper estimate over the budget only makes it run alone)."""
+    """Nothing measured (it runs whole to be measured; an estimate from a settled trial of its
+    group is no measurement), or its point estimate within what a lone trial may hold (an
+    upper estimate over the budget only makes it run alone)."""
     estimate, alone = verdict.estimate, gate.alone_bytes
-    return estimate is None or alone is None or estimate.point_bytes <= alone
+    if estimate is None or alone is None or estimate.source == "settled":
+        return True
+    return estimate.point_bytes <= alone

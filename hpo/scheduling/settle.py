@@ -14,12 +14,15 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hpo.contract import Attr, EndReason
 from hpo.devices import MIB
 from hpo.execution.protocol import Settled
 from hpo.scheduling.admission import DeviceBooks
+
+if TYPE_CHECKING:
+    from hpo.memory.gate import MemoryGate
 
 logger = logging.getLogger(__name__)
 
@@ -61,11 +64,20 @@ class SettleModel:
             self._growth.append(max(0.0, float(growth)))
 
 
-def settle(books: DeviceBooks, message: Settled) -> bool:
+def settle(
+    books: DeviceBooks,
+    message: Settled,
+    gate: MemoryGate | None = None,
+    params: Mapping[str, Any] | None = None,
+) -> bool:
     """Shrink a running trial's reservation to what it holds now that it settled (the message
-    counts its context); whether that freed memory (said in the log)."""
+    counts its context); whether that freed memory (said in the log). With the trial's
+    ``params`` (as it runs; None for a trial with a spike slot, whose held bytes leave out
+    its spike), ``gate`` estimates its group's unmeasured trials from it until it ends."""
     number, held = message.trial_number, message.held_bytes
     freed = books.settle(number, max(0, held - books.context_bytes))
     if freed:
         logger.info("trial %d: settled at %.0f MiB, %.0f freed", number, held / MIB, freed / MIB)
+        if gate is not None and params is not None:
+            gate.settled(number, params, held)
     return freed > 0

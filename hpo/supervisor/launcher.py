@@ -78,10 +78,8 @@ class Launcher:
         :mod:`hpo.storage.claim`); ``node_name`` goes on every trial this node runs."""
         self._study, self._store = study, store
         self._target, self._owner = target, owner_attrs(node_name)
-        self.models = models
-        self.backlog = backlog
-        self._recorder = recorder
-        self._checkpoints = checkpoints
+        self.models, self.backlog = models, backlog
+        self._recorder, self._checkpoints = recorder, checkpoints
         self._bound: dict[WorkerHandle, int | None] = {}  # worker -> device it touched
         self._params: dict[int, dict[str, Any]] = {}  # running trials' params, by number
         self._reserved: dict[int, dict[str, Any]] = {}  # how they run: reservation, accum steps
@@ -126,7 +124,9 @@ class Launcher:
         if isinstance(message, Settled):
             running = worker.assignment  # the trial may have ended since
             if running and running.trial_number == message.trial_number:
-                if settle(self.models.admission.books, message):
+                params = None if running.spike_bytes else self._params.get(running.trial_number)
+                if settle(self.models.admission.books, message, self.models.gate, params):
+                    self._reestimate()  # its group's trials are estimated from it now
                     self.start_waiting(pool)
             return
         worker.proposing = False
@@ -317,6 +317,7 @@ class Launcher:
         (``vram_reserved_mib``, which tells the gate whether an OOM was the trial's own, and
         ``accum_steps``)."""
         self.models.admission.books.release(trial_number)
+        self.models.gate.ended(trial_number)
         self.models.ram.release(trial_number)
         self._claimed_until = 0.0  # it may have freed a slot of the study
         held = self._reserved.pop(trial_number, {})
