@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,7 @@ def test_a_proposal_is_a_sampled_running_trial_owned_by_the_supervisor(tmp_path:
     assert stored.state is optuna.trial.TrialState.RUNNING
     assert stored.params == proposal.trial.params
     assert set(stored.params) == set(settings.study.space)
-    assert stored.user_attrs == OWNER
+    assert stored.user_attrs == {**OWNER, "worker_pid": os.getpid()}  # the asking process
     assert proposal.trial.user_attrs == {}, "what it had when asked (a retry's attributes)"
     # The worker that asked it runs it without reading it again.
     assert worker.proposer.take(proposal.trial_id).params == stored.params

@@ -75,6 +75,20 @@ def test_our_own_pid_on_a_trial_older_than_us_means_a_previous_supervisor(
     assert _found(study, exclude={trial._trial_id}) == {}
 
 
+def test_a_trial_whose_worker_died_while_asking_for_it_is_reaped_at_once(
+    study: optuna.Study,
+) -> None:
+    """This supervisor's trial that it does not run (not excluded): a worker asked for it and
+    died before answering. Another supervisor's trial, or a live worker's, is left alone."""
+    me = {"node_id": "here", "pid_namespace": node_id(), "supervisor_pid": os.getpid()}
+    lost = _running(study, **me, worker_pid=_dead_pid())
+    asking = _running(study, **me, worker_pid=os.getpid())  # still asking: its answer is due
+    sibling = _running(study, **{**me, "supervisor_pid": os.getppid()}, worker_pid=_dead_pid())
+    found = _found(study)
+    assert found == {lost._trial_id: Liveness.ORPHANED}
+    assert asking._trial_id not in found and sibling._trial_id not in found
+
+
 def test_live_supervisor_on_this_node_is_left_alone(study: optuna.Study) -> None:
     _running(study, node_id=node_id(), supervisor_pid=os.getppid(), host="here")
     assert _found(study) == {}

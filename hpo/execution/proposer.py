@@ -4,8 +4,9 @@ side by side (as by Optuna's own workers), not by the supervisor one trial after
 The supervisor sends a :class:`~hpo.execution.protocol.Propose` to an idle worker. The worker
 claims a slot of the study (:mod:`hpo.storage.claim`; the lock is held to count and to create
 the trial, not while the sampler works), marks the trial as the supervisor's (its owner
-attributes, see :mod:`hpo.supervisor.liveness`; the supervisor beats it from when it knows it),
-samples the declared search space and answers with the trial
+attributes and the worker's pid, see :mod:`hpo.supervisor.liveness`: a worker that dies before
+it answers leaves a trial the supervisor's next reaping finds orphaned; the supervisor beats
+it from when it knows it), samples the declared search space and answers with the trial
 (:class:`~hpo.execution.protocol.Proposal`). Whether, where and when the trial runs the
 supervisor alone decides. With the memory gate active, the
 sampler re-draws what the gate would pre-prune (:class:`~hpo.memory.sampling.FeasibleSampler`)
@@ -18,6 +19,7 @@ sequence, as when one process asks; a model-based sampler's also depend on what 
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from typing import TYPE_CHECKING
 
@@ -25,6 +27,7 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 
 from hpo.config.space import suggest
+from hpo.contract import Attr
 from hpo.execution.protocol import AskedTrial, Proposal, Propose
 from hpo.memory.sampling import FeasibleSampler, GateSnapshot
 from hpo.storage import trial_id_of
@@ -69,9 +72,9 @@ class Proposer:
                 with warnings.catch_warnings():  # hpo records the heartbeats of ask/tell trials
                     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
                     trial = self._study.ask()  # a waiting trial (a retry), or a new one
-            trial_id = trial_id_of(trial)
+            trial_id, pid = trial_id_of(trial), os.getpid()
             try:
-                self._store.set_user_attrs(trial_id, request.owner)
+                self._store.set_user_attrs(trial_id, {**request.owner, Attr.WORKER_PID: pid})
             except UpdateFinishedTrialError:  # another node's reaper took it for an orphan
                 logger.warning("trial %d was reaped before it started; asking again", trial.number)
                 continue

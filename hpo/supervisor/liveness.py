@@ -148,6 +148,9 @@ class Reaper:
             if pid_gone(pid, trial.datetime_start):
                 host = attrs.get(Attr.HOST, "?")
                 return Liveness.ORPHANED, f"its supervisor (pid {pid} on {host}) is gone"
+            worker = attrs.get(Attr.WORKER_PID)  # this supervisor's, and not running here
+            if pid == os.getpid() and isinstance(worker, int) and pid_gone(worker, None):
+                return Liveness.ORPHANED, f"the worker that asked for it (pid {worker}) is gone"
         if heartbeat_stale:
             return Liveness.STALE, f"no heartbeat for over {self._grace_s:.0f} s"
         if pid is None and self._never_beat_for(trial, trial_id, OWNERLESS_S):
