@@ -240,6 +240,7 @@ def test_backlog_counts_bypasses_and_rejects_a_negative_limit() -> None:
         backlog.add(item)
     assert backlog.full and not backlog.may_ask()
     backlog.started(c)
+    assert backlog.may_ask() and not backlog.may_ask(asking=1)  # one being asked fills it
     assert a.bypassed == b.bypassed == 1 and backlog.starving
     with pytest.raises(ValueError, match="max_bypass"):
         Backlog(max_bypass=-1, limit=1)

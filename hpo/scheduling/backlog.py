@@ -102,9 +102,10 @@ class Backlog:
         self.items.clear()
         return drained
 
-    def may_ask(self) -> bool:
-        """Whether a new trial may be asked to fill an idle worker."""
-        return not self.full
+    def may_ask(self, asking: int = 0) -> bool:
+        """Whether a new trial may be asked to fill an idle worker, while ``asking`` trials
+        are being asked already (each of them will wait here too)."""
+        return len(self.items) + asking < self.limit
 
 
 def place_next(

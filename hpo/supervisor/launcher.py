@@ -102,7 +102,8 @@ class Launcher:
         if time.monotonic() < self._claimed_until:
             return  # every slot was claimed a moment ago; a trial that ends frees one
         for worker in [w for w in pool.workers if w.idle]:
-            if room <= 0 or not self.backlog.may_ask() or stopping():
+            asking = sum(w.proposing for w in pool.workers)  # their trials will wait too
+            if room <= 0 or not self.backlog.may_ask(asking) or stopping():
                 return
             self._propose(pool, worker)
             room -= 1
