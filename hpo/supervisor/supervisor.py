@@ -3,15 +3,15 @@ recorder, and keeps workers and trials alive.
 
 It owns the trial lifecycle and never imports torch: results and measurements come back from
 the workers as :class:`~hpo.execution.protocol.Outcome` messages. A worker that dies fails its
-trial (``worker_died``) and is replaced at once (the pool waits on the process sentinels); a
-trial past ``faults.trial_timeout_s`` is killed with its worker (``timeout``); infrastructure
-failures are retried with the same parameters; a worker whose memory grows across trials is
-recycled (any, after ``faults.recycle_after`` trials if set). It records an RDB heartbeat for
-every trial it runs and reaps RUNNING trials a vanished supervisor left behind (liveness).
+trial (``worker_died``) and is replaced at once; a trial past ``faults.trial_timeout_s`` is
+killed with its worker (``timeout``); infrastructure failures are retried with the same
+parameters; a worker whose memory grows across trials is recycled. It records an RDB heartbeat
+for every trial it runs and reaps RUNNING trials nobody runs any more (liveness).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -67,8 +67,7 @@ class Supervisor:
         self._poll_s = poll_s
         self._signals = StopSignals()
         faults = settings.faults
-        self._next_reap = 0.0
-        self._next_count = 0.0  # when to count the storage's finished trials again
+        self._next_reap = self._next_count = 0.0  # when to reap, to count finished trials
         url = display_url(settings.storage.url)
         self._summary = RunSummary(settings.study.name, url, self._target, 0, 0.0)
         self._history = "new"  # or "resumed with N finished trials"
@@ -151,6 +150,8 @@ class Supervisor:
             procs.stop_being_subreaper()
             if study is not None:
                 self._interrupt_all(study, in_flight, stopped_by)
+                with contextlib.suppress(Exception):  # trials workers were asking for (or the
+                    self._reap(study, store, exclude=set())  # next run reaps them, at once)
                 self._recorder.finish(study)
             if self._node is not None:
                 self._node.leave()
