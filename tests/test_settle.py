@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,8 @@ def test_a_settled_trial_stands_for_its_unmeasured_group_until_it_ends() -> None
     small = gate.check(a4).estimate
     assert small is not None and small.upper_bytes <= early.estimate.upper_bytes
     assert gate.check(b8).estimate is None  # another group learns nothing from it
+    sent = pickle.loads(pickle.dumps(gate))  # a worker's copy: it only pre-prunes
+    assert sent.check(a8).estimate is None and sent.check(a8).decision is Decision.ADMIT
     gate.settled(2, a8, 30 * GIB)  # more than the card: admits (never pre-prunes) by it
     assert gate.check(a8).decision is Decision.ADMIT
     gate.ended(1)

@@ -112,8 +112,10 @@ class MemoryGate:
         self._settled: dict[int, Observation] = {}  # running trials that settled, by number
         self._views: dict[tuple[Any, ...], MemoryEstimator] = {}  # the estimator with them
 
-    def __getstate__(self) -> dict[str, Any]:  # the workers' copies need no views
-        return {**self.__dict__, "_views": {}}
+    def __getstate__(self) -> dict[str, Any]:
+        # The workers' samplers ask only whether a trial is pre-pruned, which a settled trial
+        # never decides: their copies leave the settled trials and their views out.
+        return {**self.__dict__, "_settled": {}, "_views": {}}
 
     @property
     def version(self) -> int:
