@@ -144,6 +144,7 @@ def test_a_worker_whose_memory_grows_after_each_trial_is_flagged(
     flagged = []
     for number in range(6):
         kept.append(bytearray(20 * 1024 * 1024))  # a leak: 20 MiB more after every trial
+        kept[-1][::4096] = b"x" * len(kept[-1][::4096])  # touched: resident, whatever the heap
         flagged.append(trend.after_trial(number))
     assert flagged.count(True) == 1  # said once, when the window shows the growth
     assert "RSS grew after each of its last 4 trials" in caplog.text
