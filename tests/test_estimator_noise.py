@@ -196,6 +196,25 @@ def test_upper_bounds_cover_the_noise(noise: float) -> None:
     assert max(over, default=0.0) <= 0.05
 
 
+def test_a_configuration_run_several_times_is_bounded_by_its_own_spread() -> None:
+    """Eight runs of each of three sizes, ±8 % noise: a repeated configuration's upper bound is
+    its mean plus the noise of one run (learned from the repeats), not the fit's wider margin,
+    and never below a run it already had."""
+    rng = random.Random(3)
+    est = MemoryEstimator(["batch_size"], ["model"])
+    runs: dict[int, list[float]] = {8: [], 16: [], 32: []}
+    for _ in range(8):
+        for bs, ys in runs.items():
+            ys.append((1_000 + 500 * bs) * MIB * (1 + rng.uniform(-0.08, 0.08)))
+            est.observe(Observation({"model": "m", "batch_size": bs}, ys[-1]))
+    for bs, ys in runs.items():
+        e = est.predict({"model": "m", "batch_size": bs})
+        assert e is not None and e.point_bytes == pytest.approx(sum(ys) / len(ys))
+        assert max(ys) <= e.upper_bytes <= e.point_bytes * 1.12
+    between = est.predict({"model": "m", "batch_size": 24})  # never run: the fit's margin
+    assert between is not None and between.upper_bytes / between.point_bytes > 1.12
+
+
 def test_a_large_configuration_of_a_barely_known_group_waits_for_a_smaller_one() -> None:
     """Without a prior, bs 64 of an unmeasured group waits while bs 8 of the same group is
     pending; measured at two sizes, the group's fit then shows bs 64 cannot fit: pre-pruned,

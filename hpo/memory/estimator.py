@@ -16,7 +16,10 @@ run-to-run noise, blended with a generous default while few are known), plus twi
 own standard error at that configuration (large with few measurements, far outside them),
 plus 5 % per doubling beyond the measured sizes (a convex curve lies above any line through
 its points outside their range), and outside the measured configurations never below the
-fit with every quadratic term the data allow. An OOM is censored data: that configuration,
+fit with every quadratic term the data allow. A configuration run more than once is its own
+best evidence: its point is the mean of its runs and its upper bound that mean plus the noise
+of one run about it (the spread of repeated configurations, and the mean's own error), never
+below a run it had, whatever the fit. An OOM is censored data: that configuration,
 and every one of its group at least as large in every scaling parameter, needs more than the
 bound.
 
@@ -41,13 +44,12 @@ from hpo.memory.fit import (
     dominated_mean,
     dominating_mean,
     fit_group,
+    pool,
     repeat_residuals,
     stale,
 )
 from hpo.memory.prior import Prior, calibrate
 
-_UNKNOWN_NOISE = 0.10  # relative noise assumed before any spread is measured
-_NOISE_WEIGHT = 4  # residuals that default counts as, blended with the measured ones
 _Z = 2.0  # standard errors of the fit added to the noise quantile
 _EXTRAPOLATE = 0.05  # added to the margin per doubling beyond the measured sizes
 
@@ -88,6 +90,7 @@ class Noise:
     rms: float
     n: int  # residuals it was estimated from
     pure: float  # upper quantile of repeated configurations alone
+    single: float  # and of one run about its configuration's true mean
 
 
 class MemoryEstimator:
@@ -208,6 +211,11 @@ class MemoryEstimator:
         ceiling = dominating_mean(self._means(key), s) if fit and fit.below(s) else None
         if ceiling is not None:  # a line through convex data misses small sizes most
             upper = max(upper, ceiling * (1 + self.noise().quantile))
+        repeats = self._configs.get(key, {}).get(s, [])
+        if len(repeats) >= 2:  # its own runs: their mean and the noise, whatever the fit
+            point = sum(repeats) / len(repeats)
+            spread = self.noise().single * math.sqrt(1 + 1 / len(repeats))
+            upper = max(max(repeats), point * (1 + max(self._min_uplift, spread)))
         if bound is not None and prune is not None:
             prune = max(prune, bound)  # it needed more than that, whatever the fit
         if bound is not None and bound > point:
@@ -221,30 +229,17 @@ class MemoryEstimator:
         if self._noise is None:
             residuals: list[float] = []
             repeats: list[float] = []
+            singles: list[float] = []
             for key, points in self._measured.items():
                 fit = self._group_fit(key)
                 repeats += repeat_residuals(points)
+                singles += repeat_residuals(points, single=True)
                 residuals += list(fit.loo) if fit is not None else repeat_residuals(points)
-            q, rms, n = self._pool(residuals)
-            self._noise = Noise(q, rms, n, self._pool(repeats)[0])
+            q, rms, n = pool(residuals, self._quantile)
+            pure, single = pool(repeats, self._quantile)[0], pool(singles, self._quantile)[0]
+            self._noise = Noise(q, rms, n, pure, single)
             self._noise_n = self.n_measured_total
         return self._noise
-
-    def _pool(self, residuals: list[float]) -> tuple[float, float, int]:
-        """(upper quantile, RMS, n) of relative residuals, blended with a generous default
-        while they are few."""
-        n, w = len(residuals), _NOISE_WEIGHT
-        if n == 0:
-            return _UNKNOWN_NOISE, _UNKNOWN_NOISE / 2, 0
-        mags = sorted(abs(r) for r in residuals)
-        level = (1 + self._quantile) / 2  # of |r|: one-sided, that many more are covered
-        q = mags[min(n - 1, max(0, math.ceil(level * n) - 1))] * (1 + 1 / math.sqrt(n))
-        rms = math.sqrt(sum(r * r for r in residuals) / n)
-        return (
-            (n * q + w * _UNKNOWN_NOISE) / (n + w),
-            (n * rms + w * _UNKNOWN_NOISE / 2) / (n + w),
-            n,
-        )
 
     def _group_fit(self, key: tuple[Any, ...]) -> GroupFit | None:
         if key not in self._fits:

@@ -186,8 +186,10 @@ def _loo(
     return tuple(out)
 
 
-def repeat_residuals(points: Sequence[Point]) -> list[float]:
-    """Relative spread of repeated runs of one configuration (each against the others)."""
+def repeat_residuals(points: Sequence[Point], single: bool = False) -> list[float]:
+    """Relative spread of repeated runs of one configuration (each against the others); with
+    ``single``, scaled to the spread of one run about the configuration's true mean (against
+    ``n - 1`` others a residual also carries their mean's error)."""
     by_config: dict[tuple[float, ...], list[float]] = {}
     for s, y in points:
         by_config.setdefault(s, []).append(y)
@@ -196,8 +198,30 @@ def repeat_residuals(points: Sequence[Point]) -> list[float]:
         if len(ys) < 2:
             continue
         total = sum(ys)
-        out += [y / ((total - y) / (len(ys) - 1)) - 1 for y in ys]
+        scale = math.sqrt((len(ys) - 1) / len(ys)) if single else 1.0
+        out += [(y / ((total - y) / (len(ys) - 1)) - 1) * scale for y in ys]
     return out
+
+
+_UNKNOWN_NOISE = 0.10  # relative noise assumed before any spread is measured
+_NOISE_WEIGHT = 4  # residuals that default counts as, blended with the measured ones
+
+
+def pool(residuals: Sequence[float], quantile: float) -> tuple[float, float, int]:
+    """(upper ``quantile``, RMS, n) of relative residuals, blended with a generous default
+    while they are few."""
+    n, w = len(residuals), _NOISE_WEIGHT
+    if n == 0:
+        return _UNKNOWN_NOISE, _UNKNOWN_NOISE / 2, 0
+    mags = sorted(abs(r) for r in residuals)
+    level = (1 + quantile) / 2  # of |r|: one-sided, that many more are covered
+    q = mags[min(n - 1, max(0, math.ceil(level * n) - 1))] * (1 + 1 / math.sqrt(n))
+    rms = math.sqrt(sum(r * r for r in residuals) / n)
+    return (
+        (n * q + w * _UNKNOWN_NOISE) / (n + w),
+        (n * rms + w * _UNKNOWN_NOISE / 2) / (n + w),
+        n,
+    )
 
 
 def dominated_mean(points: Sequence[Point], s: Sequence[float]) -> float:
