@@ -169,6 +169,34 @@ def test_a_settled_trial_stands_for_its_unmeasured_group_until_it_ends() -> None
     assert measured is not None and measured.source == "one-point"  # the measurement rules
 
 
+def test_a_settled_trial_at_a_new_size_sizes_its_group_and_holds_nothing_back() -> None:
+    """Group ``a`` was measured at batch 8 only: batch 32 waits for the running batch 16 (a
+    second size is what tells how it grows). Once batch 16 settled, batch 32 no longer waits,
+    and is estimated from both sizes: a fit far tighter than extrapolating from batch 8 alone;
+    pre-pruning still weighs only the measurements. After it ended, the measurement rules."""
+    card = SimulatedGpu(0, SimulatedGpuSpec(80.0, 0.5), Path("/nonexistent-sim-dir"))
+    gate = MemoryGate([card], ["batch_size"], ["model"], 0.05, context_bytes=0.5 * GIB)
+    a8, a16, a32 = ({"model": "a", "batch_size": bs} for bs in (8, 16, 32))
+    for mib in (10_200.0, 9_800.0):
+        gate.observe(a8, {Attr.END_REASON: "complete", Attr.PEAK_VRAM_MIB: mib})
+    alone = gate.check(a32).estimate
+    assert alone is not None and alone.source == "one-point"
+    assert gate.hold_back(a32, [a16]) is not None
+    gate.settled(7, a16, 16 * GIB)  # 6 GiB per 8 of batch beyond 4 GiB
+    assert gate.hold_back(a32, [a16]) is None
+    both = gate.check(a32)
+    assert both.decision is Decision.ADMIT and both.estimate is not None
+    assert both.estimate.source == "fit+settled"
+    assert 28 * GIB <= both.estimate.upper_bytes < alone.upper_bytes - 8 * GIB
+    own = gate.check(a8)  # measured within the budget: its own runs' estimate
+    assert own.estimate is not None and own.estimate.source == "one-point"
+    assert own.estimate.upper_bytes < 10_200 * MIB * 1.15
+    gate.ended(7)
+    gate.observe(a16, {Attr.END_REASON: "complete", Attr.PEAK_VRAM_MIB: 16_000.0})
+    measured = gate.check(a32).estimate
+    assert measured is not None and measured.source == "fit"
+
+
 def test_an_estimate_from_a_settled_trial_does_not_split_a_batch() -> None:
     """A large batch of an unmeasured group whose settled estimate looks beyond the card runs
     whole, as with nothing known, and is measured at its own size (not at a micro-batch)."""

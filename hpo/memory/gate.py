@@ -26,10 +26,12 @@ The rules, in order:
   refused the allocation (:func:`~hpo.memory.oom.hit_own_limit`); an OOM from a card that
   others over-committed (a memory-blind policy) teaches nothing, unless the bound alone
   exceeds the budget.
-- **A settled trial stands for its group until it is measured**: while nothing of a group was
-  measured, its trials are estimated from its running trials that settled
-  (:meth:`MemoryGate.settled`: what each holds, as if measured), so that the next one need not
-  wait for the whole card; such an estimate admits, never pre-prunes.
+- **A settled trial stands for its size until it is measured**: a running trial that settled
+  (:meth:`MemoryGate.settled`) holds at most what it settled at (its process is capped there),
+  so where it settled at a size its group has not measured, its group's trials are estimated
+  from the measurements and it, as if measured: the next trial of a new group need not wait
+  for the whole card, nor a larger one for the smaller one to end (it is not held back for
+  it). Such an estimate admits, never pre-prunes: that stays with the measurements.
 """
 
 from __future__ import annotations
@@ -110,7 +112,9 @@ class MemoryGate:
         self.spikes = MemoryEstimator(scaling, groups, **estimator_kwargs)
         self._context = context_bytes
         self._settled: dict[int, Observation] = {}  # running trials that settled, by number
-        self._views: dict[tuple[Any, ...], MemoryEstimator] = {}  # the estimator with them
+        # per group, the estimator with them (None: they add no size), as of what it had learned
+        self._views: dict[tuple[Any, ...], MemoryEstimator | None] = {}
+        self._views_at = 0
 
     def __getstate__(self) -> dict[str, Any]:
         # The workers' samplers ask only whether a trial is pre-pruned, which a settled trial
@@ -132,8 +136,8 @@ class MemoryGate:
         if not self.active:
             return Verdict(Decision.ADMIT, "no device memory to plan", None, None)
         estimate = self.estimator.predict(params)
+        early = self._provisional(params)
         if estimate is None:
-            early = self._provisional(params)
             why = "nothing known yet" if early is None else "a trial of its group settled"
             early = early and self._spiked(params, early)
             return Verdict(Decision.ADMIT, why, early, self.budget_bytes)
@@ -154,6 +158,8 @@ class MemoryGate:
                 f"{self.budget_bytes / MIB:.0f} MiB + margin)"
             )
             return Verdict(Decision.PRE_PRUNE, reason, estimate, self.budget_bytes)
+        if early is not None:  # its group's settled trials add sizes the fit did not have
+            estimate = early
         return Verdict(Decision.ADMIT, "fits the budget", self._spiked(params, estimate), budget)
 
     def _spiked(self, params: Mapping[str, Any], estimate: Estimate) -> Estimate:
@@ -180,22 +186,34 @@ class MemoryGate:
             self._views.clear()
 
     def _provisional(self, params: Mapping[str, Any]) -> Estimate | None:
-        """The estimate from the settled running trials of ``params``'s group, as if they had
-        been measured (source ``settled``); None if there are none."""
+        """The estimate from the measurements and the settled running trials of ``params``'s
+        group, as if those had been measured (source ``settled`` where nothing was measured,
+        else the fit's with ``+settled``); None unless one settled at a size not measured."""
         est = self.estimator
         if not self._settled or not est.params_needed <= params.keys():
             return None
-        key = est.group_of(params)
+        key, sizes = est.group_of(params), est.sizes(params)
+        if self._views_at != est.n_observations:  # it learned since: the views are stale
+            self._views, self._views_at = {}, est.n_observations
         if key not in self._views:
             same = [o for o in self._settled.values() if est.group_of(o.params) == key]
-            if not same:
-                return None
-            view = copy.deepcopy(est)
-            for obs in same:
-                view.observe(obs)
+            view = None
+            if any(est.s_of(o.params) not in sizes for o in same):
+                view = copy.deepcopy(est)
+                for obs in same:
+                    view.observe(obs)
             self._views[key] = view
-        found = self._views[key].predict(params)
-        return None if found is None else replace(found, source="settled", prune_bytes=None)
+        view = self._views[key]
+        found = None if view is None else view.predict(params)
+        if found is None:
+            return None
+        source = f"{found.source}+settled" if sizes else "settled"
+        return replace(found, source=source, prune_bytes=None)
+
+    def _settled_sizes(self, params: Mapping[str, Any]) -> set[tuple[float, ...]]:
+        """The sizes of ``params``'s group whose trials settled (known as if measured)."""
+        est, key = self.estimator, self.estimator.group_of(params)
+        return {est.s_of(o.params) for o in self._settled.values() if est.group_of(o.params) == key}
 
     def hold_back(
         self, params: Mapping[str, Any], pending: Iterable[Mapping[str, Any]]
@@ -206,7 +224,7 @@ class MemoryGate:
         est = self.estimator
         if not self.active or est.has_prior or not est.params_needed <= params.keys():
             return None
-        sizes, s = est.sizes(params), est.s_of(params)
+        sizes, s = est.sizes(params) | self._settled_sizes(params), est.s_of(params)
         covered = any(all(a <= b for a, b in zip(s, m, strict=True)) for m in sizes)
         if len(sizes) > len(s) or covered:
             return None  # enough sizes to fit, or no larger than one measured

@@ -59,9 +59,9 @@ def choose(
 
 
 def _fits(gate: MemoryGate, verdict: Verdict) -> bool:
-    """Nothing measured (it runs whole to be measured; an estimate from a settled trial of its
-    group is no measurement), or its point estimate within what a lone trial may hold (an
-    upper estimate over the budget only makes it run alone)."""
+    """Nothing measured (it runs whole to be measured; an estimate from settled trials alone,
+    source ``settled``, is no measurement), or its point estimate within what a lone trial
+    may hold (an upper estimate over the budget only makes it run alone)."""
     estimate, alone = verdict.estimate, gate.alone_bytes
     if estimate is None or alone is None or estimate.source == "settled":
         return True
