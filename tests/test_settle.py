@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,14 +45,18 @@ class _Device:
 
 
 def _settler(
-    frac: float | None = 0.05, resumed: bool = False, cap: int = 20 * GIB, spike: int = 0
+    frac: float | None = 0.05,
+    resumed: bool = False,
+    cap: int = 20 * GIB,
+    spike: int = 0,
+    grew_at: Callable[[], float | None] | None = None,
 ) -> tuple[Settler, _Probe, _Device, list[object]]:
     sent: list[object] = []
     assignment = Assignment(
         7, 3, None, "sim:0", cap, settle_frac=frac, cap_slack_bytes=GIB, spike_bytes=spike
     )
     probe, device = _Probe(), _Device()
-    settler = Settler(assignment, probe.attrs, device, sent.append, resumed, sent.append)  # type: ignore[arg-type]
+    settler = Settler(assignment, probe.attrs, device, sent.append, resumed, sent.append, grew_at)  # type: ignore[arg-type]
     return settler, probe, device, sent  # type: ignore[arg-type]
 
 
@@ -77,6 +82,40 @@ def test_a_trial_settles_when_its_peak_did_not_grow_over_a_report_interval() -> 
     assert attrs[Attr.VRAM_SETTLED_MIB] == round(held / MIB, 1)
     assert attrs[Attr.SETTLE_PEAK_VRAM_MIB] == 8000.0
     assert attrs[Attr.SETTLE_GROWTH_FRAC] == 0.025  # what the headroom is learned from
+
+
+class _Clock:
+    """The settler's clock, set by the test."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize(
+    ("grew_at", "settles_at"),
+    [
+        (101.0, 1),  # a start-up of 1 s, then flat for 9 s of the 10 s so far: at the first
+        (108.0, 2),  # still growing late in the first epoch: at the second, as without samples
+        (None, 2),  # nothing sampled (a device the probe cannot read): at the second
+    ],
+)
+def test_a_trial_flat_since_early_in_its_first_epoch_settles_at_its_first_report(
+    monkeypatch: pytest.MonkeyPatch, grew_at: float | None, settles_at: int
+) -> None:
+    clock = _Clock(100.0)
+    monkeypatch.setattr("hpo.execution.settle.time", clock)
+    settler, probe, device, sent = _settler(grew_at=lambda: grew_at)
+    probe.peak_mib = 8000.0
+    for step in (1, 2):
+        clock.now += 10.0
+        settler.on_report(7, step)
+        if sent:
+            break
+    assert sent[0] == Settled(3, int(8000 * MIB * 1.05)) and step == settles_at
+    assert isinstance(sent[1], dict) and sent[1][Attr.SETTLED_AFTER_S] == 10.0 * settles_at
 
 
 def test_a_trial_with_a_spike_slot_settles_its_steady_memory() -> None:

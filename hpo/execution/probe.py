@@ -45,6 +45,7 @@ class MemoryProbe:
         self._thread: threading.Thread | None = None
         self._rss_peak = 0
         self._device_peak: int | None = None
+        self.device_grew_at: float | None = None  # monotonic time its device memory last grew
         self._children: list[psutil.Process] = []
         self._children_at = -math.inf  # monotonic time of the last search for descendants
         self._own_peak_known = False  # whether the kernel keeps this trial's peak RSS (VmHWM)
@@ -92,8 +93,8 @@ class MemoryProbe:
                 continue
         self._rss_peak = max(self._rss_peak, total)
         used = self._device.process_bytes({p.pid for p in procs})
-        if used is not None:
-            self._device_peak = max(self._device_peak or 0, used)
+        if used is not None and used > (self._device_peak or 0):
+            self._device_peak, self.device_grew_at = used, now
 
     def attrs(self) -> dict[str, Any]:
         """User attributes of DESIGN.md: ``peak_rss_mib`` always, VRAM keys from the device."""

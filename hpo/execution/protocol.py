@@ -23,7 +23,7 @@ class Assignment:
     mem_cap_bytes: int | None = None  # its process's limit on that device, context included
     accum_steps: int = 1  # micro-batches per optimizer step (gradient accumulation)
     micro_batch: int | None = None  # the batch of one micro-step (None: not split)
-    # Settling (hpo.execution.settle): once its peak stops growing between two reports, the
+    # Settling (hpo.execution.settle): once its peak stops growing (between reports), the
     # trial holds its peak times 1 + settle_frac, under a cap that much plus spike_bytes (the
     # spike slot it has on the device; its steady peak is watched then) plus cap_slack_bytes;
     # None: it keeps its reservation to the end.

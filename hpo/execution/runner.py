@@ -88,7 +88,7 @@ class TrialRunner:
         start = time.monotonic()
         self._device.cap_process(assignment.mem_cap_bytes)
         with MemoryProbe(self._device) as probe, trial_context(ctx):
-            settler = self._settler(assignment, lambda: spikes.attrs(probe.attrs()), ctx)
+            settler = self._settler(assignment, lambda: spikes.attrs(probe.attrs()), ctx, probe)
             try:
                 trial, reason, value, message = self._call(assignment.trial_id)
             finally:
@@ -111,7 +111,11 @@ class TrialRunner:
         return outcome
 
     def _settler(
-        self, assignment: Assignment, measure: Callable[[], dict[str, Any]], ctx: TrialContext
+        self,
+        assignment: Assignment,
+        measure: Callable[[], dict[str, Any]],
+        ctx: TrialContext,
+        probe: MemoryProbe,
     ) -> Settler:
         """The trial's settler, watching its reports (see :mod:`hpo.execution.settle`)."""
         ckpt = ctx.checkpoint_dir
@@ -119,7 +123,10 @@ class TrialRunner:
         storage = self._reports if isinstance(self._reports, ResilientStorage) else None
         notify = self._notify if storage is not None else None  # no reports seen: no settling
         record = partial(self._write, assignment.trial_id)
-        settler = Settler(assignment, measure, self._device, notify, resumed, record)
+        settler = Settler(
+            assignment, measure, self._device, notify, resumed, record,
+            lambda: probe.device_grew_at,
+        )  # fmt: skip
         if storage is not None:
             storage.on_report = settler.on_report
         return settler

@@ -5,14 +5,17 @@ uncertainty, or the whole device budget while its group was never measured. Once
 trained a while, its own peak is known far better than any estimate: a training process reaches
 its peak within the first steps and evaluation, and the caching allocator then holds it. So at
 each report the runner compares the device peak with the one at the previous report; the first
-time it did not grow over a whole report interval, the trial *settles*: its process is capped at
-that peak times ``1 + settle_frac`` plus the device's margin (a trial that grows past it runs out
-of memory alone, never a neighbour), and a :class:`~hpo.execution.protocol.Settled` message tells
-the supervisor, which shrinks the trial's reservation to the same bytes and admits waiting
-trials into what was freed (:mod:`hpo.scheduling.settle` learns ``settle_frac`` from how much
-settled trials still grew). A trial whose declared spikes (:mod:`hpo.execution.spike`) have the
-device's spike slot settles its steady memory (the peak outside spikes); its cap keeps room for
-the spike.
+time it did not grow over a whole report interval, the trial *settles*. At the first report,
+with no report before it, the memory probe's samples stand in: a trial whose device memory
+has not grown over the later half of its run so far (a start-up, then a steady first epoch)
+settles there; one still growing near its first report waits for the second. A settled
+trial's process is capped at that peak times ``1 + settle_frac`` plus the device's margin (a trial
+that grows past it runs out of memory alone, never a neighbour), and a
+:class:`~hpo.execution.protocol.Settled` message tells the supervisor, which shrinks the trial's
+reservation to the same bytes and admits waiting trials into what was freed
+(:mod:`hpo.scheduling.settle` learns ``settle_frac`` from how much settled trials still grew). A
+trial whose declared spikes (:mod:`hpo.execution.spike`) have the device's spike slot settles its
+steady memory (the peak outside spikes); its cap keeps room for the spike.
 
 A trial resumed from its checkpoint does not settle: it reports its saved epochs again before
 it trains, with no growth between those reports.
@@ -48,13 +51,15 @@ class Settler:
         notify: Callable[[object], Any] | None,
         resumed: bool,
         record: Callable[[dict[str, Any]], Any] | None = None,
+        grew_at: Callable[[], float | None] | None = None,
     ) -> None:
         """``measure()`` gives the trial's memory attributes so far (its declared spikes'
         peaks included); ``notify`` tells the supervisor (None: no one to tell, no settling);
         ``record(attrs)`` writes what settling decided on the running trial at once (``hpo
-        status`` shows what it holds now). Only a capped trial settles (memory-aware)."""
+        status`` shows what it holds now); ``grew_at()`` when the device memory the probe
+        samples last grew (monotonic; None: not known). Only a capped trial settles."""
         self._a, self._measure, self._device, self._notify = assignment, measure, device, notify
-        self._record = record
+        self._record, self._grew_at = record, grew_at
         asked = assignment.settle_frac is not None and assignment.mem_cap_bytes is not None
         self._on = asked and notify is not None and not resumed and device.has_memory
         self._last: float | None = None  # what it held at the previous report (MiB)
@@ -73,7 +78,7 @@ class Settler:
             return
         peak = self._held_mib(self._measure())
         last, self._last = self._last, peak
-        if peak is None or last is None or peak > last * _GROWN:
+        if peak is None or (peak > last * _GROWN if last is not None else not self._flat()):
             return
         self._on = False
         frac = self._a.settle_frac
@@ -94,6 +99,13 @@ class Settler:
         self._notify(Settled(self._a.trial_number, held))
         if self._record is not None:
             self._record(self._attrs)
+
+    def _flat(self) -> bool:
+        """At the first report: whether the sampled device memory did not grow over the later
+        half of the trial so far."""
+        grew = None if self._grew_at is None else self._grew_at()
+        now = time.monotonic()
+        return grew is not None and now - grew >= (now - self._start) / 2
 
     def attrs(self, final: dict[str, Any]) -> dict[str, Any]:
         """What settling records on the trial, given its final memory attributes: nothing if

@@ -19,8 +19,9 @@ starts and nothing is written. The trials come from one of two places.
 - **A workload file** (``--workload``): ``--jobs`` configurations drawn from its space (seeded),
   each with its true peak and one noise draw, its evaluation memory and the context;
   memory-aware admission reserves the worst noise (what hpo's estimator converges to) and
-  each trial settles after two of its epochs at its peak plus 5 %; start-up, work (every
-  epoch, no pruning) and compute demand come from the file.
+  each trial settles at its peak plus 5 % after its first epoch (its second where memory
+  still grows late in the first: an evaluation's extra, a start-up longer than an epoch);
+  start-up, work (every epoch, no pruning) and compute demand come from the file.
 
 For each scenario it reports trials per hour, OOMs, configurations pre-pruned, and hours to
 the target (``n_trials`` from zero; from a study, also what is left from where it stands).
@@ -268,8 +269,10 @@ def from_workload(wl: Any, n_jobs: int, seed: int = 0) -> Trials:
         worst = wl.peak_bytes(params) * (1 + wl.noise_frac) + extra + ctx
         work = wl.epochs * family.epoch_s
         demand = min(1.0, float(family.demand.value(params)))
-        # it settles after two reports (hpo.execution.settle), at its peak plus 5 %
-        settle = 2 / wl.epochs if wl.epochs > 2 else None
+        # it settles (hpo.execution.settle) at its peak plus 5 %: at the first report if its
+        # memory was flat for the later half of the time so far, else at the second
+        first = extra == 0 and family.setup_s <= family.epoch_s
+        settle = (1 if first else 2) / wl.epochs if wl.epochs > 2 else None
         held = peak * (1 + DEFAULT_FRAC)
         jobs.append(Job(params, peak, worst, family.setup_s, work, demand, None, settle, held))
     return Trials(jobs, 0.0, int(wl.device.capacity_gib * GIB), wl.device_count, ctx)

@@ -1,12 +1,13 @@
 """How much a trial may still grow once it settled: the headroom settling keeps.
 
-A running trial settles when its device peak did not grow over a whole report interval
-(:mod:`hpo.execution.settle`): from then on its reservation, and its process's cap, is that peak
-times ``1 + frac``. ``frac`` starts at :data:`DEFAULT_FRAC`; each settled trial that ends says how
-much it grew after settling (``settle_growth_frac``), and ``frac`` becomes
-half as much again as the largest growth seen, never below :data:`MIN_FRAC`. A settled trial
-that runs out of memory anyway means the rule does not hold for this study: settling stops for
-the rest of the run (trials keep their admitted reservations, as with ``memory.settle=false``).
+A running trial settles when its device peak stopped growing (:mod:`hpo.execution.settle`: over
+a whole report interval, or the later half of its first): from then on its reservation, and its
+process's cap, is that peak times ``1 + frac``. ``frac`` starts at :data:`DEFAULT_FRAC`; each
+settled trial that ends says how much it grew after settling (``settle_growth_frac``), and
+``frac`` becomes half as much again as the largest growth seen, never below :data:`MIN_FRAC`. A
+settled trial that runs out of memory anyway means the rule does not hold for this study:
+settling stops for the rest of the run (trials keep their admitted reservations, as with
+``memory.settle=false``).
 """
 
 from __future__ import annotations
