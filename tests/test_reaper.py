@@ -85,7 +85,7 @@ def test_a_trial_whose_worker_died_while_asking_for_it_is_reaped_at_once(
     asking = _running(study, **me, worker_pid=os.getpid())  # still asking: its answer is due
     sibling = _running(study, **{**me, "supervisor_pid": os.getppid()}, worker_pid=_dead_pid())
     found = _found(study)
-    assert found == {lost._trial_id: Liveness.ORPHANED}
+    assert found == {lost._trial_id: Liveness.ASKED}
     assert asking._trial_id not in found and sibling._trial_id not in found
 
 
@@ -158,3 +158,40 @@ def test_another_node_on_this_machine_waits_for_the_grace_period(study: optuna.S
     trial = _running(study, **attrs)
     Heartbeats(_store(study), 0).beat([trial._trial_id])  # interval 0: it beats at once
     assert _found(study) == {}
+
+
+def test_a_stopping_supervisor_interrupts_what_its_workers_were_asking_for(
+    study: optuna.Study,
+) -> None:
+    """Stopped, a supervisor records the trials its stopped workers had asked for as
+    interrupted (they never started); a dead supervisor's trial is still reaped
+    (``worker_died``), and so is an asked trial whose worker died while the run goes on."""
+    from hpo.contract import EndReason
+    from hpo.supervisor.checkpoints import CheckpointStore
+    from hpo.supervisor.recorder import RunSummary, TrialRecorder
+    from hpo.supervisor.retry import RetryPolicy
+
+    me = {"node_id": "here", "pid_namespace": node_id(), "supervisor_pid": os.getpid()}
+    orphan = _running(study, node_id=node_id(), supervisor_pid=_dead_pid(), host="here")
+    asked = _running(study, **me, worker_pid=_dead_pid())
+    later = _running(study, **me, worker_pid=_dead_pid())
+    recorder = TrialRecorder(
+        RunSummary("reap", "sqlite://", 10, 0, 0.0),
+        RetryPolicy(frozenset(), 0),
+        CheckpointStore(None),
+        5,
+    )
+    reaper, store = Reaper(_store(study), grace_period_s=60, node_name="here"), _store(study)
+    recorder.store = store  # as the supervisor sets it once the study is open
+    found = [f for f in reaper.find(set()) if f[0] != later._trial_id]
+    assert {tid: d for tid, d, _ in found} == {
+        orphan._trial_id: Liveness.ORPHANED,
+        asked._trial_id: Liveness.ASKED,
+    }
+    recorder.reap_all(study, store, found, "stopped by the user")
+    recorder.reap_all(study, store, reaper.find(set()))  # the run goes on: reaped
+    ended = {t.number: t for t in study.get_trials(deepcopy=False)}
+    assert ended[asked.number].user_attrs["end_reason"] == EndReason.INTERRUPTED.value
+    assert ended[orphan.number].user_attrs["end_reason"] == EndReason.WORKER_DIED.value
+    assert ended[later.number].user_attrs["end_reason"] == EndReason.WORKER_DIED.value
+    assert all(t.state.is_finished() for t in ended.values())

@@ -55,6 +55,7 @@ class Liveness(str, enum.Enum):
 
     ALIVE = "alive"
     ORPHANED = "orphaned"  # its supervisor on this node is gone
+    ASKED = "asked"  # this supervisor's: the worker that asked for it is gone before it started
     STALE = "stale"  # no heartbeat for the grace period
 
 
@@ -150,7 +151,7 @@ class Reaper:
                 return Liveness.ORPHANED, f"its supervisor (pid {pid} on {host}) is gone"
             worker = attrs.get(Attr.WORKER_PID)  # this supervisor's, and not running here
             if pid == os.getpid() and isinstance(worker, int) and pid_gone(worker, None):
-                return Liveness.ORPHANED, f"the worker that asked for it (pid {worker}) is gone"
+                return Liveness.ASKED, f"the worker that asked for it (pid {worker}) is gone"
         if heartbeat_stale:
             return Liveness.STALE, f"no heartbeat for over {self._grace_s:.0f} s"
         if pid is None and self._never_beat_for(trial, trial_id, OWNERLESS_S):

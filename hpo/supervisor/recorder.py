@@ -23,6 +23,7 @@ from hpo.contract import FINISHED, Attr, EndReason
 from hpo.errors import StudyAborted
 from hpo.execution.protocol import Assignment, Outcome
 from hpo.storage import StorageOutage
+from hpo.supervisor.liveness import Liveness
 from hpo.supervisor.retry import RetryDecision, RetryPolicy, enqueue_retry
 
 if TYPE_CHECKING:
@@ -142,6 +143,24 @@ class TrialRecorder:
         self.summary.reaped += 1
         self._after_end(study, store.trial(trial_id), EndReason.WORKER_DIED, charged=False)
         return True
+
+    def reap_all(
+        self,
+        study: optuna.Study,
+        store: StudyStore,
+        found: list[tuple[int, Liveness, str]],
+        stopped_by: str | None = None,
+    ) -> None:
+        """Fail the RUNNING trials nobody runs any more (:meth:`reap`; ``found`` by
+        :meth:`~hpo.supervisor.liveness.Reaper.find`). When this supervisor stops
+        (``stopped_by``, why), the trials its workers were asking for when it stopped them
+        never started: they are interrupted, like the trials still waiting."""
+        for trial_id, decision, why in found:
+            if stopped_by is not None and decision is Liveness.ASKED:
+                start = Assignment(trial_id, store.trial(trial_id).number, None)
+                self.interrupt(study, [(start, {}, f"{stopped_by} (before it started)")])
+            else:
+                self.reap(study, store, trial_id, why)
 
     def interrupt(
         self, study: optuna.Study, ended: list[tuple[Assignment, dict[str, Any], str]]

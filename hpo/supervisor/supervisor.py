@@ -72,12 +72,9 @@ class Supervisor:
         self._summary = RunSummary(settings.study.name, url, self._target, 0, 0.0)
         self._history = "new"  # or "resumed with N finished trials"
         self._checkpoints = CheckpointStore(faults.checkpoint_root, faults.keep_best_checkpoint)
-        self._recorder = TrialRecorder(
-            self._summary,
-            RetryPolicy(faults.retry_on, faults.max_retries),
-            self._checkpoints,
-            settings.max_failures_in_a_row,
-        )
+        retry = RetryPolicy(faults.retry_on, faults.max_retries)
+        fails = settings.max_failures_in_a_row
+        self._recorder = TrialRecorder(self._summary, retry, self._checkpoints, fails)
         self._rdb: RDBStorage | None = None  # opened once, by the first step that needs it
         self._launcher: Launcher | None = None  # built with the study (it may trace a prior)
         self._beats: Heartbeats | None = None
@@ -151,7 +148,7 @@ class Supervisor:
             if study is not None:
                 self._interrupt_all(study, in_flight, stopped_by)
                 with contextlib.suppress(Exception):  # trials workers were asking for (or the
-                    self._reap(study, store, exclude=set())  # next run reaps them, at once)
+                    self._reap(study, store, set(), stopped_by)  # next run reaps them, at once)
                 self._recorder.finish(study)
             if self._node is not None:
                 self._node.leave()
@@ -331,11 +328,12 @@ class Supervisor:
         if time.monotonic() >= self._next_reap:
             self._reap(study, store, exclude=set(running))
 
-    def _reap(self, study: optuna.Study, store: StudyStore, exclude: set[int]) -> None:
+    def _reap(
+        self, study: optuna.Study, store: StudyStore, exclude: set[int], stopping: str | None = None
+    ) -> None:
         assert self._reaper is not None
         self._next_reap = time.monotonic() + self._settings.faults.heartbeat_interval_s
-        for trial_id, _, why in self._reaper.find(exclude):
-            self._recorder.reap(study, store, trial_id, why)
+        self._recorder.reap_all(study, store, self._reaper.find(exclude), stopping)
 
     def _interrupt_all(self, study: optuna.Study, in_flight: list[WorkerHandle], why: str) -> None:
         """Record the running trials, and those still waiting for memory, as interrupted."""
