@@ -175,7 +175,7 @@ class SimulatedGpu(Device):
 
     def process_bytes(self, pids: set[int]) -> int | None:
         """What this process holds on the card now (its ledger entry), once it touched it."""
-        return self._context + self._allocated if self._touched and os.getpid() in pids else None
+        return self.held_bytes() if self._touched and os.getpid() in pids else None
 
     def spike_lock_path(self) -> Path | None:
         return self._dir / f"sim{self._index}.spike.lock"

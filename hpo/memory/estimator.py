@@ -211,7 +211,7 @@ class MemoryEstimator:
         ceiling = dominating_mean(self._means(key), s) if fit and fit.below(s) else None
         if ceiling is not None:  # a line through convex data misses small sizes most
             upper = max(upper, ceiling * (1 + self.noise().quantile))
-        repeats = self._configs.get(key, {}).get(s, [])
+        repeats = self.measured_peaks(params)
         if len(repeats) >= 2:  # its own runs: their mean and the noise, whatever the fit
             point = sum(repeats) / len(repeats)
             spread = self.noise().single * math.sqrt(1 + 1 / len(repeats))

@@ -196,7 +196,7 @@ class MemoryGate:
         if self._views_at != est.n_observations:  # it learned since: the views are stale
             self._views, self._views_at = {}, est.n_observations
         if key not in self._views:
-            same = [o for o in self._settled.values() if est.group_of(o.params) == key]
+            same = self._settled_of(key)
             view = None
             if any(est.s_of(o.params) not in sizes for o in same):
                 view = copy.deepcopy(est)
@@ -210,10 +210,9 @@ class MemoryGate:
         source = f"{found.source}+settled" if sizes else "settled"
         return replace(found, source=source, prune_bytes=None)
 
-    def _settled_sizes(self, params: Mapping[str, Any]) -> set[tuple[float, ...]]:
-        """The sizes of ``params``'s group whose trials settled (known as if measured)."""
-        est, key = self.estimator, self.estimator.group_of(params)
-        return {est.s_of(o.params) for o in self._settled.values() if est.group_of(o.params) == key}
+    def _settled_of(self, key: tuple[Any, ...]) -> list[Observation]:
+        """The settled running trials of group ``key``."""
+        return [o for o in self._settled.values() if self.estimator.group_of(o.params) == key]
 
     def hold_back(
         self, params: Mapping[str, Any], pending: Iterable[Mapping[str, Any]]
@@ -224,7 +223,8 @@ class MemoryGate:
         est = self.estimator
         if not self.active or est.has_prior or not est.params_needed <= params.keys():
             return None
-        sizes, s = est.sizes(params) | self._settled_sizes(params), est.s_of(params)
+        settled = {est.s_of(o.params) for o in self._settled_of(est.group_of(params))}
+        sizes, s = est.sizes(params) | settled, est.s_of(params)
         covered = any(all(a <= b for a, b in zip(s, m, strict=True)) for m in sizes)
         if len(sizes) > len(s) or covered:
             return None  # enough sizes to fit, or no larger than one measured
