@@ -29,8 +29,10 @@ def test_plan_of_a_workload_file_prints_every_policy(tmp_path: Path) -> None:
     by = {(r["cards"], r["policy"]): r for r in rows}
     assert by[(1, "auto")]["ooms"] == 0
     assert by[(1, "par4")]["ooms"] > by[(1, "par1")]["ooms"]  # blind PAR over-commits
-    # what a lone trial cannot hold: lost once by par1, never run by the memory-aware policy
-    assert by[(1, "auto")]["pre_pruned"] > 0
+    # what a lone trial cannot hold whole (large@64) runs as micro-batches: memory-aware
+    # admission splits it from the start, blind PAR after losing it once
+    assert by[(1, "auto")]["pre_pruned"] == 0
+    assert by[(1, "par1")]["ooms"] >= 1
     # a second card runs more side by side (not twice as many: the big ones still run alone)
     assert by[(2, "auto")]["trials_per_hour"] > 1.3 * by[(1, "auto")]["trials_per_hour"]
     assert all(r["hours_to_target"] > 0 for r in rows)
@@ -104,6 +106,57 @@ def test_plan_matches_the_measured_run_of_a_kept_benchmark_study(tmp_path: Path)
         (row,) = plan.what_if(trials, target, [gib], [1], [policy], 0.05, ["model"])
         ratio = row.outcome.per_hour / trials.measured.per_hour
         assert 0.85 <= ratio <= 1.15, (name, row.outcome, trials.measured)
+
+
+def test_a_history_replays_a_retry_only_where_its_trial_runs_out_of_memory(
+    tmp_path: Path,
+) -> None:
+    """Trial 1 ran out of memory beside trial 0 and its retry (trial 2, two micro-batches of
+    half the memory) ran: replayed under the PAR that ran, the retry is asked next, as it was;
+    alone on the card (par1) trial 1 fits whole and its retry never runs."""
+    import datetime as dt
+
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(study_name="s", storage=url)
+    dists = {"model": CategoricalDistribution(["a", "b"])}
+    t0 = dt.datetime(2026, 1, 1)
+    mib = {"vram_budget_mib": 9728.0, "device": "sim:0"}
+    history = [  # (model, start s, end s, state, user attributes)
+        ("a", 0, 11, "COMPLETE", {"end_reason": "complete", "peak_vram_mib": 6144.0}),
+        ("b", 0, 1, "FAIL", {"end_reason": "oom", "peak_vram_mib": 0.0, "accum_steps": 1,
+                             "error": "CUDA out of memory. Tried to allocate 6.00 GiB"}),
+        ("b", 1, 14, "COMPLETE", {"end_reason": "complete", "peak_vram_mib": 3072.0,
+                                  "retry_of": 1, "accum_steps": 2}),
+    ]  # fmt: skip
+    for number, (model, start, end, state, attrs) in enumerate(history):
+        study.add_trial(
+            optuna.trial.FrozenTrial(
+                number=number,
+                state=optuna.trial.TrialState[state],
+                value=1.0 if state == "COMPLETE" else None,
+                datetime_start=t0 + dt.timedelta(seconds=start),
+                datetime_complete=t0 + dt.timedelta(seconds=end),
+                params={"model": model},
+                distributions=dists,
+                user_attrs={**attrs, **mib},
+                system_attrs={},
+                intermediate_values={},
+                trial_id=number,
+            )
+        )
+    with StudyDB(StudyRef("s", url)) as db:
+        trials = plan.from_study(db, 0.05, 0, setup_s=1.0, groups=["model"])
+    assert [j.params["model"] for j in trials.jobs] == ["a", "b"]  # the retry hangs off trial 1
+    retry = trials.jobs[1].retry
+    assert retry is not None and retry.peak_bytes == 3072 * 1024**2
+    assert trials.jobs[1].peak_bytes == 6 * GIB  # what its failed allocation asked at least
+    rows = plan.what_if(trials, 2, [10], [1], [Policy(2, False), Policy(1, False)], 0.05)
+    by = {r.policy: r.outcome for r in rows}
+    assert (by["par2"].finished, by["par2"].ooms) == (2, 1)
+    assert (by["par1"].finished, by["par1"].ooms) == (2, 0)
 
 
 def test_status_shows_the_eta_at_the_recent_rate() -> None:

@@ -109,3 +109,29 @@ def test_policies_parse() -> None:
     assert Policy.parse("par3") == Policy(3, aware=False)
     assert Policy.parse(" auto ", cap=6) == Policy(6, aware=True)
     assert Policy.parse("auto").name == "auto" and Policy.parse("par2").name == "par2"
+
+
+def test_a_trial_out_of_memory_is_retried_next_with_more_micro_batches() -> None:
+    """Blind par 2: the second trial's whole batch (6 GiB) meets the first's 6 GiB and runs
+    out of memory at t = 1; its retry (3 GiB as micro-batches, longer) is asked next by the
+    same worker and fits beside it: t = 1 + 1 s start-up + 12 s."""
+    split = Job({"size": 3}, 3 * GIB, 3 * GIB, 1.0, 12.0)
+    whole = replace(job(6), retry=split)
+    out = replay([job(6), whole], 2, Policy(2, aware=False), CARD)
+    assert (out.finished, out.ooms) == (2, 1)
+    assert out.wall_s == pytest.approx(14.0)
+    without = replay([job(6), job(6)], 2, Policy(2, aware=False), CARD)
+    assert without.ooms > 1  # drawn again later, into the same full card
+
+
+def test_what_cannot_fit_alone_runs_as_micro_batches() -> None:
+    """12 GiB cannot fit a 10 GiB card, its retry at 6 GiB can: memory-aware admission runs
+    the retry from the start; blind PAR loses the whole batch once, then runs every later
+    draw of it split."""
+    big = replace(job(12), retry=job(6))
+    aware = replay([big], 3, Policy(2, aware=True), CARD)
+    assert (aware.finished, aware.ooms, aware.pre_pruned) == (3, 0, 0)
+    assert aware.wall_s == pytest.approx(33.0)  # two of 6 GiB cannot share the card
+    blind = replay([big], 3, Policy(1, aware=False), CARD)
+    assert (blind.finished, blind.ooms) == (3, 1)
+    assert blind.wall_s == pytest.approx(34.0)  # its first start-up lost, then 3 × 11 s

@@ -259,7 +259,10 @@ def _plan(args: argparse.Namespace) -> int:
         ref = StudyRef.from_settings(settings)
         with StudyDB(ref) as db:
             ctx = _context_bytes(settings)
-            trials = plan.from_study(db, margin, ctx, args.setup_s, settings.study.groups)
+            space = settings.study
+            trials = plan.from_study(
+                db, margin, ctx, args.setup_s, space.groups, space.scaling, space.batch_param
+            )
         source, groups = f"study {ref.name} ({ref.shown})", list(settings.study.groups)
     if not sizes and trials.capacity_bytes is None:
         raise ConfigError("plan: the study ran without device memory; say --card-gib")

@@ -21,19 +21,26 @@ starts and nothing is written. The trials come from one of two places.
   memory-aware admission reserves the worst noise (what hpo's estimator converges to) and
   each trial settles at its peak plus 5 % after its first epoch (its second where memory
   still grows late in the first: an evaluation's extra, a start-up longer than an epoch);
-  start-up, work (every epoch, no pruning) and compute demand come from the file.
+  start-up, work (every epoch, no pruning) and compute demand come from the file. As the
+  simulated objective accumulates gradients, each configuration comes with its retries at
+  2, 4, … ``max_accum_steps`` micro-batches (the same work at the micro-batch's demand).
+
+**Retries.** A trial that ran out of memory and was retried with more micro-batches
+(``retry_of``) is replayed as a chain: its retry is asked next, and only if it runs out of
+memory in the replay too; a configuration that cannot fit a card whole runs as the first
+retry that can (see :mod:`hpo.scheduling.replay`). A history has retries only where its
+trials ran out of memory: one that ran whole there and runs out of memory in the replay is
+drawn again later instead.
 
 For each scenario it reports trials per hour, OOMs, configurations pre-pruned, and hours to
 the target (``n_trials`` from zero; from a study, also what is left from where it stands).
-Not modelled: micro-batching (a configuration that cannot fit a card whole counts as
-pre-pruned there, where hpo would run it as micro-batches), and a spike's own timing (the
-reservations are what hpo recorded; on a workload file a trial holds its whole peak).
+Not modelled: a spike's own timing (the reservations are what hpo recorded; on a workload
+file a trial holds its whole peak), and a study's trials split into micro-batches because
+the gate chose to (they are replayed as they ran).
 """
 
 from __future__ import annotations
 
-import bisect
-import datetime as dt
 import json
 import math
 import random
@@ -47,6 +54,16 @@ from hpo.contract import RUN_TARGET_ATTR
 from hpo.errors import ConfigError
 from hpo.look import queries
 from hpo.look.db import StudyDB
+from hpo.look.plan_history import (
+    Known,
+    external,
+    gap_between,
+    seconds_of,
+    settling,
+    time_of,
+)
+from hpo.memory import MemoryEstimator, Observation
+from hpo.memory.micro import split
 from hpo.memory.oom import needed_lower_bound
 from hpo.scheduling.replay import Cards, Job, Outcome, Policy, replay
 from hpo.scheduling.settle import DEFAULT_FRAC
@@ -114,37 +131,48 @@ def from_study(
     context_bytes: int,
     setup_s: float | None = None,
     groups: Sequence[str] = (),
+    scaling: Sequence[str] = (),
+    batch_param: str = "batch_size",
 ) -> Trials:
-    """The trials of ``db``'s study as jobs, in the order they were drawn (module docstring)."""
+    """The trials of ``db``'s study as jobs, in the order they were drawn (module docstring);
+    ``scaling`` and ``groups`` are its memory parameters, ``batch_param`` the one its
+    micro-batches divide."""
     attrs: dict[int, dict[str, Any]] = defaultdict(dict)
     for r in db.rows(queries.PLAN_ATTRS):
         attrs[r["trial_id"]][r["key"]] = json.loads(r["value_json"])
     params: dict[int, dict[str, Any]] = defaultdict(dict)
     for r in db.rows(queries.PLAN_PARAMS):
-        params[r["trial_id"]][r["param_name"]] = _external(r["param_value"], r["distribution_json"])
+        params[r["trial_id"]][r["param_name"]] = external(r["param_value"], r["distribution_json"])
     trials = db.rows(queries.PLAN_TRIALS)
     reason = {t["trial_id"]: attrs[t["trial_id"]].get("end_reason") for t in trials}
     ran = [t for t in trials if reason[t["trial_id"]] in _RAN]
-    ran = [t for t in ran if _seconds(t, attrs[t["trial_id"]]) is not None]
+    ran = [t for t in ran if seconds_of(t, attrs[t["trial_id"]]) is not None]
     if not ran:
         raise ConfigError(f"study {db.ref.name!r} has no trial that ran to a result to replay")
     ooms = [t for t in trials if reason[t["trial_id"]] == "oom"]
     if setup_s is None:
-        lost = [s for t in ooms if (s := _seconds(t, attrs[t["trial_id"]])) is not None]
+        lost = [s for t in ooms if (s := seconds_of(t, attrs[t["trial_id"]])) is not None]
         setup_s = statistics.median(lost) if lost else 0.0
-    known = _Known(groups)
+    known, fit = Known(groups), MemoryEstimator(scaling, groups)
     for t in ran:
         a = attrs[t["trial_id"]]
-        known.add(params[t["trial_id"]], float(a.get("peak_vram_mib") or 0.0) * MIB, _seconds(t, a))
-    jobs = []
-    for t in sorted([*ran, *ooms], key=lambda t: int(t["number"])):
+        run = _as_run(params[t["trial_id"]], a, batch_param)
+        peak = float(a.get("peak_vram_mib") or 0.0) * MIB
+        known.add(run, peak, seconds_of(t, a))
+        if peak > 0 and set(scaling) <= run.keys():
+            fit.observe(Observation(run, peak))
+    by_number: dict[int, Job] = {}
+    for t in [*ran, *ooms]:
         a, p = attrs[t["trial_id"]], params[t["trial_id"]]
         if reason[t["trial_id"]] == "oom":  # it never ran: what it needed at least, as the others
             seen = a.get("peak_vram_mib")
             bound = needed_lower_bound(None if seen is None else float(seen) * MIB, a.get("error"))
-            peak, seconds = max(bound or 0.0, known.peak(p)), known.seconds(p)
+            run = _as_run(p, a, batch_param)
+            guess = fit.predict(run) if set(scaling) <= run.keys() else None
+            peak = max(bound or 0.0, known.peak(run), guess.point_bytes if guess else 0.0)
+            seconds = known.seconds(p)
         else:
-            peak, seconds = float(a.get("peak_vram_mib") or 0.0) * MIB, _seconds(t, a) or 0.0
+            peak, seconds = float(a.get("peak_vram_mib") or 0.0) * MIB, seconds_of(t, a) or 0.0
         if a.get("vram_reserved_mib") is not None:
             reserve = float(a["vram_reserved_mib"]) * MIB
         elif a.get("est_vram_upper_mib") is not None:
@@ -155,19 +183,27 @@ def from_study(
         steady = a.get("steady_vram_mib")  # outside its declared spikes
         alloc = float(steady) * MIB if isinstance(steady, (int, float)) else None
         job = Job(p, peak, reserve, setup, seconds - setup, alloc_bytes=alloc)
-        jobs.append(_settling(job, a))
+        by_number[int(t["number"])] = settling(job, a)
+    oomed = {int(t["number"]) for t in ooms}
+    ids = {int(t["number"]): t["trial_id"] for t in trials}
+    for number in sorted(by_number, reverse=True):  # a retry after its chain of retries
+        parent = attrs[ids[number]].get("retry_of")
+        if isinstance(parent, int) and parent in oomed and parent in by_number:
+            job = by_number.pop(number)  # asked only when its parent runs out of memory
+            by_number[parent] = replace(by_number[parent], retry=job)
+    jobs = [by_number[n] for n in sorted(by_number)]
     budgets = [float(a["vram_budget_mib"]) for a in attrs.values() if "vram_budget_mib" in a]
     capacity = int(max(budgets) * MIB / (1 - margin_frac)) if budgets else None
     devices = {a.get("device") for a in attrs.values() if a.get("device")}
     ended = [t for t in trials if t["datetime_start"] and t["datetime_complete"]]
-    start = min(_time(t["datetime_start"]) for t in ended)
-    wall = (max(_time(t["datetime_complete"]) for t in ended) - start).total_seconds()
+    start = min(time_of(t["datetime_start"]) for t in ended)
+    wall = (max(time_of(t["datetime_complete"]) for t in ended) - start).total_seconds()
     measured = Outcome(len(ran), wall, len(ooms), 0)
     run = {r["key"]: json.loads(r["value_json"]) for r in db.rows(queries.RUN_ATTRS)}
     target = run.get(RUN_TARGET_ATTR)
     return Trials(
         jobs,
-        _gap(ended, attrs),
+        gap_between(ended, attrs),
         capacity,
         max(1, len(devices)),
         context_bytes,
@@ -177,105 +213,47 @@ def from_study(
     )
 
 
-class _Known:
-    """Peaks and durations of the trials that ran, by configuration and by memory group: what
-    a configuration that ran out of memory would have needed and taken."""
-
-    def __init__(self, groups: Sequence[str]) -> None:
-        self._groups = tuple(groups)
-        self._peaks: dict[tuple[Any, ...], float] = {}
-        self._seconds: dict[tuple[Any, ...], list[float]] = defaultdict(list)
-
-    def add(self, params: Mapping[str, Any], peak: float, seconds: float | None) -> None:
-        key = _key(params)
-        self._peaks[key] = max(self._peaks.get(key, 0.0), peak)
-        for k in (key, self._group(params), ()):
-            self._seconds[k].append(seconds or 0.0)
-
-    def peak(self, params: Mapping[str, Any]) -> float:
-        return self._peaks.get(_key(params), 0.0)
-
-    def seconds(self, params: Mapping[str, Any]) -> float:
-        for k in (_key(params), self._group(params), ()):
-            if self._seconds.get(k):
-                return statistics.median(self._seconds[k])
-        return 0.0
-
-    def _group(self, params: Mapping[str, Any]) -> tuple[Any, ...]:
-        return ("group", *(params.get(g) for g in self._groups))
+def _as_run(params: Mapping[str, Any], attrs: Mapping[str, Any], batch: str) -> dict[str, Any]:
+    """A trial's configuration as it ran: its parameters with its micro-batch, if split."""
+    micro = attrs.get("micro_batch")
+    return {**params, batch: micro} if micro is not None and batch in params else dict(params)
 
 
-def _key(params: Mapping[str, Any]) -> tuple[Any, ...]:
-    return ("params", *sorted(params.items()))
-
-
-def _external(value: float, distribution_json: str) -> Any:
-    from optuna.distributions import json_to_distribution
-
-    return json_to_distribution(distribution_json).to_external_repr(value)
-
-
-def _time(value: Any) -> dt.datetime:
-    return value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(str(value))
-
-
-def _seconds(trial: Mapping[str, Any], attrs: Mapping[str, Any]) -> float | None:
-    """The trial's wall time from its start to its end, less what it waited for memory (the
-    runner's own ``duration_s`` leaves out the worker's time around it); None if unknown."""
-    if trial["datetime_start"] and trial["datetime_complete"]:
-        span = _time(trial["datetime_complete"]) - _time(trial["datetime_start"])
-        waited = attrs.get("admit_wait_s")
-        return span.total_seconds() - (float(waited) if isinstance(waited, (int, float)) else 0)
-    if isinstance(attrs.get("duration_s"), (int, float)):
-        return float(attrs["duration_s"])
-    return None
-
-
-def _gap(ended: Sequence[Mapping[str, Any]], attrs: Mapping[int, Mapping[str, Any]]) -> float:
-    """The time from a trial's end to the next dispatch (its start plus what it waited for
-    memory), its lower quartile: what the supervisor and a worker spend between trials."""
-    ends = sorted(_time(t["datetime_complete"]) for t in ended)
-    gaps = []
-    for t in ended:
-        waited = attrs[t["trial_id"]].get("admit_wait_s")
-        wait = dt.timedelta(seconds=float(waited) if isinstance(waited, (int, float)) else 0.0)
-        dispatch = _time(t["datetime_start"]) + wait
-        before = bisect.bisect_right(ends, dispatch)
-        if before:
-            gaps.append((dispatch - ends[before - 1]).total_seconds())
-    # the lower quartile: a dispatch long after the latest end waited for memory, not for hpo
-    return statistics.quantiles(gaps, n=4)[0] if len(gaps) >= 4 else min(gaps, default=0.0)
-
-
-def _settling(job: Job, attrs: Mapping[str, Any]) -> Job:
-    """``job`` settling as the trial did (``settled_after_s``, ``vram_settled_mib``), if it did."""
-    after, held = attrs.get("settled_after_s"), attrs.get("vram_settled_mib")
-    if not isinstance(after, (int, float)) or not isinstance(held, (int, float)) or job.work_s <= 0:
-        return job
-    share = min(1.0, max(0.0, (float(after) - job.setup_s) / job.work_s))
-    return replace(job, settle_after=share, settled_bytes=float(held) * MIB)
-
-
-def from_workload(wl: Any, n_jobs: int, seed: int = 0) -> Trials:
-    """``n_jobs`` configurations drawn from a workload file's space (module docstring)."""
+def from_workload(
+    wl: Any, n_jobs: int, seed: int = 0, batch_param: str = "batch_size", max_accum_steps: int = 8
+) -> Trials:
+    """``n_jobs`` configurations drawn from a workload file's space, each retried with twice
+    the micro-batches after an OOM up to ``max_accum_steps`` (module docstring)."""
     rng = random.Random(seed)
     ctx = int(wl.device.context_gib * GIB)
     jobs = []
     for i in range(n_jobs):
         params = {name: _draw(rng, dist) for name, dist in wl.space.items()}
-        family = wl.family(params)
-        extra = wl.eval_extra_bytes(params)
-        peak = wl.peak_bytes(params, seed=seed * 1_000_003 + i) + extra + ctx
-        worst = wl.peak_bytes(params) * (1 + wl.noise_frac) + extra + ctx
-        work = wl.epochs * family.epoch_s
-        demand = min(1.0, float(family.demand.value(params)))
-        # it settles (hpo.execution.settle) at its peak plus 5 %: at the first report if its
-        # memory was flat for the later half of the time so far, else at the second
-        first = extra == 0 and family.setup_s <= family.epoch_s
-        settle = (1 if first else 2) / wl.epochs if wl.epochs > 2 else None
-        held = peak * (1 + DEFAULT_FRAC)
-        jobs.append(Job(params, peak, worst, family.setup_s, work, demand, None, settle, held))
+        retry, k = None, max_accum_steps if batch_param in params else 1
+        while k > 1:  # the chain of retries, built from its end
+            run = split(params, batch_param, k)
+            if run is not None:
+                retry = replace(_workload_job(wl, params, run, seed * 1_000_003 + i), retry=retry)
+            k //= 2
+        jobs.append(replace(_workload_job(wl, params, params, seed * 1_000_003 + i), retry=retry))
     return Trials(jobs, 0.0, int(wl.device.capacity_gib * GIB), wl.device_count, ctx)
+
+
+def _workload_job(wl: Any, params: Mapping[str, Any], run: Mapping[str, Any], seed: int) -> Job:
+    """The workload's trial of ``params`` run as ``run`` (its micro-batch): as the simulated
+    objective, the same GPU work at the micro-batch's lower demand."""
+    family, ctx = wl.family(run), wl.device.context_gib * GIB
+    extra = wl.eval_extra_bytes(run)
+    peak = wl.peak_bytes(run, seed=seed) + extra + ctx
+    worst = wl.peak_bytes(run) * (1 + wl.noise_frac) + extra + ctx
+    demand = min(1.0, float(family.demand.value(run)))
+    work = wl.epochs * family.epoch_s * min(1.0, float(family.demand.value(params))) / demand
+    # it settles (hpo.execution.settle) at its peak plus 5 %: at the first report if its
+    # memory was flat for the later half of the time so far, else at the second
+    first = extra == 0 and family.setup_s <= family.epoch_s
+    settle = (1 if first else 2) / wl.epochs if wl.epochs > 2 else None
+    held = peak * (1 + DEFAULT_FRAC)
+    return Job(run, peak, worst, family.setup_s, work, demand, None, settle, held)
 
 
 def _draw(rng: random.Random, dist: Mapping[str, Any]) -> Any:

@@ -9,14 +9,17 @@ start when the list is spent, until ``n`` have finished, on ``count`` cards of o
 - ``parN`` (memory-blind, fixed PAR): a trial starts whenever one of N workers is idle. At its
   first allocation, if what its card already holds (the allocated trials' steady memory, which
   is their peak unless they declared spikes, and the other workers' contexts) plus its own
-  exceeds the card, it runs out of memory: its start-up is lost and its configuration is drawn
-  again later. One that does not fit the card even alone
-  runs out of memory once and is never drawn again (hpo's gate pre-prunes it after its own OOM).
+  exceeds the card, it runs out of memory: its start-up is lost. Its ``retry`` (the same
+  configuration with twice the micro-batches, for an objective that accumulates gradients) is
+  asked next, as hpo enqueues it; a job without one is drawn again later. One that does not fit
+  the card even alone runs out of memory once and is never drawn again as it is (after its own
+  OOM hpo's gate pre-prunes it, or runs it as the micro-batches of its retry).
 - ``auto`` (memory-aware, up to ``cap`` workers): hpo's own admission and backlog
   (:mod:`hpo.scheduling.admission`, :mod:`hpo.scheduling.backlog`, expected durations learned
   as the supervisor learns them) place each trial by its reservation. A job reserving more than
-  a lone trial may hold (the budget plus the margin) is pre-pruned, never run; one whose peak
-  exceeds its per-process cap runs out of memory and is drawn again with its peak reserved. A
+  a lone trial may hold (the budget plus the margin) runs as the first of its retries that does
+  not, or is pre-pruned; one whose peak exceeds its per-process cap runs out of memory, and its
+  retry is asked next or it is drawn again later with its peak reserved. A
   job that settles (``settle_after``) holds only ``settled_bytes`` from then on.
 
 Trials at work whose demands add up to more than 1 slow down together (a card does at most
@@ -28,10 +31,8 @@ trial ran and are not slowed further. A worker is idle again ``gap_s`` after its
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from hpo.contract import Decision
 from hpo.devices import Device, DeviceSnapshot
@@ -39,76 +40,11 @@ from hpo.memory import Estimate
 from hpo.scheduling.admission import AdmissionScheduler, Placement, Slot
 from hpo.scheduling.backlog import Backlog, Waiting, place_next
 from hpo.scheduling.durations import DurationModel
+from hpo.scheduling.jobs import Cards, Job, Outcome, Policy, summarise
+
+__all__ = ["Cards", "Job", "Outcome", "Policy", "replay", "summarise"]
 
 _EPS = 1e-9
-
-
-@dataclass(frozen=True)
-class Job:
-    """One trial as it runs alone (bytes include its worker's context)."""
-
-    params: Mapping[str, Any]
-    peak_bytes: float
-    reserve_bytes: float  # memory-aware admission's upper estimate
-    setup_s: float  # before the first allocation (process, data, model)
-    work_s: float  # after it, alone on the card
-    demand: float = 0.0  # share of the card's compute while at work (0: not modelled)
-    alloc_bytes: float | None = None  # held once allocated, outside declared spikes (the peak)
-    # memory-aware: after this share of its work it settles (hpo.execution.settle) and its
-    # reservation drops to settled_bytes; None: it keeps its reservation to the end
-    settle_after: float | None = None
-    settled_bytes: float = 0.0
-
-    @property
-    def steady_bytes(self) -> float:
-        return self.peak_bytes if self.alloc_bytes is None else self.alloc_bytes
-
-
-@dataclass(frozen=True)
-class Policy:
-    """``par`` workers, memory-blind (``parN``) or memory-aware (``auto``, ``par`` the cap)."""
-
-    par: int
-    aware: bool
-
-    @property
-    def name(self) -> str:
-        return "auto" if self.aware else f"par{self.par}"
-
-    @classmethod
-    def parse(cls, text: str, cap: int = 8) -> Policy:
-        """``par1``, ``par2``, … or ``auto``; ValueError otherwise."""
-        text = text.strip()
-        if text == "auto":
-            return cls(cap, True)
-        match = re.fullmatch(r"par([1-9][0-9]*)", text)
-        if match is None:
-            raise ValueError(f"a policy is parN (N >= 1) or auto, got {text!r}")
-        return cls(int(match.group(1)), False)
-
-
-@dataclass(frozen=True)
-class Cards:
-    """The hardware to replay on: ``count`` cards of ``capacity_bytes``."""
-
-    capacity_bytes: int
-    count: int = 1
-    context_bytes: int = 0
-    margin_frac: float = 0.05
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What a replay measured: finished trials, wall seconds, OOMs, pre-pruned draws."""
-
-    finished: int
-    wall_s: float
-    ooms: int
-    pre_pruned: int
-
-    @property
-    def per_hour(self) -> float:
-        return 3600.0 * self.finished / self.wall_s if self.wall_s > 0 else 0.0
 
 
 class _Card(Device):
@@ -181,6 +117,16 @@ class _Replay:
         self.bound: dict[int, int | None] = dict.fromkeys(range(policy.par))
         self.idle_at: dict[int, float] = dict.fromkeys(range(policy.par), 0.0)
         self.running: dict[int, _Run] = {}
+        self.drawn = len(self.jobs)  # the jobs drawn in turn; their retries follow them
+        self.retry: dict[int, int] = {}  # job -> its retry's index
+        index = 0
+        while index < len(self.jobs):
+            retry = self.jobs[index].retry
+            if retry is not None:
+                self.retry[index] = len(self.jobs)
+                self.jobs.append(retry)
+            index += 1
+        self.retries: list[int] = []  # retries asked next, oldest first
         self.reserve = [j.reserve_bytes for j in self.jobs]  # raised after an own OOM
         self.out: set[int] = set()  # jobs that can never run here
         self.next_draw, self.serial, self.n = 0, 0, 0
@@ -242,7 +188,9 @@ class _Replay:
             r.allocated = True
             return True
         self.ooms += 1
-        if job.peak_bytes > self.alone:  # not even alone: pre-pruned from now on
+        if r.job in self.retry:  # with twice the micro-batches, next
+            self.retries.append(self.retry[r.job])
+        if job.peak_bytes > self.alone:  # not even alone: pre-pruned (or split) from now on
             self.out.add(r.job)
         self.reserve[r.job] = max(self.reserve[r.job], job.peak_bytes)
         self._end(key, r, finished=False)
@@ -277,18 +225,26 @@ class _Replay:
         ]
 
     def _draw(self) -> int | None:
-        """The next job that may still run, in order, cyclically; None if none may."""
-        for _ in range(len(self.jobs)):
-            index = self.next_draw % len(self.jobs)
+        """A retry asked for, else the next job that may still run, in order, cyclically (as
+        the micro-batches it runs as where it cannot fit alone); None if none may."""
+        if self.retries:
+            return self.retries.pop(0)
+        for _ in range(self.drawn):
+            index = self.next_draw % self.drawn
             self.next_draw += 1
+            while index in self.retry and (index in self.out or self._too_big(index)):
+                index = self.retry[index]  # as hpo's gate picks the fewest micro-batches
             if index in self.out:
                 continue
-            if self.policy.aware and self.reserve[index] > self.alone:
+            if self._too_big(index):
                 self.pre_pruned += 1
                 self.out.add(index)
                 continue
             return index
         return None
+
+    def _too_big(self, index: int) -> bool:
+        return self.policy.aware and self.reserve[index] > self.alone
 
     def _schedule(self) -> None:
         """As the supervisor: waiting trials in queue order, then new ones while they start."""
@@ -333,17 +289,3 @@ class _Replay:
         self.running[serial] = run
         if job.setup_s <= _EPS:
             self._allocate(serial, run)
-
-
-def summarise(outcomes: Mapping[str, Outcome]) -> dict[str, dict[str, float]]:
-    """Outcomes as plain numbers for JSON."""
-    return {
-        name: {
-            "finished": o.finished,
-            "wall_s": round(o.wall_s, 1) if math.isfinite(o.wall_s) else -1.0,
-            "trials_per_hour": round(o.per_hour, 1),
-            "ooms": o.ooms,
-            "pre_pruned": o.pre_pruned,
-        }
-        for name, o in outcomes.items()
-    }

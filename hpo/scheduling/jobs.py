@@ -1,0 +1,96 @@
+"""What a replay (:mod:`hpo.scheduling.replay`) runs and on what: jobs, policies, cards, and
+the outcome it measures."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Job:
+    """One trial as it runs alone (bytes include its worker's context)."""
+
+    params: Mapping[str, Any]
+    peak_bytes: float
+    reserve_bytes: float  # memory-aware admission's upper estimate
+    setup_s: float  # before the first allocation (process, data, model)
+    work_s: float  # after it, alone on the card
+    demand: float = 0.0  # share of the card's compute while at work (0: not modelled)
+    alloc_bytes: float | None = None  # held once allocated, outside declared spikes (the peak)
+    # memory-aware: after this share of its work it settles (hpo.execution.settle) and its
+    # reservation drops to settled_bytes; None: it keeps its reservation to the end
+    settle_after: float | None = None
+    settled_bytes: float = 0.0
+    # the same configuration with twice the micro-batches (an objective that accumulates
+    # gradients): asked next when this one runs out of memory at its first allocation, and
+    # run instead of this one where it cannot fit a card alone; None: not retried
+    retry: Job | None = None
+
+    @property
+    def steady_bytes(self) -> float:
+        return self.peak_bytes if self.alloc_bytes is None else self.alloc_bytes
+
+
+@dataclass(frozen=True)
+class Policy:
+    """``par`` workers, memory-blind (``parN``) or memory-aware (``auto``, ``par`` the cap)."""
+
+    par: int
+    aware: bool
+
+    @property
+    def name(self) -> str:
+        return "auto" if self.aware else f"par{self.par}"
+
+    @classmethod
+    def parse(cls, text: str, cap: int = 8) -> Policy:
+        """``par1``, ``par2``, … or ``auto``; ValueError otherwise."""
+        text = text.strip()
+        if text == "auto":
+            return cls(cap, True)
+        match = re.fullmatch(r"par([1-9][0-9]*)", text)
+        if match is None:
+            raise ValueError(f"a policy is parN (N >= 1) or auto, got {text!r}")
+        return cls(int(match.group(1)), False)
+
+
+@dataclass(frozen=True)
+class Cards:
+    """The hardware to replay on: ``count`` cards of ``capacity_bytes``."""
+
+    capacity_bytes: int
+    count: int = 1
+    context_bytes: int = 0
+    margin_frac: float = 0.05
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a replay measured: finished trials, wall seconds, OOMs, pre-pruned draws."""
+
+    finished: int
+    wall_s: float
+    ooms: int
+    pre_pruned: int
+
+    @property
+    def per_hour(self) -> float:
+        return 3600.0 * self.finished / self.wall_s if self.wall_s > 0 else 0.0
+
+
+def summarise(outcomes: Mapping[str, Outcome]) -> dict[str, dict[str, float]]:
+    """Outcomes as plain numbers for JSON."""
+    return {
+        name: {
+            "finished": o.finished,
+            "wall_s": round(o.wall_s, 1) if math.isfinite(o.wall_s) else -1.0,
+            "trials_per_hour": round(o.per_hour, 1),
+            "ooms": o.ooms,
+            "pre_pruned": o.pre_pruned,
+        }
+        for name, o in outcomes.items()
+    }
