@@ -74,12 +74,18 @@ def test_the_gap_between_trials_idles_the_worker() -> None:
 
 
 def test_what_cannot_fit_alone_is_pre_pruned_or_lost_once() -> None:
+    """Memory-aware admission never runs it; blind PAR loses it once (its gate learns from
+    that OOM), or never where the gate knows its memory from the start."""
     jobs = [job(12), job(2, setup_s=0)]
     aware = replay(jobs, 3, Policy(2, aware=True), CARD)
     assert (aware.finished, aware.ooms, aware.pre_pruned) == (3, 0, 1)
     blind = replay(jobs, 3, Policy(1, aware=False), CARD)
     assert (blind.finished, blind.ooms) == (3, 1)
     assert blind.wall_s == pytest.approx(31.0)  # the OOM cost its 1 s start-up
+    known = [replace(j, gate_knows=True) for j in jobs]
+    told = replay(known, 3, Policy(1, aware=False), CARD)
+    assert (told.finished, told.ooms, told.pre_pruned) == (3, 0, 1)
+    assert told.wall_s == pytest.approx(30.0)
 
 
 def test_an_underestimated_trial_hits_its_cap_then_runs_with_its_peak_reserved() -> None:
@@ -127,7 +133,8 @@ def test_a_trial_out_of_memory_is_retried_next_with_more_micro_batches() -> None
 def test_what_cannot_fit_alone_runs_as_micro_batches() -> None:
     """12 GiB cannot fit a 10 GiB card, its retry at 6 GiB can: memory-aware admission runs
     the retry from the start; blind PAR loses the whole batch once, then runs every later
-    draw of it split."""
+    draw of it split (from the start where the gate knows); one under-estimated (reserving 8
+    GiB) runs out of memory at its cap once and its retry is asked next."""
     big = replace(job(12), retry=job(6))
     aware = replay([big], 3, Policy(2, aware=True), CARD)
     assert (aware.finished, aware.ooms, aware.pre_pruned) == (3, 0, 0)
@@ -135,3 +142,10 @@ def test_what_cannot_fit_alone_runs_as_micro_batches() -> None:
     blind = replay([big], 3, Policy(1, aware=False), CARD)
     assert (blind.finished, blind.ooms) == (3, 1)
     assert blind.wall_s == pytest.approx(34.0)  # its first start-up lost, then 3 × 11 s
+    told = replay([replace(big, gate_knows=True)], 3, Policy(1, aware=False), CARD)
+    assert (told.finished, told.ooms, told.pre_pruned) == (3, 0, 0)
+    assert told.wall_s == pytest.approx(33.0)
+    low = replace(big, reserve_bytes=8 * GIB)
+    under = replay([low], 1, Policy(1, aware=True), CARD)
+    assert (under.finished, under.ooms) == (1, 1)
+    assert under.wall_s == pytest.approx(12.0)  # its 1 s start-up lost, then 11 s

@@ -28,9 +28,10 @@ starts and nothing is written. The trials come from one of two places.
 **Retries.** A trial that ran out of memory and was retried with more micro-batches
 (``retry_of``) is replayed as a chain: its retry is asked next, and only if it runs out of
 memory in the replay too; a configuration that cannot fit a card whole runs as the first
-retry that can (see :mod:`hpo.scheduling.replay`). A history has retries only where its
-trials ran out of memory: one that ran whole there and runs out of memory in the replay is
-drawn again later instead.
+retry that can (see :mod:`hpo.scheduling.replay`): under memory-aware admission always, under
+blind PAR from the start on a workload file (hpo's gate knows its memory there) and after its
+first OOM in a history (as it ran). A history has retries only where its trials ran out of
+memory: one that ran whole there and runs out of memory in the replay is drawn again later.
 
 For each scenario it reports trials per hour, OOMs, configurations pre-pruned, and hours to
 the target (``n_trials`` from zero; from a study, also what is left from where it stands).
@@ -253,7 +254,7 @@ def _workload_job(wl: Any, params: Mapping[str, Any], run: Mapping[str, Any], se
     first = extra == 0 and family.setup_s <= family.epoch_s
     settle = (1 if first else 2) / wl.epochs if wl.epochs > 2 else None
     held = peak * (1 + DEFAULT_FRAC)
-    return Job(run, peak, worst, family.setup_s, work, demand, None, settle, held)
+    return Job(run, peak, worst, family.setup_s, work, demand, None, settle, held, gate_knows=True)
 
 
 def _draw(rng: random.Random, dist: Mapping[str, Any]) -> Any:

@@ -29,6 +29,9 @@ class Job:
     # gradients): asked next when this one runs out of memory at its first allocation, and
     # run instead of this one where it cannot fit a card alone; None: not retried
     retry: Job | None = None
+    # hpo's gate knows its memory (a workload file's truth): what cannot fit a card alone is
+    # split or pre-pruned before it runs, whatever the admission; False: replayed as it ran
+    gate_knows: bool = False
 
     @property
     def steady_bytes(self) -> float:

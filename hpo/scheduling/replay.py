@@ -12,8 +12,9 @@ start when the list is spent, until ``n`` have finished, on ``count`` cards of o
   exceeds the card, it runs out of memory: its start-up is lost. Its ``retry`` (the same
   configuration with twice the micro-batches, for an objective that accumulates gradients) is
   asked next, as hpo enqueues it; a job without one is drawn again later. One that does not fit
-  the card even alone runs out of memory once and is never drawn again as it is (after its own
-  OOM hpo's gate pre-prunes it, or runs it as the micro-batches of its retry).
+  the card even alone runs out of memory once and is never drawn again as it is (after its
+  own OOM hpo's gate pre-prunes it, or runs it as the micro-batches of its retry); where the
+  gate knows its memory from the start (``gate_knows``), never.
 - ``auto`` (memory-aware, up to ``cap`` workers): hpo's own admission and backlog
   (:mod:`hpo.scheduling.admission`, :mod:`hpo.scheduling.backlog`, expected durations learned
   as the supervisor learns them) place each trial by its reservation. A job reserving more than
@@ -244,7 +245,12 @@ class _Replay:
         return None
 
     def _too_big(self, index: int) -> bool:
-        return self.policy.aware and self.reserve[index] > self.alone
+        """Whether hpo's gate would not run job ``index`` as it is: its reservation exceeds
+        what a lone trial may hold, under memory-aware admission or where the gate knows the
+        job's memory (it splits and pre-prunes whatever the admission)."""
+        if not self.policy.aware and not self.jobs[index].gate_knows:
+            return False  # as it ran: the gate learns it from its OOM
+        return self.reserve[index] > self.alone
 
     def _schedule(self) -> None:
         """As the supervisor: waiting trials in queue order, then new ones while they start."""
