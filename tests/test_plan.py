@@ -113,7 +113,8 @@ def test_a_history_replays_a_retry_only_where_its_trial_runs_out_of_memory(
 ) -> None:
     """Trial 1 ran out of memory beside trial 0 and its retry (trial 2, two micro-batches of
     half the memory) ran: replayed under the PAR that ran, the retry is asked next, as it was;
-    alone on the card (par1) trial 1 fits whole and its retry never runs."""
+    alone on the card (par1) trial 1 fits whole and its retry never runs. Where the history
+    stops, the retries hpo would go on with are estimated."""
     import datetime as dt
 
     import optuna
@@ -121,7 +122,10 @@ def test_a_history_replays_a_retry_only_where_its_trial_runs_out_of_memory(
 
     url = f"sqlite:///{tmp_path / 's.db'}"
     study = optuna.create_study(study_name="s", storage=url)
-    dists = {"model": CategoricalDistribution(["a", "b"])}
+    dists = {
+        "model": CategoricalDistribution(["a", "b"]),
+        "batch_size": CategoricalDistribution([8, 16, 32]),
+    }
     t0 = dt.datetime(2026, 1, 1)
     mib = {"vram_budget_mib": 9728.0, "device": "sim:0"}
     history = [  # (model, start s, end s, state, user attributes)
@@ -129,7 +133,7 @@ def test_a_history_replays_a_retry_only_where_its_trial_runs_out_of_memory(
         ("b", 0, 1, "FAIL", {"end_reason": "oom", "peak_vram_mib": 0.0, "accum_steps": 1,
                              "error": "CUDA out of memory. Tried to allocate 6.00 GiB"}),
         ("b", 1, 14, "COMPLETE", {"end_reason": "complete", "peak_vram_mib": 3072.0,
-                                  "retry_of": 1, "accum_steps": 2}),
+                                  "retry_of": 1, "accum_steps": 2, "micro_batch": 16}),
     ]  # fmt: skip
     for number, (model, start, end, state, attrs) in enumerate(history):
         study.add_trial(
@@ -139,7 +143,7 @@ def test_a_history_replays_a_retry_only_where_its_trial_runs_out_of_memory(
                 value=1.0 if state == "COMPLETE" else None,
                 datetime_start=t0 + dt.timedelta(seconds=start),
                 datetime_complete=t0 + dt.timedelta(seconds=end),
-                params={"model": model},
+                params={"model": model, "batch_size": 32},
                 distributions=dists,
                 user_attrs={**attrs, **mib},
                 system_attrs={},
@@ -157,6 +161,16 @@ def test_a_history_replays_a_retry_only_where_its_trial_runs_out_of_memory(
     by = {r.policy: r.outcome for r in rows}
     assert (by["par2"].finished, by["par2"].ooms) == (2, 1)
     assert (by["par1"].finished, by["par1"].ooms) == (2, 0)
+    # an objective that accumulates gradients (up to 4 micro-batches): where the history
+    # stops, the retries hpo would ask next are sized from the trials that ran
+    with StudyDB(StudyRef("s", url)) as db:
+        split = plan.from_study(db, 0.05, 0, 1.0, ["model"], ["batch_size"], "batch_size", 4)
+    whole = split.jobs[0].retry  # trial 0 never ran out of memory: its retries are estimated
+    assert whole is not None and whole.retry is not None and whole.retry.retry is None
+    assert whole.peak_bytes <= split.jobs[0].peak_bytes  # memory is monotone in the batch
+    recorded = split.jobs[1].retry  # trial 2 as it ran, then the one retry left (4 steps)
+    assert recorded is not None and recorded.peak_bytes == 3072 * 1024**2
+    assert recorded.retry is not None and recorded.retry.retry is None
 
 
 def test_status_shows_the_eta_at_the_recent_rate() -> None:

@@ -261,7 +261,14 @@ def _plan(args: argparse.Namespace) -> int:
             ctx = _context_bytes(settings)
             space = settings.study
             trials = plan.from_study(
-                db, margin, ctx, args.setup_s, space.groups, space.scaling, space.batch_param
+                db,
+                margin,
+                ctx,
+                args.setup_s,
+                space.groups,
+                space.scaling,
+                space.batch_param,
+                space.max_accum_steps,
             )
         source, groups = f"study {ref.name} ({ref.shown})", list(settings.study.groups)
     if not sizes and trials.capacity_bytes is None:

@@ -30,8 +30,10 @@ starts and nothing is written. The trials come from one of two places.
 memory in the replay too; a configuration that cannot fit a card whole runs as the first
 retry that can (see :mod:`hpo.scheduling.replay`): under memory-aware admission always, under
 blind PAR from the start on a workload file (hpo's gate knows its memory there) and after its
-first OOM in a history (as it ran). A history has retries only where its trials ran out of
-memory: one that ran whole there and runs out of memory in the replay is drawn again later.
+first OOM in a history (as it ran). Where a history's chain stops (a trial that ran, or a
+retry that ran, with fewer than ``max_accum_steps`` micro-batches), the retries hpo would
+ask if it ran out of memory in the replay go on from it, sized by the estimator fitted to the
+trials that ran (and taking as long as that configuration, else its memory group, took).
 
 For each scenario it reports trials per hour, OOMs, configurations pre-pruned, and hours to
 the target (``n_trials`` from zero; from a study, also what is left from where it stands).
@@ -59,6 +61,7 @@ from hpo.look.plan_history import (
     Known,
     external,
     gap_between,
+    retry_tail,
     seconds_of,
     settling,
     time_of,
@@ -134,10 +137,11 @@ def from_study(
     groups: Sequence[str] = (),
     scaling: Sequence[str] = (),
     batch_param: str = "batch_size",
+    max_accum_steps: int = 0,
 ) -> Trials:
     """The trials of ``db``'s study as jobs, in the order they were drawn (module docstring);
     ``scaling`` and ``groups`` are its memory parameters, ``batch_param`` the one its
-    micro-batches divide."""
+    micro-batches divide, up to ``max_accum_steps`` ways (0: its objective does not)."""
     attrs: dict[int, dict[str, Any]] = defaultdict(dict)
     for r in db.rows(queries.PLAN_ATTRS):
         attrs[r["trial_id"]][r["key"]] = json.loads(r["value_json"])
@@ -187,6 +191,21 @@ def from_study(
         by_number[int(t["number"])] = settling(job, a)
     oomed = {int(t["number"]) for t in ooms}
     ids = {int(t["number"]): t["trial_id"] for t in trials}
+
+    def size(run: Mapping[str, Any]) -> tuple[float, float, float] | None:
+        guess = fit.predict(run) if set(scaling) <= run.keys() else None
+        if guess is None and not known.peak(run):
+            return None
+        peak = max(known.peak(run), guess.point_bytes if guess else 0.0)
+        return peak, guess.upper_bytes if guess else peak * 1.1, known.seconds(run)
+
+    retried = {attrs[ids[n]].get("retry_of") for n in by_number} & oomed
+    for number, job in by_number.items():  # where the history stops, as hpo would go on
+        a = attrs[ids[number]]
+        if number not in retried and max_accum_steps > 1:
+            steps = int(a.get("accum_steps", 1))
+            p = params[ids[number]]
+            by_number[number] = retry_tail(job, p, steps, max_accum_steps, batch_param, size)
     for number in sorted(by_number, reverse=True):  # a retry after its chain of retries
         parent = attrs[ids[number]].get("retry_of")
         if isinstance(parent, int) and parent in oomed and parent in by_number:

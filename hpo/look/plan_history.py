@@ -7,10 +7,11 @@ import bisect
 import datetime as dt
 import statistics
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+from hpo.memory.micro import split
 from hpo.scheduling.replay import Job
 
 MIB = 1024**2
@@ -95,3 +96,26 @@ def settling(job: Job, attrs: Mapping[str, Any]) -> Job:
         return job
     share = min(1.0, max(0.0, (float(after) - job.setup_s) / job.work_s))
     return replace(job, settle_after=share, settled_bytes=float(held) * MIB)
+
+
+def retry_tail(
+    job: Job,
+    params: Mapping[str, Any],
+    steps: int,
+    most: int,
+    batch: str,
+    size: Callable[[Mapping[str, Any]], tuple[float, float, float] | None],
+) -> Job:
+    """``job`` (run as ``steps`` micro-batches of ``params``' batch) with the retries hpo would
+    ask after it ran out of memory, each with twice the micro-batches up to ``most``, where
+    the history has none: ``size(run)`` gives a retry's (peak, reservation, seconds), None
+    where nothing tells."""
+    steps *= 2
+    run = split(params, batch, steps) if steps <= most and batch in params else None
+    sized = size(run) if run is not None else None
+    if sized is None:
+        return job
+    peak, reserve, seconds = sized
+    setup = min(job.setup_s, seconds)
+    retry = Job(job.params, peak, reserve, setup, seconds - setup)
+    return replace(job, retry=retry_tail(retry, params, steps, most, batch, size))

@@ -276,7 +276,7 @@ WHERE s.study_name = :study AND t.state IN ('COMPLETE', 'PRUNED', 'FAIL')
   AND a.key IN ('end_reason', 'duration_s', 'admit_wait_s', 'peak_vram_mib', 'vram_reserved_mib',
                 'error', 'steady_vram_mib', 'settled_after_s', 'vram_settled_mib',
                 'est_vram_upper_mib', 'vram_budget_mib', 'worker_pid', 'device', 'node_id',
-                'retry_of', 'micro_batch');"""
+                'retry_of', 'micro_batch', 'accum_steps');"""
 
 PLAN_PARAMS = """\
 SELECT p.trial_id, p.param_name, p.param_value, p.distribution_json
