@@ -166,16 +166,24 @@ def from_study(
         known.add(run, peak, seconds_of(t, a))
         if peak > 0 and set(scaling) <= run.keys():
             fit.observe(Observation(run, peak))
+
+    def size(run: Mapping[str, Any]) -> tuple[float, float, float] | None:
+        """What ``run`` (never measured) would hold at its peak, reserve and take, as the
+        trials that ran tell; None where nothing does."""
+        guess = fit.predict(run) if set(scaling) <= run.keys() else None
+        if guess is None and not known.peak(run):
+            return None
+        peak = max(known.peak(run), guess.point_bytes if guess else 0.0)
+        return peak, guess.upper_bytes if guess else peak * 1.1, known.seconds(run)
+
     by_number: dict[int, Job] = {}
     for t in [*ran, *ooms]:
         a, p = attrs[t["trial_id"]], params[t["trial_id"]]
         if reason[t["trial_id"]] == "oom":  # it never ran: what it needed at least, as the others
             seen = a.get("peak_vram_mib")
             bound = needed_lower_bound(None if seen is None else float(seen) * MIB, a.get("error"))
-            run = _as_run(p, a, batch_param)
-            guess = fit.predict(run) if set(scaling) <= run.keys() else None
-            peak = max(bound or 0.0, known.peak(run), guess.point_bytes if guess else 0.0)
-            seconds = known.seconds(p)
+            sized = size(_as_run(p, a, batch_param))
+            peak, seconds = max(bound or 0.0, sized[0] if sized else 0.0), known.seconds(p)
         else:
             peak, seconds = float(a.get("peak_vram_mib") or 0.0) * MIB, seconds_of(t, a) or 0.0
         if a.get("vram_reserved_mib") is not None:
@@ -191,19 +199,10 @@ def from_study(
         by_number[int(t["number"])] = settling(job, a)
     oomed = {int(t["number"]) for t in ooms}
     ids = {int(t["number"]): t["trial_id"] for t in trials}
-
-    def size(run: Mapping[str, Any]) -> tuple[float, float, float] | None:
-        guess = fit.predict(run) if set(scaling) <= run.keys() else None
-        if guess is None and not known.peak(run):
-            return None
-        peak = max(known.peak(run), guess.point_bytes if guess else 0.0)
-        return peak, guess.upper_bytes if guess else peak * 1.1, known.seconds(run)
-
     retried = {attrs[ids[n]].get("retry_of") for n in by_number} & oomed
     for number, job in by_number.items():  # where the history stops, as hpo would go on
-        a = attrs[ids[number]]
         if number not in retried and max_accum_steps > 1:
-            steps = int(a.get("accum_steps", 1))
+            steps = int(attrs[ids[number]].get("accum_steps", 1))
             p = params[ids[number]]
             by_number[number] = retry_tail(job, p, steps, max_accum_steps, batch_param, size)
     for number in sorted(by_number, reverse=True):  # a retry after its chain of retries
@@ -246,15 +245,15 @@ def from_workload(
     the micro-batches after an OOM up to ``max_accum_steps`` (module docstring)."""
     rng = random.Random(seed)
     ctx = int(wl.device.context_gib * GIB)
+    ways = [2**e for e in range(1, max(1, max_accum_steps).bit_length())]  # as hpo.memory.micro
     jobs = []
     for i in range(n_jobs):
         params = {name: _draw(rng, dist) for name, dist in wl.space.items()}
-        retry, k = None, max_accum_steps if batch_param in params else 1
-        while k > 1:  # the chain of retries, built from its end
+        retry = None
+        for k in reversed(ways if batch_param in params else []):  # the retries, from the end
             run = split(params, batch_param, k)
             if run is not None:
                 retry = replace(_workload_job(wl, params, run, seed * 1_000_003 + i), retry=retry)
-            k //= 2
         jobs.append(replace(_workload_job(wl, params, params, seed * 1_000_003 + i), retry=retry))
     return Trials(jobs, 0.0, int(wl.device.capacity_gib * GIB), wl.device_count, ctx)
 
