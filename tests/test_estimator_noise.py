@@ -262,3 +262,35 @@ def test_a_held_trial_neither_goes_first_nor_is_protected() -> None:
     assert backlog.queue() == [small, held]
     held.held = None
     assert backlog.queue() == [held, small]  # unknown (largest), and starving
+
+
+def test_a_point_the_others_cannot_predict_says_nothing_of_the_spread() -> None:
+    """Image size quadratic, fitted affine in batch × image from three configurations: left
+    out, the smallest is predicted below zero. Its leave-one-out residual is no relative
+    error and is left out; before, it entered the pooled noise in bytes (a margin of
+    billions) and every group's estimate ran alone."""
+    points = [((8.0, 256.0), 23.78 * GIB), ((2.0, 64.0), 2.49 * GIB), ((8.0, 64.0), 3.59 * GIB)]
+    fit = fit_group(points)
+    assert fit is not None and fit.loo and all(abs(r) < 10 for r in fit.loo)
+    est = MemoryEstimator(["batch_size", "image"], ["model"])
+    for (bs, image), y in points:
+        est.observe(Observation({"model": "unet_s", "batch_size": bs, "image": image}, y))
+    assert est.noise().quantile < 10
+
+
+def test_a_run_bounds_its_configuration_and_smaller_ones_whatever_the_fit() -> None:
+    """While a misfit inflates the fit's margin (three configurations of quadratic data), a
+    configuration already run once, or no larger than one run, is bounded by that run plus
+    the noise of one run about another, never below its own run; one larger than every run
+    keeps the fit's wide margin."""
+    est = MemoryEstimator(["batch_size", "image"], ["model"])
+    truth = {(8, 256): 23.78, (2, 64): 2.49, (8, 64): 3.59, (2, 128): 2.9}
+    for (bs, image), gib in truth.items():
+        est.observe(Observation({"model": "unet_s", "batch_size": bs, "image": image}, gib * GIB))
+    again = est.predict({"model": "unet_s", "batch_size": 2, "image": 128})
+    assert again is not None and 2.9 * GIB <= again.upper_bytes <= 2.9 * GIB * 1.2
+    smaller = est.predict({"model": "unet_s", "batch_size": 4, "image": 64})  # under 8·64
+    assert smaller is not None and smaller.upper_bytes <= 3.59 * GIB * 1.2
+    assert smaller.point_bytes <= smaller.upper_bytes
+    new = est.predict({"model": "unet_s", "batch_size": 16, "image": 128})
+    assert new is not None and new.upper_bytes > new.point_bytes * 1.2

@@ -16,12 +16,13 @@ run-to-run noise, blended with a generous default while few are known), plus twi
 own standard error at that configuration (large with few measurements, far outside them),
 plus 5 % per doubling beyond the measured sizes (a convex curve lies above any line through
 its points outside their range), and outside the measured configurations never below the
-fit with every quadratic term the data allow. A configuration run more than once is its own
-best evidence: its point is the mean of its runs and its upper bound that mean plus the noise
-of one run about it (the spread of repeated configurations, and the mean's own error), never
-below a run it had, whatever the fit. An OOM is censored data: that configuration,
-and every one of its group at least as large in every scaling parameter, needs more than the
-bound.
+fit with every quadratic term the data allow. Runs are the best evidence: no configuration's
+upper bound exceeds the mean of the runs of it or of any configuration at least as large in
+every scaling parameter (memory is monotone) plus the noise of one run about that mean (the
+spread of repeated configurations, and the mean's own error), whatever the fit, and none is
+below a run it had; a configuration run more than once has the mean of its runs as its point
+and that bound as its upper. An OOM is censored data: that configuration, and every one of
+its group at least as large in every scaling parameter, needs more than the bound.
 
 The upper bound is what admission reserves; pre-pruning weighs (``prune_bytes``) the evidence
 that a configuration cannot run: the largest mean measured for a configuration it dominates,
@@ -41,6 +42,7 @@ from hpo.memory.fit import (
     GroupFit,
     Line,
     Point,
+    capped_by_runs,
     dominated_mean,
     dominating_mean,
     fit_group,
@@ -213,9 +215,11 @@ class MemoryEstimator:
             upper = max(upper, ceiling * (1 + self.noise().quantile))
         repeats = self.measured_peaks(params)
         if len(repeats) >= 2:  # its own runs: their mean and the noise, whatever the fit
-            point = sum(repeats) / len(repeats)
-            spread = self.noise().single * math.sqrt(1 + 1 / len(repeats))
-            upper = max(max(repeats), point * (1 + max(self._min_uplift, spread)))
+            point, upper = sum(repeats) / len(repeats), math.inf
+        cap = capped_by_runs(self._configs.get(key, {}), s, self.noise().single, self._min_uplift)
+        if cap is not None:  # no more than what it or a larger configuration ran with
+            upper = max([min(upper, cap), *repeats])
+            point = min(point, upper)
         if bound is not None and prune is not None:
             prune = max(prune, bound)  # it needed more than that, whatever the fit
         if bound is not None and bound > point:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,6 +88,12 @@ class GroupFit:
         up = min(doublings(s, c) for c in self.configs)
         down = min(doublings(c, s) for c in self.configs)
         return up + down
+
+    @property
+    def tested(self) -> bool:
+        """Whether it had configurations enough for a further term to enter (the F-test's
+        chance): the residuals of a fit that had not are its own misfit as much as noise."""
+        return len(self.configs) >= len(self.terms) + 2
 
     def below(self, s: Sequence[float]) -> bool:
         """Whether ``s`` is at least as large as no measured configuration (it lies below
@@ -173,16 +179,17 @@ def _loo(
     active: tuple[int, ...],
 ) -> tuple[float, ...]:
     """Leave-one-out relative residuals from the hat matrix (points it fully determines,
-    leverage ≈ 1, say nothing about the spread and are left out)."""
+    leverage ≈ 1, or that the others predict at or below zero, say nothing about the spread
+    and are left out)."""
     out = []
     for s, y in points:
         fit = sum(c * basis(t, s) for t, c in zip(terms, coef, strict=True))
         phi = np.array([basis(terms[i], s) for i in active]) / max(y, 1.0)
         lev = float(phi @ cov @ phi)
-        if lev > 0.98:
+        loo_res = (y - fit) / (1 - lev) if lev <= 0.98 else math.inf
+        if y - loo_res <= 0:  # the others cannot predict it at all: no relative error
             continue
-        loo_res = (y - fit) / (1 - lev)
-        out.append(loo_res / max(y - loo_res, 1.0))
+        out.append(loo_res / (y - loo_res))
     return tuple(out)
 
 
@@ -277,6 +284,25 @@ def dominating_mean(points: Sequence[Point], s: Sequence[float]) -> float | None
         if all(a >= b for a, b in zip(sp, s, strict=True)):
             by_config.setdefault(sp, []).append(y)
     return min((sum(ys) / len(ys) for ys in by_config.values()), default=None)
+
+
+def capped_by_runs(
+    configs: Mapping[tuple[float, ...], Sequence[float]],
+    s: Sequence[float],
+    single: float,
+    floor: float,
+) -> float | None:
+    """The least upper bound, from its own runs, of a configuration run at least as large as
+    ``s`` in every scaling parameter (``s`` itself included), or None: the mean of its runs
+    plus ``single``, the relative noise of one run about its true mean (with the mean's own
+    error; at least ``floor``), never below a run it had. Memory is monotone and its noise
+    relative, so a run of ``s`` stays under it as a new run of that configuration would."""
+    caps = [
+        max(max(ys), sum(ys) / len(ys) * (1 + max(floor, single * math.sqrt(1 + 1 / len(ys)))))
+        for c, ys in configs.items()
+        if ys and all(a >= b for a, b in zip(c, s, strict=True))
+    ]
+    return min(caps, default=None)
 
 
 def stale(n: int, then: int) -> bool:
