@@ -294,11 +294,20 @@ def capped_by_runs(
 ) -> float | None:
     """The least upper bound, from its own runs, of a configuration run at least as large as
     ``s`` in every scaling parameter (``s`` itself included), or None: the mean of its runs
-    plus ``single``, the relative noise of one run about its true mean (with the mean's own
-    error; at least ``floor``), never below a run it had. Memory is monotone and its noise
-    relative, so a run of ``s`` stays under it as a new run of that configuration would."""
+    plus the noise of one run about that mean (at least ``floor``), never below a run it
+    had. Memory is monotone and its noise relative, so a run of ``s`` stays under it as a new
+    run of that configuration would. ``single`` is the noise of one run about its true mean;
+    the mean's own error adds to it: in full after one run (the two quantiles add; nothing
+    averages out, and adding them in quadrature falls short under flat-tailed noise), and
+    in quadrature over several runs, whose mean averages it."""
+
+    def bound(ys: Sequence[float]) -> float:
+        n = len(ys)
+        noise = single * (2.0 if n == 1 else math.sqrt(1 + 1 / n))
+        return max(max(ys), sum(ys) / n * (1 + max(floor, noise)))
+
     caps = [
-        max(max(ys), sum(ys) / len(ys) * (1 + max(floor, single * math.sqrt(1 + 1 / len(ys)))))
+        bound(ys)
         for c, ys in configs.items()
         if ys and all(a >= b for a, b in zip(c, s, strict=True))
     ]
