@@ -72,7 +72,8 @@ class Backlog:
 
     @property
     def full(self) -> bool:
-        return len(self.items) >= self.limit
+        """No trial may be asked now (:meth:`may_ask`, none being asked)."""
+        return not self.may_ask()
 
     def add(self, item: Waiting) -> None:
         self.items.append(item)
