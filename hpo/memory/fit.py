@@ -89,12 +89,6 @@ class GroupFit:
         down = min(doublings(c, s) for c in self.configs)
         return up + down
 
-    @property
-    def tested(self) -> bool:
-        """Whether it had configurations enough for a further term to enter (the F-test's
-        chance): the residuals of a fit that had not are its own misfit as much as noise."""
-        return len(self.configs) >= len(self.terms) + 2
-
     def below(self, s: Sequence[float]) -> bool:
         """Whether ``s`` is at least as large as no measured configuration (it lies below
         or beside all of them, where a line through convex data falls short)."""
@@ -186,7 +180,9 @@ def _loo(
         fit = sum(c * basis(t, s) for t, c in zip(terms, coef, strict=True))
         phi = np.array([basis(terms[i], s) for i in active]) / max(y, 1.0)
         lev = float(phi @ cov @ phi)
-        loo_res = (y - fit) / (1 - lev) if lev <= 0.98 else math.inf
+        if lev > 0.98:
+            continue
+        loo_res = (y - fit) / (1 - lev)
         if y - loo_res <= 0:  # the others cannot predict it at all: no relative error
             continue
         out.append(loo_res / (y - loo_res))
