@@ -8,7 +8,11 @@ time scaled by ``--time-scale``) once per policy, on the same random sample of c
 - ``par1`` … ``par4``: memory-blind fixed PAR, as the seeds ran: a trial starts whenever a
   worker is idle, whatever else runs, so co-located trials can run out of memory and are lost;
 - ``aware``: hpo's admission (``memory.pack=true``, cap 8) with what its estimator learns;
-- ``oracle``: the same admission told the true memory of every configuration.
+- ``oracle``: the same admission told the true memory of every configuration;
+- ``learner``: the oracle from the moment hpo knows anything of a configuration's group (a
+  measured or settled trial); before, what hpo's gate says (for a group's first trial: it runs
+  alone). What no estimator without a prior can beat: it measures what not knowing a group at
+  all costs, as ``learner_vs_oracle``.
 
 The memory-blind and memory-aware policies rely on hpo's own gate to pre-prune what cannot fit
 (nothing is skipped by the workload's ground truth); only the oracle skips, by the truth, what
@@ -45,7 +49,8 @@ from hpo.sim import load_workload
 from hpo.sim.objective import GPU_SECONDS_ATTR
 from hpo.supervisor import Supervisor
 
-POLICIES = ("par1", "par2", "par3", "par4", "aware", "oracle")
+POLICIES = ("par1", "par2", "par3", "par4", "aware", "oracle", "learner")
+AWARE = ("aware", "oracle", "learner")  # memory-aware admission
 AWARE_CAP = 8
 
 
@@ -53,8 +58,8 @@ class TruthGate:
     """The oracle's gate: skips what cannot fit alone by the workload's truth and estimates
     every other trial by its true footprint (and its evaluation's, where it is a spike)."""
 
-    def __init__(self, inner: MemoryGate, workload: Any) -> None:
-        self._inner, self._wl = inner, workload
+    def __init__(self, inner: MemoryGate, workload: Any, cold: bool = False) -> None:
+        self._inner, self._wl, self._cold = inner, workload, cold
 
     def __getattr__(self, name: str) -> Any:
         if name == "_inner":  # not set yet (unpickling in a worker): no recursion
@@ -62,7 +67,12 @@ class TruthGate:
         return getattr(self._inner, name)
 
     def check(self, params: dict[str, Any]) -> Verdict:
+        if self._cold:  # the learner: hpo's own verdict while nothing is known of the group
+            verdict = self._inner.check(params)
+            if verdict.estimate is None:
+                return verdict
         budget, alone = self._inner.budget_bytes, self._inner.alone_bytes
+        assert alone is not None  # the oracle runs on a card with memory
         upper = true_upper(self._wl, params)
         if upper > alone:  # hpo's own threshold: the most a lone trial may hold
             why = f"cannot fit alone: {upper / MIB:.0f} MiB > {alone / MIB:.0f} MiB"
@@ -115,7 +125,7 @@ class CardSampler(threading.Thread):
 def run_policy(policy: str, args: argparse.Namespace, root: Path) -> dict[str, Any]:
     """One study under ``policy``; its metrics."""
     workdir = root / policy
-    par = AWARE_CAP if policy in ("aware", "oracle") else int(policy.removeprefix("par"))
+    par = AWARE_CAP if policy in AWARE else int(policy.removeprefix("par"))
     declared = load_workload(args.workload).scaling  # the workload's memory-scaling params
     scaling = [f"study.memory.scaling=[{','.join(declared)}]"] if declared else []
     cfg = compose(
@@ -128,7 +138,7 @@ def run_policy(policy: str, args: argparse.Namespace, root: Path) -> dict[str, A
             "sampler=random",
             f"sampler.seed={args.seed}",
             f"par={par}",
-            f"memory.pack={str(policy in ('aware', 'oracle')).lower()}",
+            f"memory.pack={str(policy in AWARE).lower()}",
             f"storage.dir={workdir}",
             "faults.recycle_after=0",
             "max_failures_in_a_row=1000000",  # blind PAR loses trials to OOM; keep going
@@ -142,7 +152,9 @@ def run_policy(policy: str, args: argparse.Namespace, root: Path) -> dict[str, A
 
     def gate(settings: Settings, devices: list[Device]) -> Any:
         inner = build_gate(settings, devices)
-        return TruthGate(inner, workload) if policy == "oracle" else inner
+        if policy in ("oracle", "learner"):
+            return TruthGate(inner, workload, cold=policy == "learner")
+        return inner
 
     from hpo.devices import open_devices
 
@@ -255,6 +267,9 @@ def summarise(policies: dict[str, dict[str, Any]]) -> dict[str, Any]:
         return round(aware[key] / policies[other][key], 3)
 
     out["aware_vs_oracle"] = ratio("useful_gpu_frac", "oracle")
+    if "learner" in policies and policies.get("oracle", {}).get("useful_gpu_frac"):
+        learner, oracle = policies["learner"], policies["oracle"]
+        out["learner_vs_oracle"] = round(learner["useful_gpu_frac"] / oracle["useful_gpu_frac"], 3)
     if aware is not None:
         for key in (
             "oom_crashes",
@@ -291,6 +306,8 @@ def print_table(result: dict[str, Any]) -> None:
         print(f"  {name:8}{fams}")
     for key in ("best_safe_fixed_par", "aware_vs_oracle", "aware_vs_par2", "aware_vs_best_safe"):
         print(f"{key}: {result[key]}")
+    if "learner_vs_oracle" in result:
+        print(f"learner_vs_oracle: {result['learner_vs_oracle']}")
     for key in [k for k in result if k.startswith("aware_") and k not in ("aware_vs_oracle",)]:
         if not key.startswith("aware_vs"):
             print(f"{key}: {result[key]}")
@@ -303,7 +320,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", dest="json_out", help="write the results here")
     p.add_argument("--time-scale", type=float, default=0.05, help="wall s per simulated s")
     p.add_argument("--seed", type=int, default=0, help="seed of the random sampler")
-    p.add_argument("--policies", default=",".join(POLICIES), help="comma-separated subset")
+    p.add_argument(
+        "--policies",
+        default=",".join(POLICIES[:6]),
+        help="comma-separated subset (of all: learner too)",
+    )
     p.add_argument(
         "--override",
         action="append",

@@ -16,7 +16,9 @@ run-to-run noise, blended with a generous default while few are known), plus twi
 own standard error at that configuration (large with few measurements, far outside them),
 plus 5 % per doubling beyond the measured sizes (a convex curve lies above any line through
 its points outside their range), and outside the measured configurations never below the
-fit with every quadratic term the data allow. Runs are the best evidence: no configuration's
+fit with every quadratic term the data allow, nor, beyond the largest value of a parameter
+measured at fewer than three values (which cannot show a curve), below the group's largest
+measurement grown cubically in it. Runs are the best evidence: no configuration's
 upper bound exceeds the mean of the runs of it or of any configuration at least as large in
 every scaling parameter (memory is monotone) plus the noise of one run about that mean (the
 spread of repeated configurations, and the mean's own error), whatever the fit, and none is
@@ -41,6 +43,7 @@ from typing import Any
 from hpo.memory.fit import (
     GroupFit,
     Line,
+    Noise,
     Point,
     capped_by_runs,
     dominated_mean,
@@ -49,6 +52,7 @@ from hpo.memory.fit import (
     pool,
     repeat_residuals,
     stale,
+    unshown_growth,
 )
 from hpo.memory.prior import Prior, calibrate
 
@@ -82,17 +86,6 @@ class Estimate:
     @property
     def evidence_bytes(self) -> float:
         return self.upper_bytes if self.prune_bytes is None else self.prune_bytes
-
-
-@dataclass(frozen=True)
-class Noise:
-    """Run-to-run spread of measured peaks, relative: an upper quantile and an RMS."""
-
-    quantile: float
-    rms: float
-    n: int  # residuals it was estimated from
-    pure: float  # upper quantile of repeated configurations alone
-    single: float  # and of one run about its configuration's true mean
 
 
 class MemoryEstimator:
@@ -213,6 +206,9 @@ class MemoryEstimator:
         ceiling = dominating_mean(self._means(key), s) if fit and fit.below(s) else None
         if ceiling is not None:  # a line through convex data misses small sizes most
             upper = max(upper, ceiling * (1 + self.noise().quantile))
+        growth = unshown_growth(self._configs.get(key, {}), s)
+        if growth > 1:  # beyond a parameter's values too few to show its curvature
+            upper = max(upper, max(y for _, y in self._means(key)) * growth)
         repeats = self.measured_peaks(params)
         if len(repeats) >= 2:  # its own runs: their mean and the noise, whatever the fit
             point, upper = sum(repeats) / len(repeats), math.inf

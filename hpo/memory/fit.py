@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -206,6 +206,17 @@ def repeat_residuals(points: Sequence[Point], single: bool = False) -> list[floa
     return out
 
 
+@dataclass(frozen=True)
+class Noise:
+    """Run-to-run spread of measured peaks, relative: an upper quantile and an RMS."""
+
+    quantile: float
+    rms: float
+    n: int  # residuals it was estimated from
+    pure: float  # upper quantile of repeated configurations alone
+    single: float  # and of one run about its configuration's true mean
+
+
 _UNKNOWN_NOISE = 0.10  # relative noise assumed before any spread is measured
 _NOISE_WEIGHT = 4  # residuals that default counts as, blended with the measured ones
 
@@ -314,3 +325,21 @@ def stale(n: int, then: int) -> bool:
     """Whether ``n`` points have grown past ``then`` by a twentieth (every one below 20): when
     a fit, the pooled noise or the workers' copy of the gate is worth computing again."""
     return n - then >= max(1, then // 20)
+
+
+CURVED = 3  # values of a parameter a fit needs to see curvature in it
+MAX_POWER = 3  # the steepest growth assumed in one such parameter (a volume: its side cubed)
+
+
+def unshown_growth(configs: Iterable[Sequence[float]], s: Sequence[float]) -> float:
+    """How much more than its group's largest measured configuration ``s`` may need, beyond
+    the largest value of a scaling parameter the group was measured at fewer than
+    :data:`CURVED` values of: those cannot tell a line from a curve, so up to
+    :data:`MAX_POWER` in it (1.0: no such parameter, or nothing measured)."""
+    seen = list(configs)
+    growth = 1.0
+    for i, v in enumerate(s):
+        values = {c[i] for c in seen}
+        if values and len(values) < CURVED and v > (top := max(values)) > 0:
+            growth *= (v / top) ** MAX_POWER
+    return growth
