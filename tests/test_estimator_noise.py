@@ -301,7 +301,7 @@ def truth_volume(bs: float, image: float) -> float:
     return (10.0 + 2e-4 * bs * image**2 + 1e-7 * bs * image**3) * GIB
 
 
-def test_growth_in_a_parameter_measured_at_fewer_than_three_values_is_bounded_cubically() -> None:
+def test_growth_in_a_parameter_measured_at_fewer_than_three_values_may_be_cubic() -> None:
     """Two values of a parameter show no curvature in it: beyond them, the upper estimate
     allows growth up to cubic from the group's largest measurement, where a line (or the
     product of the parameters) would fall far short."""
@@ -309,11 +309,29 @@ def test_growth_in_a_parameter_measured_at_fewer_than_three_values_is_bounded_cu
     for bs, image in ((2, 64), (4, 64), (2, 128)):
         est.observe(Observation({"model": "dit", "batch_size": bs, "image": image},
                                 truth_volume(bs, image)))  # fmt: skip
-    for bs, image in ((2, 256), (4, 256), (8, 128)):
+    for bs, image in ((2, 256), (4, 256), (8, 128), (4, 128)):
         e = est.predict({"model": "dit", "batch_size": bs, "image": image})
         assert e is not None and e.upper_bytes >= truth_volume(bs, image), (bs, image)
-    inside = est.predict({"model": "dit", "batch_size": 4, "image": 128})  # no new value
-    assert inside is not None and inside.upper_bytes < 2 * truth_volume(4, 128)
+    # (4, 128) doubles the batch of (2, 128) alone: the bound is that run grown 2³, not more
+    e = est.predict({"model": "dit", "batch_size": 4, "image": 128})
+    assert e is not None and e.upper_bytes <= 8 * truth_volume(2, 128) * 1.001
+    # no larger in any parameter than a measured configuration: nothing to grow
+    small = est.predict({"model": "dit", "batch_size": 2, "image": 32})
+    assert small is not None and small.upper_bytes < 1.5 * truth_volume(2, 64)
+
+
+def test_a_fit_that_has_not_seen_how_parameters_combine_prunes_nothing() -> None:
+    """Three sizes of a two-parameter group, two of them at the same product of the
+    parameters and far apart in memory: the fit in their product misfits, and its point at a
+    larger batch (57 GiB) is no evidence that the configuration (37.9 GiB) cannot fit 48 GiB."""
+    gate = _gate(48, ("batch_size", "image"))
+    for bs, image in ((2, 256), (4, 64), (4, 128)):
+        _measured(gate, {"model": "dit", "batch_size": bs, "image": image},
+                  truth_volume(bs, image) / MIB)  # fmt: skip
+    verdict = gate.check({"model": "dit", "batch_size": 8, "image": 128})
+    assert truth_volume(8, 128) < 45 * GIB
+    assert verdict.decision is Decision.ADMIT, verdict.reason
+    assert verdict.estimate is not None and verdict.estimate.upper_bytes > truth_volume(8, 128)
 
 
 @pytest.mark.parametrize("seed", range(6))

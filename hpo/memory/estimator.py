@@ -40,20 +40,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hpo.memory.fit import (
-    GroupFit,
-    Line,
-    Noise,
-    Point,
+from hpo.memory.bounds import (
     capped_by_runs,
     dominated_mean,
     dominating_mean,
-    fit_group,
-    pool,
-    repeat_residuals,
-    stale,
-    unshown_growth,
+    unshown,
+    unshown_floor,
 )
+from hpo.memory.fit import GroupFit, Line, Noise, Point, fit_group, pool, repeat_residuals, stale
 from hpo.memory.prior import Prior, calibrate
 
 _Z = 2.0  # standard errors of the fit added to the noise quantile
@@ -206,9 +200,7 @@ class MemoryEstimator:
         ceiling = dominating_mean(self._means(key), s) if fit and fit.below(s) else None
         if ceiling is not None:  # a line through convex data misses small sizes most
             upper = max(upper, ceiling * (1 + self.noise().quantile))
-        growth = unshown_growth(self._configs.get(key, {}), s)
-        if growth > 1:  # beyond a parameter's values too few to show its curvature
-            upper = max(upper, max(y for _, y in self._means(key)) * growth)
+        upper = max(upper, unshown_floor(self._means(key), s))  # growth no fit has seen
         repeats = self.measured_peaks(params)
         if len(repeats) >= 2:  # its own runs: their mean and the noise, whatever the fit
             point, upper = sum(repeats) / len(repeats), math.inf
@@ -257,8 +249,10 @@ class MemoryEstimator:
             point, se = self._extend(fit, params, points, s), noise.rms * fit.rel_se(s)
             margin = noise.quantile + _Z * se + _EXTRAPOLATE * fit.beyond(s)
             # Evidence only from a fit with a configuration more than its terms per extra
-            # scaling param (two sizes of a 2-param group say nothing of the other way).
-            if len(points) >= len(fit.terms) + len(s) - 1:
+            # scaling param (two sizes of a 2-param group say nothing of the other way). In
+            # one parameter a line through two sizes lies below a convex curve beyond them;
+            # in several, how they combine is assumed until each was seen at enough values.
+            if len(points) >= len(fit.terms) + len(s) - 1 and (len(s) < 2 or not unshown(points)):
                 floor = max(floor, point * max(0.0, 1 - se) * (1 + noise.pure))
             return point, margin, "fit", floor
         # One x measured: extrapolate with the calibrated prior's slope, else proportionally

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -238,16 +238,6 @@ def pool(residuals: Sequence[float], quantile: float) -> tuple[float, float, int
     )
 
 
-def dominated_mean(points: Sequence[Point], s: Sequence[float]) -> float:
-    """The largest mean measured peak of a configuration no larger than ``s`` in any scaling
-    parameter: memory is monotone, so ``s`` needs at least that on average."""
-    by_config: dict[tuple[float, ...], list[float]] = {}
-    for sp, y in points:
-        if all(a <= b for a, b in zip(sp, s, strict=True)):
-            by_config.setdefault(sp, []).append(y)
-    return max((sum(ys) / len(ys) for ys in by_config.values()), default=0.0)
-
-
 @dataclass(frozen=True)
 class Line:
     """y = intercept + slope·x (the prior's calibration)."""
@@ -283,63 +273,7 @@ def fit_line(
     return Line(intercept, slope)
 
 
-def dominating_mean(points: Sequence[Point], s: Sequence[float]) -> float | None:
-    """The smallest mean measured peak of a configuration at least as large as ``s`` in every
-    scaling parameter (memory is monotone: ``s`` needs no more on average), or None."""
-    by_config: dict[tuple[float, ...], list[float]] = {}
-    for sp, y in points:
-        if all(a >= b for a, b in zip(sp, s, strict=True)):
-            by_config.setdefault(sp, []).append(y)
-    return min((sum(ys) / len(ys) for ys in by_config.values()), default=None)
-
-
-def capped_by_runs(
-    configs: Mapping[tuple[float, ...], Sequence[float]],
-    s: Sequence[float],
-    single: float,
-    floor: float,
-) -> float | None:
-    """The least upper bound, from its own runs, of a configuration run at least as large as
-    ``s`` in every scaling parameter (``s`` itself included), or None: the mean of its runs
-    plus the noise of one run about that mean (at least ``floor``), never below a run it
-    had. Memory is monotone and its noise relative, so a run of ``s`` stays under it as a new
-    run of that configuration would. ``single`` is the noise of one run about its true mean;
-    the mean's own error adds to it: in full after one run (the two quantiles add; nothing
-    averages out, and adding them in quadrature falls short under flat-tailed noise), and
-    in quadrature over several runs, whose mean averages it."""
-
-    def bound(ys: Sequence[float]) -> float:
-        n = len(ys)
-        noise = single * (2.0 if n == 1 else math.sqrt(1 + 1 / n))
-        return max(max(ys), sum(ys) / n * (1 + max(floor, noise)))
-
-    caps = [
-        bound(ys)
-        for c, ys in configs.items()
-        if ys and all(a >= b for a, b in zip(c, s, strict=True))
-    ]
-    return min(caps, default=None)
-
-
 def stale(n: int, then: int) -> bool:
     """Whether ``n`` points have grown past ``then`` by a twentieth (every one below 20): when
     a fit, the pooled noise or the workers' copy of the gate is worth computing again."""
     return n - then >= max(1, then // 20)
-
-
-CURVED = 3  # values of a parameter a fit needs to see curvature in it
-MAX_POWER = 3  # the steepest growth assumed in one such parameter (a volume: its side cubed)
-
-
-def unshown_growth(configs: Iterable[Sequence[float]], s: Sequence[float]) -> float:
-    """How much more than its group's largest measured configuration ``s`` may need, beyond
-    the largest value of a scaling parameter the group was measured at fewer than
-    :data:`CURVED` values of: those cannot tell a line from a curve, so up to
-    :data:`MAX_POWER` in it (1.0: no such parameter, or nothing measured)."""
-    seen = list(configs)
-    growth = 1.0
-    for i, v in enumerate(s):
-        values = {c[i] for c in seen}
-        if values and len(values) < CURVED and v > (top := max(values)) > 0:
-            growth *= (v / top) ** MAX_POWER
-    return growth
