@@ -368,6 +368,14 @@ def main(argv: list[str] | None = None) -> int:
     except HpoError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    for policy in args.policies.split(",") if args.keep else ():
+        kept = Path(args.keep) / policy
+        if kept.is_dir() and any(kept.iterdir()):  # its study would go on, measured as one
+            print(
+                f"error: --keep: {kept} holds an earlier run; choose an empty folder",
+                file=sys.stderr,
+            )
+            return 2
     result: dict[str, Any] = {
         "workload": args.workload,
         "trials": args.trials,

@@ -225,6 +225,11 @@ def test_the_packing_benchmark_quick_form(tmp_path: Path) -> None:
     )
     assert code == 0
     result = json.loads(out.read_text())
+    # the same --keep again would continue those studies and measure both runs as one
+    again = tmp_path / "again.json"
+    argv = ["--trials", "12", "--policies", "aware", "--json", str(again)]
+    assert packing.main([*argv, "--keep", str(tmp_path / "kept")]) == 2
+    assert not again.exists()
     for name in ("par1", "par3", "aware", "oracle"):
         row = result["policies"][name]
         assert set(row) >= {
