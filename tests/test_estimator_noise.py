@@ -12,6 +12,7 @@ from hpo.contract import Decision
 from hpo.memory import MemoryEstimator, MemoryGate, Observation
 from hpo.memory.fit import fit_group
 from hpo.memory.oom import hit_own_limit
+from hpo.memory.prior import Prior
 
 MIB, GIB = 2**20, 2**30
 
@@ -318,6 +319,24 @@ def test_growth_in_a_parameter_measured_at_fewer_than_three_values_may_be_cubic(
     # no larger in any parameter than a measured configuration: nothing to grow
     small = est.predict({"model": "dit", "batch_size": 2, "image": 32})
     assert small is not None and small.upper_bytes < 1.5 * truth_volume(2, 64)
+
+
+def test_a_traced_prior_spans_the_sizes_so_no_growth_is_assumed() -> None:
+    """With a prior traced at the smallest and largest configuration, the same data keep the
+    fit's own estimate: no cubic floor (the trace measured how far memory goes)."""
+    prior = Prior(("model",), {("dit",): [(2 * 64, truth_volume(2, 64)),
+                                          (16 * 256, truth_volume(16, 256))]})  # fmt: skip
+    plain = MemoryEstimator(["batch_size", "image"], ["model"])
+    traced = MemoryEstimator(["batch_size", "image"], ["model"], prior=prior)
+    for est in (plain, traced):
+        for bs, image in ((2, 64), (4, 64), (2, 128)):
+            est.observe(Observation({"model": "dit", "batch_size": bs, "image": image},
+                                    truth_volume(bs, image)))  # fmt: skip
+    params = {"model": "dit", "batch_size": 4, "image": 128}
+    with_prior, without = traced.predict(params), plain.predict(params)
+    assert with_prior is not None and without is not None
+    assert without.upper_bytes >= 7.9 * truth_volume(4, 64)  # the image doubled from (4, 64)
+    assert with_prior.upper_bytes < 3 * truth_volume(4, 128)
 
 
 def test_a_fit_that_has_not_seen_how_parameters_combine_prunes_nothing() -> None:

@@ -16,9 +16,10 @@ run-to-run noise, blended with a generous default while few are known), plus twi
 own standard error at that configuration (large with few measurements, far outside them),
 plus 5 % per doubling beyond the measured sizes (a convex curve lies above any line through
 its points outside their range), and outside the measured configurations never below the
-fit with every quadratic term the data allow, nor, beyond the largest value of a parameter
-measured at fewer than three values (which cannot show a curve), below the group's largest
-measurement grown cubically in it. Runs are the best evidence: no configuration's
+fit with every quadratic term the data allow, nor, without a prior, where it is larger than
+its group's data in a parameter measured at fewer than three values (which cannot show a
+curve), below a smaller configuration's mean grown cubically in it
+(:func:`hpo.memory.bounds.unshown_floor`). Runs are the best evidence: no configuration's
 upper bound exceeds the mean of the runs of it or of any configuration at least as large in
 every scaling parameter (memory is monotone) plus the noise of one run about that mean (the
 spread of repeated configurations, and the mean's own error), whatever the fit, and none is
@@ -29,7 +30,8 @@ its group at least as large in every scaling parameter, needs more than the boun
 The upper bound is what admission reserves; pre-pruning weighs (``prune_bytes``) the evidence
 that a configuration cannot run: the largest mean measured for a configuration it dominates,
 an OOM bound, and a fit's point at its optimistic end (less one standard error) plus the
-noise of repeated runs, only from a fit with enough configurations to have determined it.
+noise of repeated runs, only from a fit with enough configurations to have determined it
+(with several scaling parameters, each seen at three values).
 """
 
 from __future__ import annotations
@@ -200,7 +202,8 @@ class MemoryEstimator:
         ceiling = dominating_mean(self._means(key), s) if fit and fit.below(s) else None
         if ceiling is not None:  # a line through convex data misses small sizes most
             upper = max(upper, ceiling * (1 + self.noise().quantile))
-        upper = max(upper, unshown_floor(self._means(key), s))  # growth no fit has seen
+        if self._prior is None:  # growth no fit has seen (a traced prior spans the sizes)
+            upper = max(upper, unshown_floor(self._means(key), s))
         repeats = self.measured_peaks(params)
         if len(repeats) >= 2:  # its own runs: their mean and the noise, whatever the fit
             point, upper = sum(repeats) / len(repeats), math.inf
