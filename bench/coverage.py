@@ -34,29 +34,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import statistics
 import sys
 from pathlib import Path
-from typing import Any
-
-from optuna.distributions import (
-    BaseDistribution,
-    CategoricalDistribution,
-    FloatDistribution,
-    IntDistribution,
-)
+from typing import Any, cast
 
 from bench.packing import true_upper
-from hpo.config.space import build_distribution
+from hpo.config import Settings, compose
 from hpo.contract import Decision
-from hpo.devices import GIB, MIB
+from hpo.devices import GIB, MIB, Device
 from hpo.errors import HpoError
-from hpo.memory import MemoryGate
+from hpo.memory import MemoryGate, build_gate
 from hpo.sim import load_workload
-
-MARGIN = 0.05  # memory.device_margin_frac's default
 
 
 class _Card:
@@ -65,41 +55,36 @@ class _Card:
     has_memory = True
     label = "coverage:0"
 
-    def __init__(self, capacity_bytes: int) -> None:
-        self.capacity_bytes = capacity_bytes
+    def __init__(self, capacity_bytes: int, context_bytes: int) -> None:
+        self.capacity_bytes, self.context_bytes = capacity_bytes, context_bytes
 
 
-def draw(space: dict[str, BaseDistribution], rng: random.Random) -> dict[str, Any]:
-    """One configuration at random from ``space``."""
-    out: dict[str, Any] = {}
-    for name, dist in space.items():
-        if isinstance(dist, CategoricalDistribution):
-            out[name] = rng.choice(dist.choices)
-        elif isinstance(dist, IntDistribution):
-            out[name] = rng.choice(range(dist.low, dist.high + 1, dist.step))
-        elif isinstance(dist, FloatDistribution):
-            lo, hi = (
-                (math.log(dist.low), math.log(dist.high)) if dist.log else (dist.low, dist.high)
-            )
-            v = rng.uniform(lo, hi)
-            out[name] = math.exp(v) if dist.log else v
-    return out
+def settings_for(path: str) -> Settings:
+    """hpo's settings for a simulated study of the workload file at ``path`` (as
+    ``bench.packing`` composes them): its groups, scaling parameters and memory defaults."""
+    declared = load_workload(path).scaling
+    scaling = [f"study.memory.scaling=[{','.join(declared)}]"] if declared else []
+    return Settings.from_config(compose(["study=simulated", f"study.workload={path}", *scaling]))
 
 
 def replay(
-    workload: Any, trials: int, seed: int, lag: int, window: int, verbose: bool = False
+    workload: Any,
+    settings: Settings,
+    trials: int,
+    seed: int,
+    lag: int,
+    window: int,
+    verbose: bool = False,
 ) -> dict[str, list[Any]]:
     """One order of ``trials`` configurations through a fresh gate; what each trial met."""
     rng = random.Random(seed)
-    space = {k: build_distribution(k, v) for k, v in workload.space.items()}
     capacity = int(workload.device.capacity_gib * GIB)
-    context = workload.device.context_gib * GIB
-    gate = MemoryGate(
-        [_Card(capacity)], workload.scaling, [workload.family_param], MARGIN, context_bytes=context
-    )
+    context = int(workload.device.context_gib * GIB)
+    gate: MemoryGate = build_gate(settings, [cast(Device, _Card(capacity, context))])
+    margin = settings.memory.device_margin_frac
     budget = gate.budget_bytes
     assert budget is not None
-    queue = [draw(space, rng) for _ in range(trials)]
+    queue = [workload.draw(rng) for _ in range(trials)]
     running: list[tuple[dict[str, Any], float, float]] = []
     keys = ("over", "alone", "pruned", "oom", "new", "repeat")
     out: dict[str, list[Any]] = {k: [] for k in keys}
@@ -126,25 +111,26 @@ def replay(
             peak = workload.peak_bytes(pick, seed=rng.randrange(1 << 30))
             measured = peak + workload.eval_extra_bytes(pick) + context
             est = verdict.estimate
-            alone = est is None or est.upper_bytes > budget
-            reserved = budget if alone or est is None else est.upper_bytes
-            if alone:
+            if est is None or est.upper_bytes > budget:  # it runs alone: the whole budget
+                reserved = float(budget)
                 out["alone"].append(fits)
-            elif fits:
-                out["over"].append(max(0.0, measured / est.upper_bytes - 1))
-                if verbose and measured > est.upper_bytes * 1.03:
-                    sizes = sorted(gate.estimator.sizes(pick))
-                    print(
-                        f"  seed {seed}: {pick} measured {measured / GIB:.2f} GiB > upper "
-                        f"{est.upper_bytes / GIB:.2f} ({est.source}, measured sizes {sizes})"
-                    )
-                ratio = est.upper_bytes / true_upper(workload, pick)
-                known = gate.estimator.measured_peaks(pick)
-                out["repeat" if known else "new"].append(ratio)
+            else:
+                reserved = est.upper_bytes
+                if fits:
+                    out["over"].append(max(0.0, measured / reserved - 1))
+                    if verbose and measured > reserved * 1.03:
+                        sizes = sorted(gate.estimator.sizes(pick))
+                        print(
+                            f"  seed {seed}: {pick} measured {measured / GIB:.2f} GiB > upper "
+                            f"{reserved / GIB:.2f} ({est.source}, measured sizes {sizes})"
+                        )
+                    known = gate.estimator.measured_peaks(pick)
+                    ratio = reserved / true_upper(workload, pick)
+                    out["repeat" if known else "new"].append(ratio)
             running.append((pick, measured, reserved))
         if running and (len(running) > lag or pick is None or not queue):
             params, measured, reserved = running.pop(0)
-            cap = reserved + MARGIN * capacity  # its process's limit: reservation + margin
+            cap = reserved + margin * capacity  # its process's limit: reservation + margin
             if measured <= cap:
                 gate.observe(params, {"end_reason": "complete", "peak_vram_mib": measured / MIB})
                 continue
@@ -220,8 +206,9 @@ def main(argv: list[str] | None = None) -> int:
         if not workload.scaling:
             print(f"error: {path}: declares no memory.scaling to estimate in", file=sys.stderr)
             return 2
+        settings = settings_for(path)
         runs = [
-            replay(workload, args.trials, s, args.lag, args.window, args.verbose)
+            replay(workload, settings, args.trials, s, args.lag, args.window, args.verbose)
             for s in range(args.seeds)
         ]
         results[Path(path).stem] = row = summarise(runs)

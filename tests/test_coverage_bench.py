@@ -28,9 +28,9 @@ def test_it_replays_orders_and_reports_how_honest_the_upper_estimate_was(tmp_pat
 def test_the_same_seed_replays_the_same_order() -> None:
     from hpo.sim import load_workload
 
-    workload = load_workload(DIFF48)
-    first = coverage.replay(workload, 30, seed=3, lag=4, window=8)
-    assert first == coverage.replay(workload, 30, seed=3, lag=4, window=8)
+    workload, settings = load_workload(DIFF48), coverage.settings_for(DIFF48)
+    first = coverage.replay(workload, settings, 30, seed=3, lag=4, window=8)
+    assert first == coverage.replay(workload, settings, 30, seed=3, lag=4, window=8)
 
 
 @pytest.mark.parametrize(

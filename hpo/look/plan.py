@@ -248,7 +248,7 @@ def from_workload(
     ways = [2**e for e in range(1, max(1, max_accum_steps).bit_length())]  # as hpo.memory.micro
     jobs = []
     for i in range(n_jobs):
-        params = {name: _draw(rng, dist) for name, dist in wl.space.items()}
+        params = wl.draw(rng)
         retry = None
         for k in reversed(ways if batch_param in params else []):  # the retries, from the end
             run = split(params, batch_param, k)
@@ -273,17 +273,6 @@ def _workload_job(wl: Any, params: Mapping[str, Any], run: Mapping[str, Any], se
     settle = (1 if first else 2) / wl.epochs if wl.epochs > 2 else None
     held = peak * (1 + DEFAULT_FRAC)
     return Job(run, peak, worst, family.setup_s, work, demand, None, settle, held, gate_knows=True)
-
-
-def _draw(rng: random.Random, dist: Mapping[str, Any]) -> Any:
-    if dist.get("choices"):
-        return rng.choice(list(dist["choices"]))
-    low, high = float(dist["low"]), float(dist["high"])
-    if dist.get("log"):
-        value = math.exp(rng.uniform(math.log(low), math.log(high)))
-    else:
-        value = rng.uniform(low, high)
-    return round(value) if dist.get("type") == "int" else value
 
 
 def what_if(

@@ -17,24 +17,19 @@ from collections.abc import Mapping, Sequence
 from hpo.memory.fit import Point
 
 
-def dominated_mean(points: Sequence[Point], s: Sequence[float]) -> float:
-    """The largest mean measured peak of a configuration no larger than ``s`` in any scaling
-    parameter: memory is monotone, so ``s`` needs at least that on average."""
-    by_config: dict[tuple[float, ...], list[float]] = {}
-    for sp, y in points:
-        if all(a <= b for a, b in zip(sp, s, strict=True)):
-            by_config.setdefault(sp, []).append(y)
-    return max((sum(ys) / len(ys) for ys in by_config.values()), default=0.0)
+def dominated_mean(means: Sequence[Point], s: Sequence[float]) -> float:
+    """The largest mean measured peak (``means``: one per configuration) of a configuration no
+    larger than ``s`` in any scaling parameter: memory is monotone, so ``s`` needs at least
+    that on average."""
+    below = [y for c, y in means if all(a <= b for a, b in zip(c, s, strict=True))]
+    return max(below, default=0.0)
 
 
-def dominating_mean(points: Sequence[Point], s: Sequence[float]) -> float | None:
+def dominating_mean(means: Sequence[Point], s: Sequence[float]) -> float | None:
     """The smallest mean measured peak of a configuration at least as large as ``s`` in every
     scaling parameter (memory is monotone: ``s`` needs no more on average), or None."""
-    by_config: dict[tuple[float, ...], list[float]] = {}
-    for sp, y in points:
-        if all(a >= b for a, b in zip(sp, s, strict=True)):
-            by_config.setdefault(sp, []).append(y)
-    return min((sum(ys) / len(ys) for ys in by_config.values()), default=None)
+    above = [y for c, y in means if all(a >= b for a, b in zip(c, s, strict=True))]
+    return min(above, default=None)
 
 
 def capped_by_runs(

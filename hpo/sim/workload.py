@@ -113,6 +113,21 @@ class Workload:
         """Memory the evaluation after each epoch allocates on top of the training peak."""
         return int(max(0.0, sum(t.value(params) for t in self.family(params).eval_extra_gib)) * GIB)
 
+    def draw(self, rng: random.Random) -> dict[str, Any]:
+        """One configuration at random from the search space (log-uniform where ``log``)."""
+        out: dict[str, Any] = {}
+        for name, dist in self.space.items():
+            if dist.get("choices"):
+                out[name] = rng.choice(list(dist["choices"]))
+                continue
+            low, high = float(dist["low"]), float(dist["high"])
+            if dist.get("log"):
+                value = math.exp(rng.uniform(math.log(low), math.log(high)))
+            else:
+                value = rng.uniform(low, high)
+            out[name] = round(value) if dist.get("type") == "int" else value
+        return out
+
     def footprint_bytes(self, params: Mapping[str, Any]) -> int:
         """True device footprint of the trial (peak with its evaluation + context), without
         noise."""
