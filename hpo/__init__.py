@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from hpo.errors import ConfigError, HpoError, StudyAborted
-from hpo.execution.context import TrialContext, current_context
+from hpo.execution.context import TrialContext, current_context, current_trial
 
 __version__ = "0.1.0"
 
@@ -36,6 +36,7 @@ __all__ = [
     "TrialContext",
     "__version__",
     "current_context",
+    "current_trial",
     "load_study",
     "memory_spike",
     "tune",

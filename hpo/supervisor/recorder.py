@@ -188,7 +188,8 @@ class TrialRecorder:
 
     def _finish(self, study: optuna.Study) -> None:
         self.summary.finished = len(study.get_trials(deepcopy=False, states=FINISHED))
-        if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if complete and len(study.directions) == 1:
             self.summary.best = study.best_trial
         try:
             self._checkpoints.sweep(study)
@@ -223,7 +224,7 @@ class TrialRecorder:
         head = f"[{self.done:>{len(str(target))}}/{target}] trial {trial.number}"
         state = trial.state.name
         if trial.state == TrialState.COMPLETE:
-            state += f" {trial.value:.4f}"
+            state += " " + " ".join(f"{v:.4f}" for v in trial.values or ())
         elif trial.state == TrialState.PRUNED:
             state += f" at epoch {trial.last_step}"
         else:
