@@ -121,3 +121,7 @@ STOP_ATTR = "hpo:stop"
 
 # The constraint name under which a pre-pruned trial is reported infeasible to the sampler.
 MEMORY_CONSTRAINT = "memory"
+
+# Study system attribute of a study that declares no search space: the space learned from its
+# objective's trial.suggest_* calls ({name: Optuna distribution JSON}; hpo.execution.learned_space).
+LEARNED_SPACE_ATTR = "hpo:learned_space"

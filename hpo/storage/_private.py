@@ -6,7 +6,9 @@
 - whether a trial ever had a heartbeat, and which trials' heartbeats are stale (Optuna exposes
   these only through ``fail_stale_trials``, which fails them itself);
 - how many trials of a study are in some states, counted by the database (Optuna's
-  ``get_n_trials`` builds every such trial first: its cost grows with the study).
+  ``get_n_trials`` builds every such trial first: its cost grows with the study);
+- a trial's ``fixed_params`` system attribute (what ``Study.enqueue_trial`` writes): values
+  ``trial.suggest_*`` returns when the objective asks for them, recorded only then.
 
 ``tests/test_storage.py`` fails if a newer Optuna moves any of these names.
 """
@@ -132,3 +134,19 @@ def count_trials(storage: BaseStorage, study_id: int, states: Collection[TrialSt
             trial.study_id == study_id, trial.state.in_(list(states))
         )
         return int(query.scalar() or 0)
+
+
+FIXED_PARAMS = "fixed_params"  # the system attribute Optuna's enqueue_trial fills
+
+
+def fix_params(storage: BaseStorage, trial_id: int, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Make ``params`` the values ``trial.suggest_*`` returns for them on a trial (its
+    enqueued values win), recorded as parameters only when the objective suggests them;
+    returns the trial's fixed values now."""
+    trial = storage.get_trial(trial_id)
+    fixed = dict(trial.system_attrs.get(FIXED_PARAMS, {}))
+    new = {k: v for k, v in params.items() if k not in fixed}
+    if new:
+        fixed = {**new, **fixed}
+        storage.set_trial_system_attr(trial_id, FIXED_PARAMS, fixed)
+    return fixed

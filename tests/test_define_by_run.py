@@ -1,0 +1,62 @@
+"""Spaces as Optuna objectives state them: learned from the ``trial.suggest_*`` calls
+(conditional parameters too), sampled before each later trial starts; Optuna's default
+direction, and several objectives. Real processes, a script outside the repository."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.conftest import query
+from tests.test_any_callable import run_script
+
+CONDITIONAL = """
+import hpo
+
+
+def objective(trial):
+    kind = trial.suggest_categorical("kind", ["a", "b"])
+    if kind == "a":
+        return trial.suggest_float("a_x", -1, 1) ** 2
+    # first seen after the space was learned from the first trials (unless they took it)
+    return 1 + trial.suggest_int("b_n", 1, 4)
+
+
+study = hpo.tune(
+    objective, n_trials=12, par=2, sampler="random", name="cond", max_failures_in_a_row=2
+)
+assert all(t.state.name == "COMPLETE" for t in study.trials), study.trials
+for t in study.trials:
+    expected = {"kind", "a_x"} if t.params["kind"] == "a" else {"kind", "b_n"}
+    assert set(t.params) == expected, t.params  # what the objective asked for, nothing more
+print("best", round(study.best_value, 3) < 1, study.direction.name)
+
+pareto = hpo.tune(
+    lambda trial: (trial.suggest_float("x", 0, 1), trial.suggest_float("y", 0, 1)),
+    n_trials=4,
+    par=2,
+    directions=["minimize", "maximize"],
+    name="two",
+)
+print("pareto", len(pareto.best_trials) >= 1, [d.name for d in pareto.directions])
+"""
+
+
+def test_a_learned_space_with_conditional_parameters(tmp_path: Path) -> None:
+    proc = run_script(tmp_path, CONDITIONAL, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "best True MINIMIZE" in proc.stdout, proc.stdout
+    assert "pareto True ['MINIMIZE', 'MAXIMIZE']" in proc.stdout, proc.stdout
+    db = tmp_path / "_optuna" / "cond.db"
+    key = "hpo:learned_space"
+    rows = query(db, "select value_json from study_system_attributes where key = ?", key)
+    assert set(json.loads(rows[0][0])) == {"kind", "a_x", "b_n"}
+    # the trials asked after the first finished were sampled before they started
+    fixed = query(
+        db,
+        "select t.number from trials t join trial_system_attributes a using (trial_id) "
+        "where a.key = 'fixed_params' order by t.number",
+    )
+    assert len(fixed) >= 8, fixed
+    grows = [ln for ln in proc.stderr.splitlines() if "first seen" in ln]
+    assert len(grows) <= 1, grows  # once, whatever the number of workers
