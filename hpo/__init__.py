@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hpo.errors import ConfigError, HpoError, StudyAborted
+from hpo.errors import ConfigError, HpoError, StudyAborted, TrialFailed
 from hpo.execution.context import TrialContext, current_context, current_trial
 
 __version__ = "0.1.0"
@@ -22,6 +22,10 @@ def __getattr__(name: str) -> Any:
         from hpo import api
 
         return getattr(api, name)
+    if name == "optimize":
+        from hpo.python import optimize
+
+        return optimize
     if name == "memory_spike":
         from hpo.execution.spike import memory_spike
 
@@ -34,10 +38,12 @@ __all__ = [
     "HpoError",
     "StudyAborted",
     "TrialContext",
+    "TrialFailed",
     "__version__",
     "current_context",
     "current_trial",
     "load_study",
     "memory_spike",
+    "optimize",
     "tune",
 ]

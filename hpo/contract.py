@@ -12,6 +12,7 @@ import enum
 from optuna.trial import TrialState
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what counts towards study.n_trials
+UNLIMITED_TRIALS = 2**31 - 1  # the target of a run without n_trials (hpo.optimize: until stopped)
 
 
 class EndReason(str, enum.Enum):

@@ -150,3 +150,27 @@ def fix_params(storage: BaseStorage, trial_id: int, params: Mapping[str, Any]) -
         fixed = {**new, **fixed}
         storage.set_trial_system_attr(trial_id, FIXED_PARAMS, fixed)
     return fixed
+
+
+def rdb_url(study: Any) -> str | None:
+    """The SQLAlchemy URL of an Optuna study's storage; None for an in-memory study; a
+    ValueError naming the storage for any other kind (journal, gRPC)."""
+    from optuna.storages import InMemoryStorage, RDBStorage
+
+    storage = unwrap(study._storage)
+    if isinstance(storage, RDBStorage):
+        return str(storage.url)
+    if isinstance(storage, InMemoryStorage):
+        return None
+    raise ValueError(type(storage).__name__)
+
+
+def enter_optimize_loop(study: Any) -> None:
+    """Let ``study.stop()`` be called from this thread (Optuna allows it only inside its own
+    optimize loop: a callback of hpo.optimize calls it from hpo's run watcher)."""
+    study._thread_local.in_optimize_loop = True
+
+
+def stop_requested(study: Any) -> bool:
+    """Whether ``study.stop()`` was called since :func:`enter_optimize_loop`."""
+    return bool(getattr(study, "_stop_flag", False))

@@ -19,7 +19,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from hpo.config.space import describe
-from hpo.contract import FINISHED, Attr, EndReason
+from hpo.contract import FINISHED, UNLIMITED_TRIALS, Attr, EndReason
 from hpo.errors import StudyAborted
 from hpo.execution.protocol import Assignment, Outcome
 from hpo.storage import StorageOutage
@@ -222,6 +222,8 @@ class TrialRecorder:
     ) -> str:
         target = self.summary.target
         head = f"[{self.done:>{len(str(target))}}/{target}] trial {trial.number}"
+        if target == UNLIMITED_TRIALS:
+            head = f"[{self.done}] trial {trial.number}"
         state = trial.state.name
         if trial.state == TrialState.COMPLETE:
             state += " " + " ".join(f"{v:.4f}" for v in trial.values or ())

@@ -21,6 +21,7 @@ class StopSignals:
     def __init__(self, stop_at_first: bool = False) -> None:
         self.stop_at_first = stop_at_first
         self.interrupts = 0
+        self.ctrl_c = False  # a SIGINT arrived (not a stop request)
         self.terminated = False
         self._previous: dict[int, Any] = {}
 
@@ -56,6 +57,7 @@ class StopSignals:
 
     def _on_int(self, signum: int, frame: FrameType | None) -> None:
         self.interrupts += 1
+        self.ctrl_c = True
         if self.stop_at_first:
             self.terminated = True
             logger.warning("interrupted: stopping now")
