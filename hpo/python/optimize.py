@@ -57,9 +57,12 @@ def optimize(
     notes); ``gc_after_trial`` and ``show_progress_bar`` are accepted for Optuna's sake (each
     trial's worker is hpo's to clean up; a notebook shows the progress, a terminal logs it).
     ``overrides`` are config keys as for :func:`hpo.tune` (``faults__trial_timeout_s=600``)."""
+    from hpo.python.progress import in_notebook
     from hpo.python.watch import sequence
 
     _check(n_trials, timeout)
+    if in_notebook():  # the cell shows the progress; the log keeps to warnings
+        overrides = {"log_level": "WARNING", **overrides}
     run = _prepare(study, objective, n_trials, par, config_dir, overrides)
     signals = StopSignals(stop_at_first=True)
     watcher = _watcher(run, signals, timeout, sequence(callbacks), sequence(catch))
@@ -159,6 +162,7 @@ def _open(settings: Settings, study: optuna.Study) -> tuple[optuna.Study, bool]:
     from hpo.storage import open_storage, prepare_storage
 
     url = settings.storage.url
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # hpo logs what it does itself
     prepare_storage(url, settings.storage.busy_timeout_s)
     storage = open_storage(url, settings.storage.busy_timeout_s)
     try:
