@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpo.errors import ConfigError, StudyAborted
-from hpo.supervisor.signals import StopSignals
 
 if TYPE_CHECKING:
     import optuna
@@ -35,6 +34,7 @@ if TYPE_CHECKING:
     from hpo.config import Settings
     from hpo.config.by_value import ByValue
     from hpo.supervisor.recorder import RunSummary
+    from hpo.supervisor.signals import StopSignals
 
 Objective = Callable[..., Any]
 _OBJECTS = ("sampler", "pruner")  # keys that take an Optuna object (sent by value) or an option
@@ -78,6 +78,8 @@ def tune(
         config_dir=config_dir,
         overrides=overrides,
     )
+    from hpo.supervisor.signals import StopSignals
+
     summary = run_settings(settings, StopSignals(stop_at_first=True))
     if summary.interrupted:
         raise StudyAborted(f"study {settings.study.name!r} was interrupted")

@@ -32,10 +32,11 @@ study = optuna.create_study(study_name="quadratic")  # in memory, as in Optuna's
 hpo.optimize(study, objective, n_trials=5, par=2)
 print("first", len(study.trials))
 seen = []
-hpo.optimize(study, lambda trial: objective(trial), n_trials=3, par=2,
+hpo.optimize(study, lambda trial: objective(trial), n_trials=3, par="auto",
              callbacks=[lambda s, t: seen.append(t.number)])
 print("second", len(study.trials), sorted(seen), study.best_trial.number in range(8))
 print("best", study.best_value == min(t.value for t in study.trials))
+print("distinct", len({t.params["x"] for t in study.trials}))
 """
 
 
@@ -44,6 +45,7 @@ def test_a_quadratic_run_twice_on_one_in_memory_study_adds_trials(tmp_path: Path
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "first 5" in proc.stdout
     assert "second 8 [5, 6, 7] True" in proc.stdout and "best True" in proc.stdout, proc.stdout
+    assert "distinct 8" in proc.stdout, proc.stdout  # two workers never propose the same x
     db = tmp_path / "_optuna" / "quadratic.db"
     assert query(db, "select count(*) from trials where state = 'COMPLETE'") == [(8,)]
 

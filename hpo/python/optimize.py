@@ -28,13 +28,13 @@ from typing import TYPE_CHECKING, Any
 from hpo.contract import UNLIMITED_TRIALS, Attr
 from hpo.errors import ConfigError
 from hpo.storage import _private
-from hpo.supervisor.signals import StopSignals
 
 if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
     from hpo.config import Settings
+    from hpo.supervisor.signals import StopSignals
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ def optimize(
     ``overrides`` are config keys as for :func:`hpo.tune` (``faults__trial_timeout_s=600``)."""
     from hpo.python.progress import in_notebook
     from hpo.python.watch import sequence
+    from hpo.supervisor.signals import StopSignals
 
     _check(n_trials, timeout)
     if in_notebook():  # the cell shows the progress; the log keeps to warnings
