@@ -29,8 +29,9 @@ def objective(trial):
     return (x - 2) ** 2
 
 study = optuna.create_study(study_name="quadratic")  # in memory, as in Optuna's README
+study.enqueue_trial({"x": 2.0})
 hpo.optimize(study, objective, n_trials=5, par=2)
-print("first", len(study.trials))
+print("first", len(study.trials), study.trials[0].state.name, study.trials[0].value)
 seen = []
 hpo.optimize(study, lambda trial: objective(trial), n_trials=3, par="auto",
              callbacks=[lambda s, t: seen.append(t.number)])
@@ -43,7 +44,7 @@ print("distinct", len({t.params["x"] for t in study.trials}))
 def test_a_quadratic_run_twice_on_one_in_memory_study_adds_trials(tmp_path: Path) -> None:
     proc = run_script(tmp_path, QUADRATIC_TWICE)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "first 5" in proc.stdout
+    assert "first 5 COMPLETE 0.0" in proc.stdout, proc.stdout  # the enqueued trial ran
     assert "second 8 [5, 6, 7] True" in proc.stdout and "best True" in proc.stdout, proc.stdout
     assert "distinct 8" in proc.stdout, proc.stdout  # two workers never propose the same x
     db = tmp_path / "_optuna" / "quadratic.db"

@@ -90,10 +90,11 @@ class _Run:
     in_memory: bool
     first: int  # in-memory: the first trial number of the file to copy back
     target: int | None  # finished trials this call runs to (None: no limit)
+    copied: bool = False  # the file was created from the in-memory study: numbers match
 
     def copy_back(self, study: optuna.Study) -> None:
         """An in-memory study gets the trials that ended in the file (as ``study.optimize``
-        leaves them in the study)."""
+        leaves them in the study), its enqueued (WAITING) ones their end too."""
         if not self.in_memory:
             return
         from optuna.trial import TrialState
@@ -101,6 +102,11 @@ class _Run:
         ended = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
         trials = self.view.get_trials(deepcopy=True, states=ended)
         study.add_trials([t for t in trials if t.number >= self.first and not _unstarted(t)])
+        if self.copied:
+            waiting = {t.number for t in study.get_trials(states=(TrialState.WAITING,))}
+            for trial in trials:
+                if trial.number in waiting and not _unstarted(trial):
+                    _private.finish_waiting(study, trial)
 
 
 def _unstarted(trial: FrozenTrial) -> bool:
@@ -144,7 +150,7 @@ def _prepare(
         config_dir=config_dir,
         overrides={"sampler": study.sampler, "pruner": study.pruner, **overrides},
     )
-    view, created = _open(settings, study)
+    view, created = _open(settings, study)  # a new file gets the in-memory trials
     first = len(study.trials)
     if url is None and created:
         view.add_trials(study.trials)
@@ -153,7 +159,8 @@ def _prepare(
     done = _finished(view)
     target = None if n_trials is None else done + n_trials
     study_settings = _replace_target(settings, UNLIMITED_TRIALS if target is None else target)
-    return _Run(study_settings, view, url is None, first if url is None else 0, target)
+    in_memory = url is None
+    return _Run(study_settings, view, in_memory, first if in_memory else 0, target, created)
 
 
 def _open(settings: Settings, study: optuna.Study) -> tuple[optuna.Study, bool]:

@@ -174,3 +174,21 @@ def enter_optimize_loop(study: Any) -> None:
 def stop_requested(study: Any) -> bool:
     """Whether ``study.stop()`` was called since :func:`enter_optimize_loop`."""
     return bool(getattr(study, "_stop_flag", False))
+
+
+def finish_waiting(study: Any, ended: Any) -> None:
+    """Give a study's WAITING trial (enqueued in memory, run in hpo's file) the end it had
+    there: Optuna's ``add_trial`` cannot update a trial, its storage API can."""
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, ended.number)
+    storage.set_trial_state_values(trial_id, TrialState.RUNNING)
+    for name, value in ended.params.items():
+        dist = ended.distributions[name]
+        storage.set_trial_param(trial_id, name, dist.to_internal_repr(value), dist)
+    for step, value in ended.intermediate_values.items():
+        storage.set_trial_intermediate_value(trial_id, step, value)
+    for key, value in ended.user_attrs.items():
+        storage.set_trial_user_attr(trial_id, key, value)
+    storage.set_trial_state_values(trial_id, ended.state, ended.values)
