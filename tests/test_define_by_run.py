@@ -60,3 +60,21 @@ def test_a_learned_space_with_conditional_parameters(tmp_path: Path) -> None:
     assert len(fixed) >= 8, fixed
     grows = [ln for ln in proc.stderr.splitlines() if "first seen" in ln]
     assert len(grows) <= 1, grows  # once, whatever the number of workers
+
+
+def test_fixed_values_are_what_suggest_returns_and_enqueued_ones_win() -> None:
+    """The Optuna names presampling relies on (the ``fixed_params`` system attribute and the
+    trial's copy of it) still mean what they did."""
+    import optuna
+
+    from hpo.storage import _private, trial_id_of
+
+    study = optuna.create_study()
+    study.enqueue_trial({"y": 7})
+    trial = study.ask()
+    frozen = trial.storage.get_trial(trial_id_of(trial))
+    fixed = _private.fix_params(trial, frozen, {"x": 0.25, "y": 1, "unused": "a"})
+    assert fixed == {"x": 0.25, "y": 7, "unused": "a"}
+    assert trial.suggest_float("x", 0, 1) == 0.25 and trial.suggest_int("y", 0, 9) == 7
+    study.tell(trial, 1.0)
+    assert study.trials[0].params == {"x": 0.25, "y": 7}  # only what was suggested

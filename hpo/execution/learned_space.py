@@ -39,16 +39,14 @@ class LearnedSpace:
         self._store = store
         self._folded: set[int] = set()  # numbers of finished trials already folded in
 
-    def update(self) -> dict[str, BaseDistribution]:
+    def update(self, study: optuna.Study) -> dict[str, BaseDistribution]:
         """The space, extended by the trials that finished since (call under the ask lock);
         a parameter whose distribution changed between trials (a range that depends on
         another parameter) is left out: it is sampled when the objective suggests it."""
         stored = self._store.study_attrs().get(LEARNED_SPACE_ATTR) or {}
         space = {name: _load(text) for name, text in stored.items()}
-        trials = self._store.storage.get_all_trials(
-            self._store.study_id, deepcopy=False, states=FINISHED
-        )
-        new = [t for t in sorted(trials, key=lambda t: t.number) if t.number not in self._folded]
+        trials = study.get_trials(deepcopy=False, states=FINISHED)  # Optuna's cache: cheap
+        new = [t for t in trials if t.number not in self._folded]
         grown: dict[str, BaseDistribution | None] = dict(space)
         for trial in new:
             self._folded.add(trial.number)
@@ -90,5 +88,5 @@ def presample(
     for name, dist in todo.items():
         if name not in values:
             values[name] = sampler.sample_independent(study, frozen, name, dist)
-    fixed = _private.fix_params(trial.storage, trial_id, values)
+    fixed = _private.fix_params(trial, frozen, values)
     return {name: fixed[name] for name in values}

@@ -77,7 +77,7 @@ class Proposer:
                 with warnings.catch_warnings():  # hpo records the heartbeats of ask/tell trials
                     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
                     trial = self._study.ask()  # a waiting trial (a retry), or a new one
-                learned = self._learned.update() if self._learned is not None else {}
+                learned = self._learned.update(self._study) if self._learned else {}
             trial_id, pid = trial_id_of(trial), os.getpid()
             try:
                 self._store.set_user_attrs(trial_id, {**request.owner, Attr.WORKER_PID: pid})
@@ -92,7 +92,6 @@ class Proposer:
             params = trial.params
             if learned:  # sampled now, recorded when the objective suggests them
                 params = {**params, **presample(self._study, trial, learned)}
-                trial = optuna.Trial(self._study, trial_id)  # it reads its fixed values
             self._asked = {trial_id: trial}  # this worker is likely to run it: no second read
             return Proposal(AskedTrial(trial.number, params, trial.user_attrs), trial_id)
 

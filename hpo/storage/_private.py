@@ -139,16 +139,17 @@ def count_trials(storage: BaseStorage, study_id: int, states: Collection[TrialSt
 FIXED_PARAMS = "fixed_params"  # the system attribute Optuna's enqueue_trial fills
 
 
-def fix_params(storage: BaseStorage, trial_id: int, params: Mapping[str, Any]) -> dict[str, Any]:
-    """Make ``params`` the values ``trial.suggest_*`` returns for them on a trial (its
-    enqueued values win), recorded as parameters only when the objective suggests them;
-    returns the trial's fixed values now."""
-    trial = storage.get_trial(trial_id)
-    fixed = dict(trial.system_attrs.get(FIXED_PARAMS, {}))
+def fix_params(trial: Any, frozen: Any, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Make ``params`` the values ``trial.suggest_*`` returns for them on ``trial`` (an
+    ``optuna.Trial``; ``frozen``, its state as just read; its enqueued values win), recorded as
+    parameters only when the objective suggests them; returns its fixed values now. The trial
+    object reads them too (Optuna reads them when a Trial is made)."""
+    fixed = dict(frozen.system_attrs.get(FIXED_PARAMS, {}))
     new = {k: v for k, v in params.items() if k not in fixed}
     if new:
         fixed = {**new, **fixed}
-        storage.set_trial_system_attr(trial_id, FIXED_PARAMS, fixed)
+        trial.storage.set_trial_system_attr(frozen._trial_id, FIXED_PARAMS, fixed)
+        trial._fixed_params = fixed
     return fixed
 
 
