@@ -147,3 +147,24 @@ def test_the_objective_gets_cfg_when_it_takes_a_second_argument(
 
 def test_current_trial_is_none_outside_a_trial() -> None:
     assert current_trial() is None and hpo.current_trial() is None
+
+
+@pytest.mark.parametrize(
+    ("value", "n_objectives", "expected", "why"),
+    [
+        (1, 1, 1.0, None),
+        ((1, 2.5), 2, [1.0, 2.5], None),
+        ([0.5, float("inf")], 2, None, "expected 2 floats, finite"),
+        ((1.0,), 2, None, "expected 2 floats"),
+        ((1.0, 2.0), 1, None, "expected a float"),
+        (float("nan"), 1, None, "expected a float, finite"),
+    ],
+)
+def test_the_objective_returns_one_float_per_direction(
+    value: object, n_objectives: int, expected: object, why: str | None
+) -> None:
+    from hpo.execution.runner import check_value
+
+    checked, message = check_value(value, n_objectives)
+    assert checked == expected
+    assert (message is None) if why is None else (why in str(message))

@@ -184,7 +184,7 @@ def check_value(value: Any, n_objectives: int) -> tuple[Any, str | None]:
         if isinstance(v, bool) or not isinstance(v, numbers.Real):
             return None, f"objective returned {value!r}, expected {expected}"
         if not math.isfinite(v):
-            return None, f"objective returned {value!r}, expected finite values"
+            return None, f"objective returned {value!r}, expected {expected}, finite"
     floats = [float(v) for v in values]
     return (floats[0] if n_objectives == 1 else floats), None
 
