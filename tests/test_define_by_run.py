@@ -78,3 +78,31 @@ def test_fixed_values_are_what_suggest_returns_and_enqueued_ones_win() -> None:
     assert trial.suggest_float("x", 0, 1) == 0.25 and trial.suggest_int("y", 0, 9) == 7
     study.tell(trial, 1.0)
     assert study.trials[0].params == {"x": 0.25, "y": 7}  # only what was suggested
+
+
+def test_a_study_file_without_a_space_learns_it_too(tmp_path: Path) -> None:
+    """The study-file door: no ``space:``, an Optuna-style ``objective(trial)``."""
+    import subprocess
+    import sys
+
+    from tests.test_user_project import _env
+
+    (tmp_path / "conf" / "study").mkdir(parents=True)
+    (tmp_path / "quad.py").write_text(
+        "def objective(trial):\n    return (trial.suggest_float('x', -5, 5) - 1) ** 2\n"
+    )
+    (tmp_path / "conf" / "study" / "quad.yaml").write_text(
+        "name: quad\nobjective: quad:objective\ndirection: minimize\nn_trials: 6\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "hpo.cli", "tune", "study=quad", "par=2", "sampler=random"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=_env(),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    db = tmp_path / "_optuna" / "quad.db"
+    assert query(db, "select count(*) from trials where state = 'COMPLETE'") == [(6,)]
+    assert query(db, "select distinct param_name from trial_params") == [("x",)]
