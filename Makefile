@@ -86,10 +86,12 @@ plan: $(STAMP)
 report: $(STAMP)
 	$(BIN)/hpo report study=$(STUDY) $(ARGS)
 
-# Delete the study databases and their checkpoint directories in _optuna/ (the folder stays).
+# Delete the studies in _optuna/ (the folder and its .gitkeep stay): each database with SQLite's
+# -wal and -shm and the folder of hpo's files beside it (locks, checkpoints), and what older hpo
+# kept beside the database instead (lock files, logs, <study>.ckpt/ and <study>.sim/ folders).
 clean-studies:
-	rm -f _optuna/*.db _optuna/*.db-wal _optuna/*.db-shm
-	rm -rf _optuna/*.ckpt
+	rm -f _optuna/*.db _optuna/*.db-wal _optuna/*.db-shm _optuna/*.lock _optuna/*.log
+	rm -rf _optuna/*/
 
 # GPU check (bench/gpu_check.py): the GPU-marked tests, the criteria presets' real peaks against
 # hpo's estimates, and study=criteria_gpu under par=2 and par=auto, in at most 8 minutes; it

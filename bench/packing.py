@@ -44,7 +44,7 @@ from hpo.config import Settings, compose
 from hpo.contract import Decision
 from hpo.devices import GIB, MIB, Device, SimulatedGpu
 from hpo.errors import HpoError
-from hpo.memory import Estimate, MemoryGate, Verdict, build_gate
+from hpo.memory import Estimate, EstimateSource, MemoryGate, Verdict, build_gate
 from hpo.sim import load_workload
 from hpo.sim.objective import GPU_SECONDS_ATTR
 from hpo.supervisor import Supervisor
@@ -82,7 +82,9 @@ class TruthGate:
         spike = (
             float(self._wl.eval_extra_bytes(params)) if self._wl.family(params).eval_spike else 0
         )
-        estimate = Estimate(point, upper, "oracle", 0, spike_bytes=spike, spike_floor_bytes=spike)
+        estimate = Estimate(
+            point, upper, EstimateSource.KNOWN, 0, spike_bytes=spike, spike_floor_bytes=spike
+        )
         return Verdict(Decision.ADMIT, "oracle", estimate, budget)
 
 

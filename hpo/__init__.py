@@ -7,10 +7,15 @@ measures their memory, and records how every trial ended.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hpo.errors import ConfigError, HpoError, StudyAborted, TrialFailed
 from hpo.execution.context import TrialContext, current_context, current_trial
+
+if TYPE_CHECKING:  # the lazy exports below, as editors and type checkers should see them
+    from hpo.api import load_study, tune
+    from hpo.execution.spike import memory_spike
+    from hpo.python import optimize
 
 __version__ = "0.1.0"
 

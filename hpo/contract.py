@@ -2,12 +2,14 @@
 
 ``hpo stats``, its SQL in ``docs/sql.md``, the dashboard, the report and users' own queries
 read these names from the study's storage, so they are spelled once, here, and every module
-uses the constants instead of string literals (see DESIGN.md, "Contracts").
+uses the constants instead of string literals (docs/architecture.md, "Contracts").
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
+from typing import Any
 
 from optuna.trial import TrialState
 
@@ -47,11 +49,23 @@ class EndReason(str, enum.Enum):
         """Whether the trial ran its course, so its peaks and duration describe its params."""
         return self in (EndReason.COMPLETE, EndReason.PRUNED)
 
+    @classmethod
+    def of(cls, attrs: Mapping[str, Any]) -> EndReason | None:
+        """The end reason recorded in a trial's user attributes (None: none, or not hpo's)."""
+        try:
+            return cls(attrs.get(Attr.END_REASON))
+        except ValueError:
+            return None
+
+    @classmethod
+    def measured_in(cls, attrs: Mapping[str, Any]) -> bool:
+        """Whether the trial these user attributes describe ran its course (measured)."""
+        reason = cls.of(attrs)
+        return reason is not None and reason.measured
+
 
 # Infrastructure failures: they say nothing about the parameters, so they may be retried.
 RETRYABLE = (EndReason.WORKER_DIED, EndReason.CUDA_ERROR, EndReason.TIMEOUT)
-# End reasons of trials that ran and were measured (their peaks teach the estimators).
-MEASURED = (EndReason.COMPLETE.value, EndReason.PRUNED.value)
 
 
 class Attr:

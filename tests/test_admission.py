@@ -132,7 +132,9 @@ def test_admission_never_over_commits_under_concurrent_completions(
             sched.books.release(trial)
             workers.busy.discard(running.pop(trial))
         while not backlog.full and number < 150:
-            backlog.add(Waiting(None, {"n": number}, est(rng.choice([2.5, 5, 10, 14, 20]))))
+            backlog.add(
+                Waiting(None, {"n": number}, est(rng.choice([2.5, 5, 10, 14, 20])), number=number)
+            )
             number += 1
         schedule(sched, backlog, workers, running, started)
         for index in range(len(devices)):
@@ -193,7 +195,7 @@ def test_the_largest_waiting_trial_is_protected_and_smaller_ones_backfill_in_tim
     started: list[int] = []
     durations = {0: 60.0, 1: 120.0, 2: 10.0, 3: 10.0, 4: 300.0}  # 5: unknown
     for n, gib in ((0, 10), (4, 2.5), (5, 2.5), (1, 20), (2, 2.5), (3, 2.5)):
-        backlog.add(Waiting(None, {"n": n}, est(gib)))
+        backlog.add(Waiting(None, {"n": n}, est(gib), number=n))
         if n == 0:
             schedule(sched, backlog, workers, running, started, durations)
     schedule(sched, backlog, workers, running, started, durations)
@@ -219,10 +221,10 @@ def test_a_trial_overtaken_max_bypass_times_comes_first_whatever_its_size(
     workers = Workers(6)
     running: dict[int, int] = {}
     started: list[int] = []
-    backlog.add(Waiting(None, {"n": 0}, est(18)))
+    backlog.add(Waiting(None, {"n": 0}, est(18), number=0))
     schedule(sched, backlog, workers, running, started)
     for n, gib in ((1, 5), (2, 10), (3, 10)):  # 1 is oldest, and does not fit beside 0
-        backlog.add(Waiting(None, {"n": n}, est(gib)))
+        backlog.add(Waiting(None, {"n": n}, est(gib), number=n))
     schedule(sched, backlog, workers, running, started)
     assert started == [0]
     end(sched, workers, running, 0)
@@ -235,7 +237,7 @@ def test_a_trial_overtaken_max_bypass_times_comes_first_whatever_its_size(
 
 def test_backlog_counts_bypasses_and_rejects_a_negative_limit() -> None:
     backlog = Backlog(max_bypass=1, limit=3)
-    a, b, c = (Waiting(None, {}, None) for _ in range(3))
+    a, b, c = (Waiting(None, {}, None, number=n) for n in range(3))
     for item in (a, b, c):
         backlog.add(item)
     assert backlog.full and not backlog.may_ask()

@@ -56,3 +56,17 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "Traceback" in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("hpo: error: unknown study")
+
+
+def test_the_best_trial_line_shows_what_the_study_names_and_nothing_else(
+    tmp_path: Path, toy_args: list[str]
+) -> None:
+    """The generic CLI names no study's attribute: ``study.show`` lists what to print."""
+    plain = run_hpo(tmp_path, *toy_args, "study.n_trials=2")
+    assert plain.returncode == 0, plain.stderr
+    best = [line for line in plain.stdout.splitlines() if line.startswith("best trial")]
+    assert len(best) == 1 and "(" not in best[0].split("|")[0], best
+    shown = run_hpo(tmp_path, *toy_args, "study.n_trials=3", "study.show=[duration_s,nope]")
+    assert shown.returncode == 0, shown.stderr
+    best = [line for line in shown.stdout.splitlines() if line.startswith("best trial")]
+    assert len(best) == 1 and "(duration_s " in best[0] and "nope" not in best[0], best

@@ -9,7 +9,7 @@ import random
 import pytest
 
 from hpo.contract import Decision
-from hpo.memory import MemoryEstimator, MemoryGate, Observation
+from hpo.memory import EstimateSource, MemoryEstimator, MemoryGate, Observation
 from hpo.memory.fit import fit_group
 from hpo.memory.oom import hit_own_limit
 from hpo.memory.prior import Prior
@@ -256,8 +256,8 @@ def test_a_held_trial_neither_goes_first_nor_is_protected() -> None:
     from hpo.scheduling.backlog import Waiting
 
     backlog = Backlog(max_bypass=0, limit=8)  # max_bypass 0: the oldest is always starving
-    held = Waiting(None, {"n": 1}, None, held="waits for a smaller configuration")
-    small = Waiting(None, {"n": 2}, Estimate(GIB, 1.1 * GIB, "fit", 3))
+    held = Waiting(None, {"n": 1}, None, number=1, held="waits for a smaller configuration")
+    small = Waiting(None, {"n": 2}, Estimate(GIB, 1.1 * GIB, EstimateSource.FIT, 3), number=2)
     backlog.add(held)
     backlog.add(small)
     assert backlog.queue() == [small, held]

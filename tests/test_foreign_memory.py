@@ -89,7 +89,7 @@ def test_a_study_beside_another_users_memory_never_over_commits_the_card(
     """12 GiB of the 24 GiB card are held by a process outside hpo; memory-aware trials
     packed onto the rest never find the card full (an OOM, if any, is a trial's own cap)."""
     store = tmp_path / "_optuna"
-    with hold(store / "simulated.sim", 12.0):
+    with hold(store / "simulated" / "sim", 12.0):
         proc = run_hpo(
             tmp_path,
             "study=simulated",

@@ -54,16 +54,20 @@ def test_split_divides_evenly_or_not_at_all() -> None:
 def test_the_fewest_micro_batches_that_can_run_are_chosen() -> None:
     gate = _gate()
     # bs 32: 20,000 MiB fits whole; bs 128: 68,000 cannot, 64 (36,000) cannot, 32 can: k=4
-    k, run, verdict = choose(gate, {"model": "l", "batch_size": 32}, "batch_size", 8)
+    c = choose(gate, {"model": "l", "batch_size": 32}, "batch_size", 8)
+    k, run, verdict = c.steps, c.params, c.verdict
     assert (k, run["batch_size"], verdict.decision) == (1, 32, Decision.ADMIT)
-    k, run, verdict = choose(gate, {"model": "l", "batch_size": 128}, "batch_size", 8)
+    c = choose(gate, {"model": "l", "batch_size": 128}, "batch_size", 8)
+    k, run, verdict = c.steps, c.params, c.verdict
     assert (k, run["batch_size"], verdict.decision) == (4, 32, Decision.ADMIT)
     assert verdict.estimate is not None and verdict.estimate.point_bytes < 22 * GIB
     # a retry asks for more: at least 8
-    k, run, _ = choose(gate, {"model": "l", "batch_size": 128}, "batch_size", 8, 8)
+    c = choose(gate, {"model": "l", "batch_size": 128}, "batch_size", 8, 8)
+    k, run = c.steps, c.params
     assert (k, run["batch_size"]) == (8, 16)
     # without accumulation (max 0) the whole batch is pre-pruned
-    k, run, verdict = choose(gate, {"model": "l", "batch_size": 128}, "batch_size", 0)
+    c = choose(gate, {"model": "l", "batch_size": 128}, "batch_size", 0)
+    k, run, verdict = c.steps, c.params, c.verdict
     assert (k, run["batch_size"], verdict.decision) == (1, 128, Decision.PRE_PRUNE)
 
 
@@ -77,7 +81,8 @@ def test_an_untrusted_estimate_over_the_budget_is_split_rather_than_run_alone() 
     whole = gate.check({"model": "l", "batch_size": 64})
     assert whole.decision is Decision.ADMIT and whole.estimate is not None
     assert whole.estimate.upper_bytes > 24 * GIB
-    k, run, verdict = choose(gate, {"model": "l", "batch_size": 64}, "batch_size", 8)
+    c = choose(gate, {"model": "l", "batch_size": 64}, "batch_size", 8)
+    k, run, verdict = c.steps, c.params, c.verdict
     assert (k, run["batch_size"], verdict.decision) == (4, 16, Decision.ADMIT)
     assert verdict.estimate is not None and gate.alone_bytes is not None
     assert verdict.estimate.point_bytes <= gate.alone_bytes
@@ -86,7 +91,8 @@ def test_an_untrusted_estimate_over_the_budget_is_split_rather_than_run_alone() 
 def test_pre_pruned_only_when_no_micro_batch_fits() -> None:
     gate = _gate()
     # bs 512 would need 64 micro-batches of 8; at most 8 (of 64: 36,000 MiB) cannot run
-    k, run, verdict = choose(gate, {"model": "l", "batch_size": 512}, "batch_size", 8)
+    c = choose(gate, {"model": "l", "batch_size": 512}, "batch_size", 8)
+    k, run, verdict = c.steps, c.params, c.verdict
     assert verdict.decision is Decision.PRE_PRUNE and k == 1 and run["batch_size"] == 512
 
 

@@ -17,7 +17,7 @@ import pytest
 from hpo.config import Settings
 from hpo.contract import Decision
 from hpo.devices import GIB, MIB, SimulatedGpu, open_devices
-from hpo.memory import Estimate, Verdict, build_gate
+from hpo.memory import Estimate, EstimateSource, Verdict, build_gate
 from hpo.sim import load_workload
 from hpo.supervisor import Supervisor
 from tests.conftest import ROOT, run_hpo, settings_of
@@ -95,7 +95,9 @@ class TruthGate:
             upper = self._wl.footprint_bytes(params) * (1 + self._wl.noise_frac)
         if upper > budget:
             return Verdict(Decision.PRE_PRUNE, "cannot fit", None, budget)
-        return Verdict(Decision.ADMIT, "truth", Estimate(upper, upper, "truth", 3), budget)
+        return Verdict(
+            Decision.ADMIT, "truth", Estimate(upper, upper, EstimateSource.KNOWN, 3), budget
+        )
 
 
 def test_a_packed_card_is_never_over_committed_and_runs_trials_side_by_side(

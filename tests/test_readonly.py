@@ -190,7 +190,7 @@ def test_status_of_a_simulated_study_writes_nothing_to_its_ledger(tmp_path: Path
     args = ["study=simulated", f"storage.dir={store}", "study.n_trials=4", "study.epochs=3"]
     result = run_hpo(tmp_path, *args, "par=2")
     assert result.returncode == 0, result.stdout + result.stderr
-    ledger = store / "simulated.sim"
+    ledger = store / "simulated" / "sim"
     assert (ledger / "sim0.json").is_file()
     before = listing(tmp_path)
     contents = {p.name: p.read_bytes() for p in ledger.iterdir()}

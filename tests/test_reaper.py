@@ -175,21 +175,22 @@ def test_a_stopping_supervisor_interrupts_what_its_workers_were_asking_for(
     orphan = _running(study, node_id=node_id(), supervisor_pid=_dead_pid(), host="here")
     asked = _running(study, **me, worker_pid=_dead_pid())
     later = _running(study, **me, worker_pid=_dead_pid())
+    reaper, store = Reaper(_store(study), grace_period_s=60, node_name="here"), _store(study)
     recorder = TrialRecorder(
+        study,
+        store,
         RunSummary("reap", "sqlite://", 10, 0, 0.0),
         RetryPolicy(frozenset(), 0),
         CheckpointStore(None),
         5,
     )
-    reaper, store = Reaper(_store(study), grace_period_s=60, node_name="here"), _store(study)
-    recorder.store = store  # as the supervisor sets it once the study is open
     found = [f for f in reaper.find(set()) if f[0] != later._trial_id]
     assert {tid: d for tid, d, _ in found} == {
         orphan._trial_id: Liveness.ORPHANED,
         asked._trial_id: Liveness.ASKED,
     }
-    recorder.reap_all(study, store, found, "stopped by the user")
-    recorder.reap_all(study, store, reaper.find(set()))  # the run goes on: reaped
+    recorder.reap_all(found, "stopped by the user")
+    recorder.reap_all(reaper.find(set()))  # the run goes on: reaped
     ended = {t.number: t for t in study.get_trials(deepcopy=False)}
     assert ended[asked.number].user_attrs["end_reason"] == EndReason.INTERRUPTED.value
     assert ended[orphan.number].user_attrs["end_reason"] == EndReason.WORKER_DIED.value

@@ -225,7 +225,7 @@ def test_a_settled_trial_at_a_new_size_sizes_its_group_and_holds_nothing_back() 
     assert gate.hold_back(a32, [a16]) is None
     both = gate.check(a32)
     assert both.decision is Decision.ADMIT and both.estimate is not None
-    assert both.estimate.source == "fit+settled"
+    assert both.estimate.label == "fit+settled"
     assert 28 * GIB <= both.estimate.upper_bytes < alone.upper_bytes - 8 * GIB
     own = gate.check(a8)  # measured within the budget: its own runs' estimate
     assert own.estimate is not None and own.estimate.source == "one-point"
@@ -244,7 +244,8 @@ def test_an_estimate_from_a_settled_trial_does_not_split_a_batch() -> None:
     gate.settled(1, {"model": "a", "batch_size": 8}, 12 * GIB)
     big = {"model": "a", "batch_size": 64}
     assert gate.check(big).estimate.point_bytes > 24 * GIB  # type: ignore[union-attr]
-    k, run, verdict = micro.choose(gate, big, "batch_size", 8)
+    c = micro.choose(gate, big, "batch_size", 8)
+    k, run, verdict = c.steps, c.params, c.verdict
     assert (k, run["batch_size"], verdict.decision) == (1, 64, Decision.ADMIT)
 
 

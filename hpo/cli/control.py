@@ -51,7 +51,7 @@ def stop(args: argparse.Namespace) -> int:
 
 
 def detach(args: argparse.Namespace, settings: Any) -> int:
-    """Run the same ``hpo tune`` in the background, its log beside the study's database."""
+    """Run the same ``hpo tune`` in the background, its log in the study's folder."""
     log_dir = _log_dir(settings)
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{settings.study.name}.{settings.node_id}.log"
@@ -72,7 +72,8 @@ def detach(args: argparse.Namespace, settings: Any) -> int:
 
 
 def _log_dir(settings: Any) -> Path:
-    from hpo.storage import sqlite_path
+    """The SQLite database's folder (:mod:`hpo.storage.files`), else the project's _optuna/."""
+    from hpo.storage.files import study_folder
 
-    path = sqlite_path(settings.storage.url)
-    return path.resolve().parent if path is not None else settings.project_dir / "_optuna"
+    folder = study_folder(settings.storage.url)
+    return folder if folder is not None else settings.project_dir / "_optuna"

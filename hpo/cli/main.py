@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument(
         "--detach",
         action="store_true",
-        help="run in the background, the log beside the study's database; stop with hpo stop",
+        help="run in the background, the log in the study's folder; stop with hpo stop",
     )
     tune.add_argument(
         "overrides",
@@ -119,8 +119,15 @@ def _tune(args: argparse.Namespace) -> int:
     if summary.best is not None:
         from hpo.config.space import describe
 
-        best = summary.best
-        held_out = best.user_attrs.get("test_accuracy")
-        extra = f" (test_accuracy {held_out:.4f})" if isinstance(held_out, float) else ""
+        best, shown = summary.best, settings.study.show
+        extra = ", ".join(
+            _shown(key, best.user_attrs.get(key)) for key in shown if key in best.user_attrs
+        )
+        extra = f" ({extra})" if extra else ""
         print(f"best trial {best.number}: value {best.value:.4f}{extra} | {describe(best.params)}")
     return EXIT_INTERRUPTED if summary.interrupted else EXIT_OK
+
+
+def _shown(key: str, value: object) -> str:
+    """``key value``, a float to 4 decimals (a study's ``show`` attributes)."""
+    return f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}"

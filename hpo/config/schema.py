@@ -68,6 +68,7 @@ class StudyConf:
     memory: StudyMemoryConf = field(default_factory=StudyMemoryConf)
     loader: DataLoaderConf = field(default_factory=DataLoaderConf)
     extra: dict[str, Any] = field(default_factory=dict)  # free settings for user objectives
+    show: list[str] = field(default_factory=list)  # best trial's user attributes to print
 
 
 @dataclass
@@ -105,7 +106,7 @@ class FaultConf:
     heartbeat_interval_s: int = 10  # seconds between heartbeats of each running trial
     grace_period_s: int = 60  # seconds without a heartbeat before another node's trial is stale
     checkpoints: bool = True  # give each trial a checkpoint directory; retries resume from it
-    checkpoint_dir: str | None = None  # root of the trial directories; null = <dir>/<study>.ckpt
+    checkpoint_dir: str | None = None  # trial directories' root; null = <dir>/<study>/checkpoints
     keep_best_checkpoint: bool = True  # keep the best trial's directory when cleaning up
 
 

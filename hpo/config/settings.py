@@ -43,6 +43,7 @@ class StudySettings:
     max_accum_steps: int = 0
     batch_param: str = "batch_size"
     directions: tuple[str, ...] = ()  # one per objective (a single objective: (direction,))
+    show: tuple[str, ...] = ()  # user attributes of the best trial a finished run prints
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,8 @@ class Settings:
         study, mem, faults = plain["study"], plain["memory"], plain["faults"]
         project = Path(plain.get("project_dir") or Path.cwd()).resolve()
         storage_dir = (project / Path(plain["storage"]["dir"]).expanduser()).resolve()
+        name = str(study["name"])
+        url = storage_url(plain["storage"].get("url"), storage_dir, name)
         user_conf = plain.get("user_config_dir")
         return cls(
             study=_study(study),
@@ -170,14 +173,14 @@ class Settings:
                 kind=str(study["device"]),
                 capacity_gib=mem["capacity_gib"],
                 workload=study.get("workload"),
-                sim_state_dir=(storage_dir / f"{study['name']}.sim").resolve(),
+                sim_state_dir=study_dir(url, storage_dir, name, "sim"),
             ),
             storage=StorageSettings(
-                url=storage_url(plain["storage"].get("url"), storage_dir, study["name"]),
+                url=url,
                 busy_timeout_s=float(plain["storage"]["busy_timeout_s"]),
                 outage_s=float(plain["storage"].get("outage_s", 120.0)),
             ),
-            faults=_faults(faults, project, storage_dir, study["name"]),
+            faults=_faults(faults, project, study_dir(url, storage_dir, name, "checkpoints")),
             memory=_memory(mem, study.get("memory") or {}),
             par=None if str(plain["par"]) == "auto" else int(plain["par"]),
             max_failures_in_a_row=int(plain["max_failures_in_a_row"]),
@@ -198,6 +201,21 @@ class Settings:
 def storage_url(url: str | None, directory: Path, study_name: str) -> str:
     """The configured URL, or ``sqlite:///<dir>/<study name>.db``."""
     return str(url) if url else f"sqlite:///{directory / study_name}.db"
+
+
+_SERVER_SUFFIX = {"checkpoints": "ckpt", "sim": "sim"}  # <storage dir>/<study>.<suffix>
+
+
+def study_dir(url: str, storage_dir: Path, study_name: str, kind: str) -> Path:
+    """The study's folder ``kind`` (``checkpoints``: the default checkpoint root, ``sim``: the
+    simulated cards' ledgers): in an SQLite database's folder (:mod:`hpo.storage.files`), else
+    (a server storage) ``<storage dir>/<study>.ckpt`` or ``<storage dir>/<study>.sim``."""
+    from hpo.storage.files import study_subdir
+
+    folder = study_subdir(url, study_name, kind)
+    if folder is not None:
+        return folder
+    return (storage_dir / f"{study_name}.{_SERVER_SUFFIX[kind]}").resolve()
 
 
 def memory_groups(space_conf: Mapping[str, Any], memory: Mapping[str, Any]) -> tuple[str, ...]:
@@ -227,17 +245,15 @@ def _study(study: Mapping[str, Any]) -> StudySettings:
         max_accum_steps=int(memory.get("max_accum_steps", 8)) if memory.get("accumulation") else 0,
         batch_param=str(memory.get("batch_param", "batch_size")),
         directions=tuple(study.get("directions") or [study["direction"]]),
+        show=tuple(str(key) for key in study.get("show") or ()),
     )
 
 
-def _faults(
-    faults: Mapping[str, Any], project: Path, storage_dir: Path, study_name: str
-) -> FaultSettings:
+def _faults(faults: Mapping[str, Any], project: Path, default_root: Path) -> FaultSettings:
     root: Path | None = None
     if faults["checkpoints"]:
         chosen = faults.get("checkpoint_dir")
-        root = project / chosen if chosen else storage_dir / f"{study_name}.ckpt"
-        root = root.resolve()
+        root = (project / chosen).resolve() if chosen else default_root
     return FaultSettings(
         trial_timeout_s=float(faults["trial_timeout_s"]),
         max_retries=int(faults["max_retries"]),

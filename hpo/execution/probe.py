@@ -97,7 +97,8 @@ class MemoryProbe:
             self._device_peak, self.device_grew_at = used, now
 
     def attrs(self) -> dict[str, Any]:
-        """User attributes of DESIGN.md: ``peak_rss_mib`` always, VRAM keys from the device."""
+        """User attributes (docs/architecture.md, "Contracts"): ``peak_rss_mib`` always, VRAM keys
+        from the device."""
         peak_rss = max(self._rss_peak, _high_water_mark() or 0)
         return {
             Attr.PEAK_RSS_MIB: round(peak_rss / MIB, 1),

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from hpo.memory.estimator import Estimate, MemoryEstimator, Observation
-from hpo.memory.gate import MemoryGate, Verdict, device_budget
+from hpo.memory.estimator import Estimate, EstimateSource, MemoryEstimator, Observation
+from hpo.memory.gate import MemoryGate, Verdict, device_budget, device_margin, lone_cap
 from hpo.memory.prior import Prior, build_prior
 
 if TYPE_CHECKING:
@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Estimate",
+    "EstimateSource",
     "MemoryEstimator",
     "MemoryGate",
     "Observation",
@@ -22,6 +23,8 @@ __all__ = [
     "Verdict",
     "build_gate",
     "device_budget",
+    "device_margin",
+    "lone_cap",
 ]
 
 

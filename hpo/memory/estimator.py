@@ -36,6 +36,7 @@ noise of repeated runs, only from a fit with enough configurations to have deter
 
 from __future__ import annotations
 
+import enum
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -65,23 +66,66 @@ class Observation:
     censored: bool = False  # True: the trial ran out of memory; it needs more than peak_bytes
 
 
+class EstimateSource(str, enum.Enum):
+    """Where an estimate comes from; stored as the ``est_source`` user attribute."""
+
+    FIT = "fit"  # a fit through two or more sizes of the group
+    ONE_POINT = "one-point"  # one size measured, extrapolated (proportionally, or by a prior)
+    CALIBRATED_PRIOR = "calibrated-prior"  # the traced prior, calibrated on other groups
+    COLD_PRIOR = "cold-prior"  # the traced prior alone, with a cold uplift
+    OOM_BOUND = "oom-bound"  # an OOM said it needs more than this
+    SETTLED = "settled"  # nothing measured: running trials of its group that settled
+    KNOWN = "known"  # given from outside (a benchmark's oracle, a replay's known jobs)
+
+    @property
+    def provisional(self) -> bool:
+        """Nothing of its group ended yet: only running trials that settled stand behind it."""
+        return self is EstimateSource.SETTLED
+
+    @property
+    def loose(self) -> bool:
+        """An extrapolation from one size without a prior's slope may be far above the truth:
+        too loose to give a configuration up for good (it runs and is measured)."""
+        return self is EstimateSource.ONE_POINT
+
+
+@dataclass(frozen=True)
+class Found:
+    """What measurements or a prior say of a configuration, before the bounds from runs."""
+
+    point_bytes: float
+    uplift: float  # the upper estimate is the point times 1 + this
+    source: EstimateSource
+    prune_bytes: float | None  # the evidence it cannot run (None: the upper estimate)
+
+
 @dataclass(frozen=True)
 class Estimate:
     """Predicted peak device footprint of a trial (bytes) and a bound it should stay under."""
 
     point_bytes: float
     upper_bytes: float
-    source: str  # fit | one-point | calibrated-prior | cold-prior | oom-bound | settled
+    source: EstimateSource
     n_measured: int  # measured trials of the same group
     # what a run may reach if the fit is at its optimistic end (its point less one standard
     # error, plus the noise): what pre-pruning holds against the device (None: the upper)
     prune_bytes: float | None = None
     spike_bytes: float = 0.0  # of upper_bytes, a declared spike's upper bound (one per device)
     spike_floor_bytes: float = 0.0  # and its low end: the rest is the steady reservation
+    settled: bool = False  # running trials of its group that settled were counted as measured
+
+    def __post_init__(self) -> None:  # a source given by its name ("fit") is the enum's
+        object.__setattr__(self, "source", EstimateSource(self.source))
 
     @property
     def evidence_bytes(self) -> float:
         return self.upper_bytes if self.prune_bytes is None else self.prune_bytes
+
+    @property
+    def label(self) -> str:
+        """The source as recorded: ``fit+settled`` where settled trials added sizes."""
+        plain = self.source is EstimateSource.SETTLED or not self.settled
+        return self.source.value if plain else f"{self.source.value}+settled"
 
 
 class MemoryEstimator:
@@ -193,9 +237,9 @@ class MemoryEstimator:
         if found is None:
             if bound is None:
                 return None
-            return Estimate(bound, bound * (1 + self._min_uplift), "oom-bound", 0)
-        point, uplift, source, prune = found
-        upper = point * (1 + max(self._min_uplift, uplift))
+            return Estimate(bound, bound * (1 + self._min_uplift), EstimateSource.OOM_BOUND, 0)
+        point, source, prune = found.point_bytes, found.source, found.prune_bytes
+        upper = point * (1 + max(self._min_uplift, found.uplift))
         fit = self._group_fit(key) if points else None
         if fit is not None and fit.beyond(s) > 0:  # convex growth the F-test let pass
             upper = max(upper, fit.convex_at(s) * (1 + self.noise().quantile))
@@ -214,7 +258,8 @@ class MemoryEstimator:
         if bound is not None and prune is not None:
             prune = max(prune, bound)  # it needed more than that, whatever the fit
         if bound is not None and bound > point:
-            point, upper, source = bound, max(upper, bound * (1 + self._min_uplift)), "oom-bound"
+            point, upper = bound, max(upper, bound * (1 + self._min_uplift))
+            source = EstimateSource.OOM_BOUND
         return Estimate(point, upper, source, len(points), prune)
 
     def noise(self) -> Noise:
@@ -244,7 +289,7 @@ class MemoryEstimator:
 
     def _from_measurements(
         self, params: Mapping[str, Any], key: tuple[Any, ...], s: tuple[float, ...]
-    ) -> tuple[float, float, str, float | None]:
+    ) -> Found:
         points, noise = self._means(key), self.noise()  # one point per configuration
         fit = self._group_fit(key)
         floor = dominated_mean(points, s)
@@ -257,7 +302,7 @@ class MemoryEstimator:
             # in several, how they combine is assumed until each was seen at enough values.
             if len(points) >= len(fit.terms) + len(s) - 1 and (len(s) < 2 or not unshown(points)):
                 floor = max(floor, point * max(0.0, 1 - se) * (1 + noise.pure))
-            return point, margin, "fit", floor
+            return Found(point, margin, EstimateSource.FIT, floor)
         # One x measured: extrapolate with the calibrated prior's slope, else proportionally
         # (safe when memory is affine with a non-negative intercept, as it is).
         sums = self._sums[key].values()
@@ -274,7 +319,8 @@ class MemoryEstimator:
         margin = noise.quantile + _Z * noise.rms / math.sqrt(len(self._measured[key]))
         if slope is not None:  # the calibrated prior's slope is evidence; proportion is not
             floor = max(floor, point * (1 + noise.pure))
-        return point, top / point * (1 + margin + _EXTRAPOLATE * beyond) - 1, "one-point", floor
+        uplift = top / point * (1 + margin + _EXTRAPOLATE * beyond) - 1
+        return Found(point, uplift, EstimateSource.ONE_POINT, floor)
 
     def _extend(
         self, fit: GroupFit, params: Mapping[str, Any], points: list[Point], s: tuple[float, ...]
@@ -292,13 +338,13 @@ class MemoryEstimator:
         steeper, flatter = max(slope, line), min(slope, line)
         return at_edge + (steeper if x > hi else flatter) * (x - edge)
 
-    def _from_prior(self, params: Mapping[str, Any]) -> tuple[float, float, str, None] | None:
+    def _from_prior(self, params: Mapping[str, Any]) -> Found | None:
         traced = self._prior.bytes_at(params, self.x_of(params)) if self._prior else None
         if traced is None:
             return None
         found = self._calibration()
         if found is None:
-            return traced + self._context, self._cold_uplift, "cold-prior", None
+            return Found(traced + self._context, self._cold_uplift, EstimateSource.COLD_PRIOR, None)
         calibration, spread = found
         # State costs its size; the rest is scaled by the device factor, plus the context.
         state = self._state(params)
@@ -306,7 +352,7 @@ class MemoryEstimator:
         # How well the prior transfers between groups bounds how wrong it can be for this
         # one; the noise of a single run comes on top.
         margin = self._min_uplift + spread + self.noise().quantile
-        return point, margin, "calibrated-prior", None
+        return Found(point, margin, EstimateSource.CALIBRATED_PRIOR, None)
 
     def _oom_bound(self, key: tuple[Any, ...], s: tuple[float, ...]) -> float | None:
         bounds = [

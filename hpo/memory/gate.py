@@ -42,9 +42,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from hpo.contract import MEASURED, Attr, Decision, EndReason
+from hpo.contract import Attr, Decision, EndReason
 from hpo.devices import MIB, Device
-from hpo.memory.estimator import Estimate, MemoryEstimator, Observation
+from hpo.memory.estimator import Estimate, EstimateSource, MemoryEstimator, Observation
 from hpo.memory.oom import hit_own_limit, needed_lower_bound
 from hpo.memory.prior import Prior
 
@@ -57,6 +57,17 @@ logger = logging.getLogger(__name__)
 def device_budget(device: Device, margin_frac: float) -> int:
     """Memory trials may hold on ``device``: its capacity less the device margin (0 for none)."""
     return int((device.capacity_bytes or 0) * (1 - margin_frac))
+
+
+def device_margin(device: Device, margin_frac: float) -> int:
+    """The device margin: what a trial's cap allows above its reservation."""
+    return int((device.capacity_bytes or 0) * margin_frac)
+
+
+def lone_cap(budget_bytes: int, device: Device, margin_frac: float) -> int:
+    """The most one trial may hold where ``budget_bytes`` of ``device`` are free to it: the
+    budget plus the margin (a lone trial's per-process cap)."""
+    return budget_bytes + device_margin(device, margin_frac)
 
 
 @dataclass(frozen=True)
@@ -74,7 +85,7 @@ class Verdict:
         if self.estimate is not None:
             out[Attr.EST_VRAM_MIB] = round(self.estimate.point_bytes / MIB, 1)
             out[Attr.EST_VRAM_UPPER_MIB] = round(self.estimate.upper_bytes / MIB, 1)
-            out[Attr.EST_SOURCE] = self.estimate.source
+            out[Attr.EST_SOURCE] = self.estimate.label
             out[Attr.EST_N_MEASURED] = self.estimate.n_measured
         if self.budget_bytes is not None:
             out[Attr.VRAM_BUDGET_MIB] = round(self.budget_bytes / MIB, 1)
@@ -99,9 +110,7 @@ class MemoryGate:
         self.budget_bytes = max(budgets) if budgets else None
         # the most one trial may hold, alone on a device: its budget plus the margin
         alone = [
-            device_budget(d, margin_frac) + int((d.capacity_bytes or 0) * margin_frac)
-            for d in devices
-            if d.has_memory
+            lone_cap(device_budget(d, margin_frac), d, margin_frac) for d in devices if d.has_memory
         ]
         self.alone_bytes = max(alone) if alone else None
         self._prune = prune
@@ -149,11 +158,11 @@ class MemoryGate:
             return Verdict(Decision.ADMIT, why, self._spiked(params, estimate), budget)
         # A single measurement extrapolated proportionally is a safe bound for admission but
         # too loose to give a configuration up for good: such a trial runs and is measured.
-        trusted = estimate.source != "one-point" or self.estimator.has_prior
+        trusted = not estimate.source.loose or self.estimator.has_prior
         evidence = estimate.evidence_bytes if trusted else (estimate.prune_bytes or 0.0)
         if self._prune and evidence > self.alone_bytes:
             reason = (
-                f"estimated {estimate.upper_bytes / MIB:.0f} MiB ({estimate.source}) > "
+                f"estimated {estimate.upper_bytes / MIB:.0f} MiB ({estimate.label}) > "
                 f"{self.alone_bytes / MIB:.0f} MiB, the most a trial may hold alone (budget "
                 f"{self.budget_bytes / MIB:.0f} MiB + margin)"
             )
@@ -207,8 +216,8 @@ class MemoryGate:
         found = None if view is None else view.predict(params)
         if found is None:
             return None
-        source = f"{found.source}+settled" if sizes else "settled"
-        return replace(found, source=source, prune_bytes=None)
+        source = found.source if sizes else EstimateSource.SETTLED
+        return replace(found, source=source, settled=True, prune_bytes=None)
 
     def _settled_of(self, key: tuple[Any, ...]) -> list[Observation]:
         """The settled running trials of group ``key``."""
@@ -239,13 +248,13 @@ class MemoryGate:
     def observe(self, params: Mapping[str, Any], attrs: Mapping[str, Any]) -> None:
         """Learn from a finished trial's user attributes (measured peak, or an OOM bound)."""
         peak_mib = attrs.get(Attr.PEAK_VRAM_MIB)
-        if attrs.get(Attr.END_REASON) == EndReason.OOM.value:
+        if EndReason.of(attrs) is EndReason.OOM:
             peak = None if peak_mib is None else float(peak_mib) * MIB
             bound = needed_lower_bound(peak, attrs.get(Attr.ERROR))
             if bound is not None and self._own_oom(bound, attrs):
                 self.estimator.observe(Observation(dict(params), bound, censored=True))
             return
-        if peak_mib is None or attrs.get(Attr.END_REASON) not in MEASURED:
+        if peak_mib is None or not EndReason.measured_in(attrs):
             return
         self.estimator.observe(Observation(dict(params), float(peak_mib) * MIB))
         spike_mib = attrs.get(Attr.SPIKE_VRAM_MIB)

@@ -10,6 +10,7 @@ can. Memory is estimated, measured and learned at the micro-batch.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from hpo.contract import Decision
@@ -24,37 +25,47 @@ def split(params: Mapping[str, Any], batch_param: str, k: int) -> dict[str, Any]
     return {**params, batch_param: batch // k}
 
 
+@dataclass(frozen=True)
+class Choice:
+    """How a trial runs: ``steps`` micro-batches of ``params`` (at the micro-batch), and the
+    gate's verdict on that."""
+
+    steps: int
+    params: dict[str, Any]
+    verdict: Verdict
+
+
 def choose(
     gate: MemoryGate,
     params: Mapping[str, Any],
     batch_param: str,
     max_steps: int,
     min_steps: int = 1,
-) -> tuple[int, dict[str, Any], Verdict]:
+) -> Choice:
     """The fewest micro-batches from ``min_steps`` (a retry after an OOM asks for more) whose
-    point estimate fits what a lone trial may hold: ``(k, params at the micro-batch,
-    verdict)`` (a whole batch estimated beyond that, by an extrapolation too loose to
-    pre-prune it, would most likely run out of memory where a split would not). Without one,
+    point estimate fits what a lone trial may hold (a whole batch estimated beyond that, by
+    an extrapolation too loose to pre-prune it, would most likely run out of memory where a
+    split would not). Without one,
     the fewest the gate does not pre-prune; with none, the first tried (pre-pruned).
     ``max_steps`` 0 or a parameter without ``batch_param``: whole."""
     if max_steps < 1 or batch_param not in params:
-        return 1, dict(params), gate.check(params)
-    tried: list[tuple[int, dict[str, Any], Verdict]] = []
+        return Choice(1, dict(params), gate.check(params))
+    tried: list[Choice] = []
     k = max(1, min_steps)
     while k <= max(max_steps, min_steps):
         run = split(params, batch_param, k)
         if run is None:
             break
-        verdict = gate.check(run)
-        tried.append((k, run, verdict))
-        if verdict.decision is not Decision.PRE_PRUNE and _fits(gate, verdict):
-            return k, run, verdict
+        choice = Choice(k, run, gate.check(run))
+        tried.append(choice)
+        if choice.verdict.decision is not Decision.PRE_PRUNE and _fits(gate, choice.verdict):
+            return choice
         k *= 2
-    runnable = [t for t in tried if t[2].decision is not Decision.PRE_PRUNE]
+    runnable = [t for t in tried if t.verdict.decision is not Decision.PRE_PRUNE]
     if runnable:
         return runnable[0]
     if not tried:  # not even min_steps divides the batch: run it whole
-        return 1, dict(params), gate.check(params)
+        return Choice(1, dict(params), gate.check(params))
     return tried[0]
 
 
@@ -63,6 +74,6 @@ def _fits(gate: MemoryGate, verdict: Verdict) -> bool:
     source ``settled``, is no measurement), or its point estimate within what a lone trial
     may hold (an upper estimate over the budget only makes it run alone)."""
     estimate, alone = verdict.estimate, gate.alone_bytes
-    if estimate is None or alone is None or estimate.source == "settled":
+    if estimate is None or alone is None or estimate.source.provisional:
         return True
     return estimate.point_bytes <= alone

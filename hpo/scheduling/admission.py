@@ -23,27 +23,30 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Generic, TypeVar
 
 from hpo.contract import Decision
 from hpo.devices import MIB, Device
-from hpo.memory import Estimate, device_budget
+from hpo.memory import Estimate, device_budget, device_margin, lone_cap
 
 logger = logging.getLogger(__name__)
 _NOTE_BYTES = 256 * MIB  # a change in memory held outside hpo worth a log line
 
+# A worker as admission sees it: the supervisor's WorkerHandle, a replay's worker index.
+W = TypeVar("W")
+
 
 @dataclass(frozen=True)
-class Placement:
+class Placement(Generic[W]):
     """The admission decision for one trial."""
 
     decision: Decision
     reason: str
     device: int | None = None  # index of the chosen device
-    worker: Any = None  # the idle worker to run it on (admit)
+    worker: W | None = None  # the idle worker to run it on (admit)
     reserve_bytes: int = 0  # device memory held for the trial beyond its worker's context
     cap_bytes: int | None = None  # per-process limit on the device, context included
-    reclaim: tuple[Any, ...] = ()  # idle workers to recycle so their contexts free memory
+    reclaim: tuple[W, ...] = ()  # idle workers to recycle so their contexts free memory
     spike_bytes: int = 0  # its declared spike, held in the device's one spike slot
 
 
@@ -65,10 +68,10 @@ class Protection:
 
 
 @dataclass
-class Slot:
+class Slot(Generic[W]):
     """What admission needs to know of one worker process."""
 
-    key: Any  # the worker handle
+    key: W  # the worker
     idle: bool
     device: int | None  # the device it is bound to (it touched it), or None
 
@@ -115,7 +118,7 @@ class DeviceBooks:
     def n_running(self, index: int) -> int:
         return sum(r.device == index for r in self.running.values())
 
-    def hold(self, trial_number: int, placement: Placement, ends_at: float = math.inf) -> None:
+    def hold(self, trial_number: int, placement: Placement[W], ends_at: float = math.inf) -> None:
         assert placement.device is not None
         self.running[trial_number] = _Running(
             placement.device, placement.reserve_bytes, ends_at, placement.spike_bytes
@@ -153,9 +156,9 @@ class AdmissionScheduler:
     ) -> None:
         """``clock`` is the time expected ends are measured on (a replay passes its own)."""
         self.books = DeviceBooks(devices, margin_frac, context_bytes)
-        self._clock = clock
+        self.clock = clock
         self._pack = pack and any(d.has_memory for d in devices)
-        self._margin_bytes = [int((d.capacity_bytes or 0) * margin_frac) for d in devices]
+        self._margin_bytes = [device_margin(d, margin_frac) for d in devices]
 
     @property
     def packing(self) -> bool:
@@ -168,16 +171,16 @@ class AdmissionScheduler:
     def place(
         self,
         estimate: Estimate | None,
-        slots: Sequence[Slot],
+        slots: Sequence[Slot[W]],
         protect: Protection | None = None,
         duration_s: float | None = None,
-    ) -> Placement:
+    ) -> Placement[W]:
         """Where a trial with this estimate can start now, given the workers' states.
 
         ``protect`` is memory set aside for a starving trial (see :mod:`hpo.scheduling.backlog`):
         this trial may use it only if it is expected (``duration_s``) to end before it is needed.
         """
-        ends = self._clock() + (math.inf if duration_s is None else duration_s)
+        ends = self.clock() + (math.inf if duration_s is None else duration_s)
         in_time = protect is not None and math.isfinite(protect.until) and ends <= protect.until
         protect = None if in_time else protect
         idle = [s for s in slots if s.idle]
@@ -185,7 +188,7 @@ class AdmissionScheduler:
             return Placement(Decision.WAIT, "no idle worker")
         if not self._pack:
             return self._blind(idle)
-        best: Placement | None = None
+        best: Placement[W] | None = None
         for index in self._by_free_memory(slots):
             placement = self._try_device(index, estimate, slots, protect)
             if placement.decision is Decision.ADMIT and not placement.reclaim:
@@ -203,14 +206,14 @@ class AdmissionScheduler:
             )
         return best
 
-    def _blind(self, idle: Sequence[Slot]) -> Placement:
+    def _blind(self, idle: Sequence[Slot[W]]) -> Placement[W]:
         n = len(self.books.devices)
         index = min(range(n), key=self.books.n_running)
         worker = next((s for s in idle if s.device in (index, None)), idle[0])
         device = index if worker.device in (index, None) else worker.device
         return Placement(Decision.ADMIT, "memory-blind", device, worker.key)
 
-    def protection(self, estimate: Estimate | None, slots: Sequence[Slot]) -> Protection | None:
+    def protection(self, estimate: Estimate | None, slots: Sequence[Slot[W]]) -> Protection | None:
         """Memory set aside for a starving trial: on the device it would go to, its estimate
         (the whole budget when it must run alone), and when the trials in its way should end."""
         if not self._pack:
@@ -221,31 +224,31 @@ class AdmissionScheduler:
         budget = self.books.budget(device)
         need = budget if estimate is None or estimate.upper_bytes > budget else estimate.upper_bytes
         free = self._free(device, slots)
-        until = self._clock()
+        until = self.clock()
         for ends_at, nbytes in self.books.ends(device):
             if free >= need:
                 break
             free, until = free + nbytes, max(until, ends_at)
         return Protection(device, int(need), until)
 
-    def _by_free_memory(self, slots: Sequence[Slot]) -> list[int]:
+    def _by_free_memory(self, slots: Sequence[Slot[W]]) -> list[int]:
         n = len(self.books.devices)
         return sorted(range(n), key=lambda i: -self._free(i, slots))
 
-    def _used(self, index: int, slots: Sequence[Slot]) -> int:
+    def _used(self, index: int, slots: Sequence[Slot[W]]) -> int:
         contexts = sum(s.device == index for s in slots) * self.books.context_bytes
         return contexts + self.books.reserved(index)
 
-    def _free(self, index: int, slots: Sequence[Slot]) -> int:
+    def _free(self, index: int, slots: Sequence[Slot[W]]) -> int:
         return self.books.budget(index) - self._used(index, slots)
 
     def _try_device(
         self,
         index: int,
         estimate: Estimate | None,
-        slots: Sequence[Slot],
+        slots: Sequence[Slot[W]],
         protect: Protection | None,
-    ) -> Placement:
+    ) -> Placement[W]:
         books, ctx = self.books, self.books.context_bytes
         budget, label = books.budget(index), books.devices[index].label
         exclusive = estimate is None or estimate.upper_bytes > budget
@@ -271,7 +274,8 @@ class AdmissionScheduler:
             grow = max(0, spike - books.spike_slot(index))
             short = held + ctx + need + grow - budget
         if short <= 0 and need > 0:
-            cap = min(ctx + whole + self._margin_bytes[index], budget + self._margin_bytes[index])
+            lone = lone_cap(budget, books.devices[index], books.margin_frac)
+            cap = min(ctx + whole + self._margin_bytes[index], lone)
             why = f"fits {label}: {(ctx + need) / MIB:.0f} of {(budget - held) / MIB:.0f} MiB free"
             return Placement(Decision.ADMIT, why, index, worker.key, need, cap, spike_bytes=spike)
         why = (
@@ -293,7 +297,7 @@ def own_pids() -> set[int]:
         return {me.pid}
 
 
-def _pick_worker(index: int, slots: Sequence[Slot]) -> Slot | None:
+def _pick_worker(index: int, slots: Sequence[Slot[W]]) -> Slot[W] | None:
     """An idle worker already on the device (its context is paid), else an unbound one."""
     idle = [s for s in slots if s.idle]
     return next((s for s in idle if s.device == index), None) or next(
@@ -301,7 +305,7 @@ def _pick_worker(index: int, slots: Sequence[Slot]) -> Slot | None:
     )
 
 
-def _enough(idle: list[Any], short: int, ctx: int) -> tuple[Any, ...]:
+def _enough(idle: list[W], short: int, ctx: int) -> tuple[W, ...]:
     """The fewest idle workers whose contexts cover ``short`` bytes, or () if they cannot."""
     if short <= 0 or ctx <= 0:
         return ()

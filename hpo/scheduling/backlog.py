@@ -18,21 +18,25 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from hpo.contract import Attr
 from hpo.execution.protocol import Assignment
 from hpo.memory import Estimate
-from hpo.scheduling.admission import AdmissionScheduler, Placement, Slot
+from hpo.scheduling.admission import AdmissionScheduler, Placement, Slot, W
+
+# What a waiting trial is to its owner: the supervisor's AskedTrial, a replay's job index.
+T = TypeVar("T")
 
 
 @dataclass(eq=False)
-class Waiting:
+class Waiting(Generic[T]):
     """An asked trial that has not started yet."""
 
-    trial: Any  # an AskedTrial (hpo.execution.protocol): number, params, user_attrs
+    trial: T
     params: dict[str, Any]
     estimate: Estimate | None
+    number: int = field(kw_only=True)  # the trial's number: its key in the device books
     since: float = field(default_factory=time.monotonic)
     bypassed: int = 0
     last_reason: str = ""  # the last wait reason logged for it (logged again only on change)
@@ -49,7 +53,7 @@ class Backlog:
     def __init__(self, max_bypass: int, limit: int) -> None:
         if max_bypass < 0:
             raise ValueError(f"max_bypass must be >= 0, got {max_bypass}")
-        self.items: list[Waiting] = []
+        self.items: list[Waiting[Any]] = []
         self._max_bypass = max_bypass
         self.limit = max(1, limit)
 
@@ -61,7 +65,7 @@ class Backlog:
         """True when the oldest trial has been overtaken ``max_bypass`` times: it comes first."""
         return bool(self.items) and self.items[0].bypassed >= self._max_bypass
 
-    def queue(self) -> list[Waiting]:
+    def queue(self) -> list[Waiting[Any]]:
         """The order trials are offered in: a starving oldest trial, then the largest first
         (unknown estimates count as largest: they run alone); held trials last."""
         order = sorted(self.items, key=upper_bytes, reverse=True)  # stable: older first on ties
@@ -75,17 +79,17 @@ class Backlog:
         """No trial may be asked now (:meth:`may_ask`, none being asked)."""
         return not self.may_ask()
 
-    def add(self, item: Waiting) -> None:
+    def add(self, item: Waiting[Any]) -> None:
         self.items.append(item)
 
-    def started(self, item: Waiting) -> None:
+    def started(self, item: Waiting[Any]) -> None:
         """``item`` starts: every older waiting trial was overtaken once more."""
         index = self.items.index(item)
         for older in self.items[:index]:
             older.bypassed += 1
         del self.items[index]
 
-    def drop(self, item: Waiting) -> None:
+    def drop(self, item: Waiting[Any]) -> None:
         """``item`` leaves without starting (it was found never to fit): nobody was overtaken."""
         self.items.remove(item)
 
@@ -94,7 +98,7 @@ class Backlog:
         now = time.monotonic()
         drained = [
             (
-                Assignment(item.trial_id, item.trial.number, None),
+                Assignment(item.trial_id, item.number, None),
                 {Attr.ADMIT_WAIT_S: round(now - item.since, 3)},
                 why,
             )
@@ -112,10 +116,10 @@ class Backlog:
 def place_next(
     backlog: Backlog,
     sched: AdmissionScheduler,
-    item: Waiting,
-    slots: Sequence[Slot],
+    item: Waiting[Any],
+    slots: Sequence[Slot[W]],
     duration_s: float | None = None,
-) -> Placement:
+) -> Placement[W]:
     """Where ``item`` can start now: beside the memory protected for the first trial of the
     queue, unless ``item`` is that trial or should end (after ``duration_s``) before the
     protected one needs the memory. The caller starts it and calls :meth:`Backlog.started`."""
@@ -126,6 +130,6 @@ def place_next(
     return sched.place(item.estimate, slots, protect, duration_s)
 
 
-def upper_bytes(item: Waiting) -> float:
+def upper_bytes(item: Waiting[Any]) -> float:
     """The memory ``item`` is expected to need at most (infinite while unknown)."""
     return math.inf if item.estimate is None else item.estimate.upper_bytes

@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from hpo.contract import MEASURED, Attr
+from hpo.contract import Attr, EndReason
 
 
 class DurationModel:
@@ -23,7 +23,7 @@ class DurationModel:
 
     def observe(self, params: Mapping[str, Any], attrs: Mapping[str, Any]) -> None:
         seconds = attrs.get(Attr.DURATION_S)
-        if seconds is not None and attrs.get(Attr.END_REASON) in MEASURED:
+        if seconds is not None and EndReason.measured_in(attrs):
             self._seen[self._key(params)].append(float(seconds))
 
     def predict(self, params: Mapping[str, Any]) -> float | None:

@@ -3,10 +3,11 @@ the outcome it measures."""
 
 from __future__ import annotations
 
+import enum
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -72,13 +73,48 @@ class Cards:
 
 
 @dataclass(frozen=True)
+class Start:
+    """A trial a replay started: when, its number, which job, on which device and worker."""
+
+    at_s: float
+    number: int
+    job: int
+    device: int | None
+    worker: int
+
+
+class Step(str, enum.Enum):
+    """What a replay does at a moment, as the supervisor would (see :class:`Event`)."""
+
+    OFFER = "offer"  # it offers the waiting trials, in the backlog's order
+    ASK = "ask"  # a new trial is asked (a job, with its reservation) and offered
+    END = "end"  # a running trial ended: finished (its duration is learned), or out of memory
+
+
+@dataclass(frozen=True)
+class Event:
+    """One step of a replay, in order: what drives admission (a test drives the supervisor's
+    dispatch with the same events and compares the starts)."""
+
+    step: Step
+    at_s: float
+    number: int = -1  # the trial asked or ended
+    job: int = -1  # asked: which job
+    reserve_bytes: float = 0.0  # asked: its reservation (an upper estimate)
+    duration_s: float | None = None  # ended: its duration, if it finished
+
+
+@dataclass(frozen=True)
 class Outcome:
-    """What a replay measured: finished trials, wall seconds, OOMs, pre-pruned draws."""
+    """What a replay measured: finished trials, wall seconds, OOMs, pre-pruned draws; every
+    start and every event, in order."""
 
     finished: int
     wall_s: float
     ooms: int
     pre_pruned: int
+    starts: list[Start] = field(default_factory=list, compare=False, repr=False)
+    events: list[Event] = field(default_factory=list, compare=False, repr=False)
 
     @property
     def per_hour(self) -> float:

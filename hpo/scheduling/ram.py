@@ -15,7 +15,7 @@ from typing import Any
 
 import psutil
 
-from hpo.contract import MEASURED, Attr
+from hpo.contract import Attr, EndReason
 from hpo.devices import GIB, MIB
 from hpo.memory import MemoryEstimator, Observation
 
@@ -62,7 +62,7 @@ class RamBudget:
 
     def observe(self, params: Mapping[str, Any], attrs: Mapping[str, Any]) -> None:
         peak = attrs.get(Attr.PEAK_RSS_MIB)
-        if peak is not None and attrs.get(Attr.END_REASON) in MEASURED:
+        if peak is not None and EndReason.measured_in(attrs):
             self.estimator.observe(Observation(dict(params), float(peak) * MIB))
             self._peaks.append(float(peak) * MIB)
 

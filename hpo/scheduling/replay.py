@@ -15,9 +15,10 @@ start when the list is spent, until ``n`` have finished, on ``count`` cards of o
   the card even alone runs out of memory once and is never drawn again as it is (after its
   own OOM hpo's gate pre-prunes it, or runs it as the micro-batches of its retry); where the
   gate knows its memory from the start (``gate_knows``), never.
-- ``auto`` (memory-aware, up to ``cap`` workers): hpo's own admission and backlog
-  (:mod:`hpo.scheduling.admission`, :mod:`hpo.scheduling.backlog`, expected durations learned
-  as the supervisor learns them) place each trial by its reservation. A job reserving more than
+- ``auto`` (memory-aware, up to ``cap`` workers): the supervisor's own admission step
+  (:class:`~hpo.scheduling.step.AdmissionStep`: placement, backlog, expected durations learned
+  as the supervisor learns them; no hold-back, since every job's reservation is known, and no
+  host RAM) places each trial by its reservation. A job reserving more than
   a lone trial may hold (the budget plus the margin) runs as the first of its retries that does
   not, or is pre-pruned; one whose peak exceeds its per-process cap runs out of memory, and its
   retry is asked next or it is drawn again later with its peak reserved. A
@@ -35,15 +36,16 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from hpo.contract import Decision
+from hpo.contract import Attr, Decision, EndReason
 from hpo.devices import Device, DeviceSnapshot
-from hpo.memory import Estimate
+from hpo.memory import Estimate, EstimateSource
 from hpo.scheduling.admission import AdmissionScheduler, Placement, Slot
-from hpo.scheduling.backlog import Backlog, Waiting, place_next
+from hpo.scheduling.backlog import Backlog, Waiting
 from hpo.scheduling.durations import DurationModel
-from hpo.scheduling.jobs import Cards, Job, Outcome, Policy, summarise
+from hpo.scheduling.jobs import Cards, Event, Job, Outcome, Policy, Start, Step, summarise
+from hpo.scheduling.step import AdmissionStep
 
-__all__ = ["Cards", "Job", "Outcome", "Policy", "replay", "summarise"]
+__all__ = ["Cards", "Event", "Job", "Outcome", "Policy", "Start", "Step", "replay", "summarise"]
 
 _EPS = 1e-9
 
@@ -115,6 +117,9 @@ class _Replay:
         self.alone = cards.capacity_bytes  # budget + margin: the most a lone trial may hold
         self.backlog = Backlog(max_bypass, max_waiting)
         self.durations = DurationModel(groups)
+        self.step = AdmissionStep(self.backlog, self.sched, self.durations)
+        self.starts: list[Start] = []  # every trial started, in order
+        self.events: list[Event] = []  # what drove admission, in order
         self.bound: dict[int, int | None] = dict.fromkeys(range(policy.par))
         self.idle_at: dict[int, float] = dict.fromkeys(range(policy.par), 0.0)
         self.running: dict[int, _Run] = {}
@@ -143,10 +148,14 @@ class _Replay:
                 if step is None:
                     raise RuntimeError(f"the replay is stuck with {len(self.backlog)} waiting")
             if step is None:  # nothing waits, nothing runs: every job is out
-                return Outcome(self.finished, math.inf, self.ooms, self.pre_pruned)
+                return Outcome(
+                    self.finished, math.inf, self.ooms, self.pre_pruned, self.starts, self.events
+                )
             self._advance(step)
             self._schedule()
-        return Outcome(self.finished, self.now, self.ooms, self.pre_pruned)
+        return Outcome(
+            self.finished, self.now, self.ooms, self.pre_pruned, self.starts, self.events
+        )
 
     def _next_event(self) -> float | None:
         slow = self._slowdown()
@@ -212,13 +221,15 @@ class _Replay:
         del self.running[key]
         self.sched.books.release(key)
         self.idle_at[r.worker] = self.now + self.gap_s
+        duration = self.now - r.start if finished else None
+        self.events.append(Event(Step.END, self.now, key, duration_s=duration))
         if finished:
             self.finished += 1
             job = self.jobs[r.job]
-            seconds = {"end_reason": "complete", "duration_s": self.now - r.start}
+            seconds = {Attr.END_REASON: EndReason.COMPLETE, Attr.DURATION_S: duration}
             self.durations.observe(job.params, seconds)
 
-    def _slots(self) -> list[Slot]:
+    def _slots(self) -> list[Slot[int]]:
         busy = {r.worker for r in self.running.values()}
         return [
             Slot(w, w not in busy and self.idle_at[w] <= self.now + _EPS, d)
@@ -254,6 +265,7 @@ class _Replay:
 
     def _schedule(self) -> None:
         """As the supervisor: waiting trials in queue order, then new ones while they start."""
+        self.events.append(Event(Step.OFFER, self.now))
         for item in self.backlog.queue():
             self._offer(item)
         while not self.backlog.full and any(s.idle for s in self._slots()):
@@ -264,30 +276,29 @@ class _Replay:
                 return
             self.serial += 1
             upper = self.reserve[index]
-            estimate = Estimate(upper, upper, "replay", 1)
-            item = Waiting((self.serial, index), dict(self.jobs[index].params), estimate)
-            self.backlog.add(item)
+            estimate = Estimate(upper, upper, EstimateSource.KNOWN, 1)
+            item = Waiting(index, dict(self.jobs[index].params), estimate, number=self.serial)
+            self.events.append(Event(Step.ASK, self.now, self.serial, index, upper))
+            self.step.add(item)
             if self._offer(item).decision is not Decision.ADMIT:
                 return
 
-    def _offer(self, item: Waiting) -> Placement:
-        expected = self.durations.predict(item.params)
-        placement = place_next(self.backlog, self.sched, item, self._slots(), expected)
+    def _offer(self, item: Waiting[int]) -> Placement[int]:
+        placement = self.step.decide(item, self._slots())
         for worker in placement.reclaim:  # recycled at once (a real respawn takes a second)
             self.bound[worker] = None
         if placement.decision is Decision.ADMIT:
-            self.backlog.started(item)
+            self.step.start(item, placement)
             self._start(item, placement)
         return placement
 
-    def _start(self, item: Waiting, placement: Placement) -> None:
-        serial, index = item.trial
+    def _start(self, item: Waiting[int], placement: Placement[int]) -> None:
+        serial, index = item.number, item.trial
         job = self.jobs[index]
-        expected = self.durations.predict(item.params)
-        ends_at = math.inf if expected is None else self.now + expected
-        self.sched.books.hold(serial, placement, ends_at)
-        worker = int(placement.worker)
+        worker = placement.worker
+        assert worker is not None  # admitted
         self.bound[worker] = placement.device
+        self.starts.append(Start(self.now, serial, index, placement.device, worker))
         cap = placement.cap_bytes or self.cards.capacity_bytes
         run = _Run(worker, index, job.setup_s, job.work_s, self.now, cap)
         if self.policy.aware and job.settle_after is not None:

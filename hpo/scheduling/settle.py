@@ -52,7 +52,7 @@ class SettleModel:
         settled = attrs.get(Attr.SETTLE_PEAK_VRAM_MIB)
         if not settled or not self.enabled:
             return
-        if attrs.get(Attr.END_REASON) == EndReason.OOM.value:
+        if EndReason.of(attrs) is EndReason.OOM:
             self.enabled = False
             logger.warning(
                 "a trial ran out of memory after it settled at %.0f MiB: trials no longer "

@@ -2,19 +2,18 @@
 
 Every worker of every supervisor of a study (on one node or many) asks for a trial only inside
 :meth:`SlotClaim.held`, a lock shared by all of them (held to count and to create the trial;
-the sampler works after it is released, see :mod:`hpo.execution.proposer`): an ``flock``
-beside an SQLite file (one machine by construction) or a PostgreSQL advisory lock keyed by the
-study. Inside it the
-asker counts the claimed slots — COMPLETE, PRUNED, RUNNING and WAITING trials — and asks
-only while they are fewer than the target, or when a WAITING trial (a retry, an enqueued
-configuration) is there to be taken, which turns a claimed slot RUNNING without adding one. A
-failed trial frees its slot; its retry, enqueued WAITING, holds it again.
+the sampler works after it is released, see :mod:`hpo.execution.proposer`): an ``flock`` on
+``ask.lock`` in an SQLite database's folder (:mod:`.files`; one machine by construction) or a
+PostgreSQL advisory lock keyed by the study. Inside it the asker counts the claimed slots —
+COMPLETE, PRUNED, RUNNING and WAITING trials — and asks only while they are fewer than the
+target, or when a WAITING trial (a retry, an enqueued configuration) is there to be taken,
+which turns a claimed slot RUNNING without adding one. A failed trial frees its slot; its
+retry, enqueued WAITING, holds it again.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 from collections.abc import Callable, Collection, Iterator
 from typing import TYPE_CHECKING
@@ -22,7 +21,7 @@ from typing import TYPE_CHECKING
 from optuna.trial import TrialState
 
 from hpo.storage import _private
-from hpo.storage.rdb import sqlite_path
+from hpo.storage.files import ask_lock_path, flocked, sqlite_path
 
 if TYPE_CHECKING:
     from optuna.storages import RDBStorage
@@ -49,7 +48,7 @@ class SlotClaim:
         self._study_id = study_id
         self._count = count or (lambda states: storage.get_n_trials(study_id, tuple(states)))
         path = sqlite_path(url) if url else None
-        self._lock_path = None if path is None else path.resolve().with_suffix(".ask.lock")
+        self._lock_path = ask_lock_path(url) if url else None
         self._postgres = url.startswith("postgresql")
         if url and path is None and not self._postgres:
             logger.warning("storage %s has no shared lock: supervisors may overshoot", url)
@@ -58,12 +57,8 @@ class SlotClaim:
     def held(self) -> Iterator[None]:
         """Hold the study's ask lock for the block (every node's supervisors wait on it)."""
         if self._lock_path is not None:
-            with open(self._lock_path, "a") as handle:
-                fcntl.flock(handle, fcntl.LOCK_EX)
-                try:
-                    yield
-                finally:
-                    fcntl.flock(handle, fcntl.LOCK_UN)
+            with flocked(self._lock_path):
+                yield
         elif self._postgres:
             from sqlalchemy import text
 

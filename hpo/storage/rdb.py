@@ -4,31 +4,17 @@ URL, created and prepared by the supervisor."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import sqlite3
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import make_url
 
 from hpo.errors import ConfigError
+from hpo.storage.files import ask_lock_path, flocked, sqlite_path
 
 if TYPE_CHECKING:
     from optuna.storages import RDBStorage
-
-
-def sqlite_path(url: str) -> Path | None:
-    """The database file of an SQLite URL (None for other back-ends or in-memory SQLite)."""
-    try:
-        parsed = make_url(url)
-    except Exception:
-        raise ConfigError(  # the URL is not echoed: it may hold a password
-            "storage.url is not a valid SQLAlchemy URL (dialect+driver://user:pass@host/db)"
-        ) from None
-    if parsed.get_backend_name() != "sqlite":
-        return None
-    return Path(parsed.database) if parsed.database not in (None, "", ":memory:") else None
 
 
 def display_url(url: str) -> str:
@@ -148,16 +134,12 @@ def open_storage(
 def _creating(url: str) -> Iterator[None]:
     """Supervisors started together on a new SQLite file create Optuna's tables one at a time
     (both would try, and the second fails with "table … already exists")."""
-    path = sqlite_path(url)
-    if path is None or not path.parent.is_dir():
+    path, lock = sqlite_path(url), ask_lock_path(url)
+    if path is None or lock is None or not path.parent.is_dir():
         yield
         return
-    with open(path.resolve().with_suffix(".ask.lock"), "a") as lock:  # the slot claim's file
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with flocked(lock):  # the slot claim's file
+        yield
 
 
 def _password(url: str) -> str | None:

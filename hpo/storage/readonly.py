@@ -26,7 +26,8 @@ from urllib.parse import quote
 from optuna.storages import BaseStorage
 
 from hpo.errors import ConfigError, HpoError
-from hpo.storage.rdb import engine_kwargs, sqlite_path
+from hpo.storage.files import sqlite_path
+from hpo.storage.rdb import engine_kwargs
 
 if TYPE_CHECKING:
     from optuna.distributions import BaseDistribution

@@ -19,6 +19,8 @@ from hpo.contract import Attr
 if TYPE_CHECKING:
     import optuna
 
+    from hpo.execution.protocol import AskedTrial
+
 logger = logging.getLogger(__name__)
 
 
@@ -29,7 +31,7 @@ class CheckpointStore:
         self.root = root
         self._keep_best = keep_best
 
-    def dir_for(self, trial: optuna.Trial) -> str | None:
+    def dir_for(self, trial: AskedTrial) -> str | None:
         """The inherited directory of a retry, else a new one named by the trial's number."""
         if self.root is None:
             return None

@@ -56,23 +56,25 @@ class TrialRecorder:
 
     def __init__(
         self,
+        study: optuna.Study,
+        store: StudyStore,
         summary: RunSummary,
         retry: RetryPolicy,
         checkpoints: CheckpointStore,
         max_failures_in_a_row: int,
     ) -> None:
+        """The study is open; ``summary.finished`` is what it had finished before this run."""
+        self.study, self.store = study, store
         self.summary = summary
-        self.recorded = 0  # finished trials: those the study had at the start + this run's
+        self.recorded = summary.finished  # finished trials: the study's before + this run's
         self.stored = 0  # finished trials in the storage when last counted (every supervisor's)
         self._retry = retry
         self._checkpoints = checkpoints
         self._max_failures = max_failures_in_a_row
         self._failures_in_a_row = 0
-        self.store: StudyStore | None = None  # set when the study is opened
 
     def record(
         self,
-        study: optuna.Study,
         assignment: Assignment,
         reason: EndReason,
         value: float | None,
@@ -84,9 +86,8 @@ class TrialRecorder:
 
         ``ended``: the trial as its worker already ended it in the storage (completed or
         pruned); it is then only counted, logged and its checkpoint settled here."""
-        assert self.store is not None
         attrs = {Attr.END_REASON: reason.value, **attrs}
-        frozen = ended if ended is not None else self._end(study, assignment, reason, value, attrs)
+        frozen = ended if ended is not None else self._end(assignment, reason, value, attrs)
         if frozen is None:
             return
         self.summary.end_reasons[reason.value] += 1
@@ -94,7 +95,7 @@ class TrialRecorder:
             self.recorded += 1
             self._failures_in_a_row = 0
         logger.info("%s", self._progress_line(frozen, reason, attrs, message))
-        self._after_end(study, frozen, reason)
+        self._after_end(frozen, reason)
         if frozen.state == TrialState.FAIL and reason is not EndReason.INTERRUPTED:
             self.count_failure(message or reason.value)
 
@@ -104,33 +105,32 @@ class TrialRecorder:
         its completed trial in the storage before the supervisor records it."""
         return max(self.recorded, self.stored)
 
-    def record_outcome(self, study: optuna.Study, assignment: Assignment, outcome: Outcome) -> None:
+    def record_outcome(self, assignment: Assignment, outcome: Outcome) -> None:
         """End a trial as its worker reported (see :class:`~hpo.execution.protocol.Outcome`)."""
         o = outcome
-        self.record(study, assignment, o.end_reason, o.value, o.attrs, o.message, o.ended)
+        self.record(assignment, o.end_reason, o.value, o.attrs, o.message, o.ended)
 
     def _end(
         self,
-        study: optuna.Study,
         assignment: Assignment,
         reason: EndReason,
         value: float | None,
         attrs: dict[str, Any],
     ) -> FrozenTrial | None:
         """Write the trial's attributes and tell its state; None if it had already ended."""
-        assert self.store is not None
         try:
             self.store.set_user_attrs(assignment.trial_id, attrs)
         except UpdateFinishedTrialError:
             logger.warning("trial %d was already ended elsewhere", assignment.trial_number)
             return None
         values = value if reason is EndReason.COMPLETE else None
-        return study.tell(
+        return self.study.tell(
             assignment.trial_number, values, state=reason.state, skip_if_finished=True
         )
 
-    def reap(self, study: optuna.Study, store: StudyStore, trial_id: int, why: str) -> bool:
+    def reap(self, trial_id: int, why: str) -> bool:
         """Fail a RUNNING trial nobody runs any more (``worker_died``); False if it ended."""
+        store = self.store
         number = store.trial(trial_id).number
         error = f"trial {number} was left RUNNING: {why}"
         try:
@@ -141,13 +141,11 @@ class TrialRecorder:
             return False  # another supervisor reaped it first, or its owner just ended it
         logger.warning("reaped %s (its retry is not counted against the trial)", error)
         self.summary.reaped += 1
-        self._after_end(study, store.trial(trial_id), EndReason.WORKER_DIED, charged=False)
+        self._after_end(store.trial(trial_id), EndReason.WORKER_DIED, charged=False)
         return True
 
     def reap_all(
         self,
-        study: optuna.Study,
-        store: StudyStore,
         found: list[tuple[int, Liveness, str]],
         stopped_by: str | None = None,
     ) -> None:
@@ -157,19 +155,17 @@ class TrialRecorder:
         never started: they are interrupted, like the trials still waiting."""
         for trial_id, decision, why in found:
             if stopped_by is not None and decision is Liveness.ASKED:
-                start = Assignment(trial_id, store.trial(trial_id).number, None)
-                self.interrupt(study, [(start, {}, f"{stopped_by} (before it started)")])
+                start = Assignment(trial_id, self.store.trial(trial_id).number, None)
+                self.interrupt([(start, {}, f"{stopped_by} (before it started)")])
             else:
-                self.reap(study, store, trial_id, why)
+                self.reap(trial_id, why)
 
-    def interrupt(
-        self, study: optuna.Study, ended: list[tuple[Assignment, dict[str, Any], str]]
-    ) -> None:
+    def interrupt(self, ended: list[tuple[Assignment, dict[str, Any], str]]) -> None:
         """Record trials the supervisor stops (``interrupted``): ``(assignment, attrs, why)``;
         each one that cannot be recorded is logged and the others still are."""
         for i, (assignment, attrs, why) in enumerate(ended):
             try:
-                self.record(study, assignment, EndReason.INTERRUPTED, None, attrs, why)
+                self.record(assignment, EndReason.INTERRUPTED, None, attrs, why)
             except StorageOutage as e:  # one line for all: the next run reaps them
                 left = len(ended) - i
                 logger.error("%d trial(s) left RUNNING for the next run to reap: %s", left, e)
@@ -178,15 +174,16 @@ class TrialRecorder:
                 number = assignment.trial_number
                 logger.error("could not record trial %d as interrupted: %s", number, e)
 
-    def finish(self, study: optuna.Study) -> None:
+    def finish(self) -> None:
         """The run ends: the study's finished count and best trial into the summary, and the
         checkpoint directories no trial needs any more removed (not when the storage failed)."""
         try:
-            self._finish(study)
+            self._finish()
         except StorageOutage as e:
             logger.debug("no final counts: %s", e)
 
-    def _finish(self, study: optuna.Study) -> None:
+    def _finish(self) -> None:
+        study = self.study
         self.summary.finished = len(study.get_trials(deepcopy=False, states=FINISHED))
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if complete and len(study.directions) == 1:
@@ -201,21 +198,19 @@ class TrialRecorder:
         if self._failures_in_a_row >= self._max_failures:
             raise StudyAborted(f"{self._max_failures} trials failed in a row; last: {message}")
 
-    def _after_end(
-        self, study: optuna.Study, trial: FrozenTrial, reason: EndReason, charged: bool = True
-    ) -> None:
+    def _after_end(self, trial: FrozenTrial, reason: EndReason, charged: bool = True) -> None:
         """Retry a failed trial if the policy says so; an uncharged retry (its supervisor died,
         not the trial) keeps the trial's attempt number and so its retry budget."""
         retried = False
         if trial.state == TrialState.FAIL:
             decision = self._retry.decide(reason, trial, charged)
             if decision is RetryDecision.RETRY:
-                enqueue_retry(study, trial, charged)
+                enqueue_retry(self.study, trial, charged)
                 self.summary.retried += 1
                 retried = True
             elif decision is RetryDecision.EXHAUSTED:
                 logger.warning("trial %d is not retried: retries exhausted", trial.number)
-        self._checkpoints.settle(study, trial, retried)
+        self._checkpoints.settle(self.study, trial, retried)
 
     def _progress_line(
         self, trial: FrozenTrial, reason: EndReason, attrs: dict[str, Any], message: str | None

@@ -19,7 +19,7 @@ from hpo.execution.procs import available_cpus
 from hpo.scheduling import AdmissionScheduler, Backlog, DurationModel, RamBudget, auto_par
 from hpo.scheduling.settle import SettleModel
 from hpo.storage import StudyStore, check_writable  # noqa: F401 (the supervisor calls it here)
-from hpo.supervisor.launcher import LaunchModels
+from hpo.supervisor.launcher import LaunchModels, Split
 
 if TYPE_CHECKING:
     from optuna.distributions import BaseDistribution
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
     from hpo.execution.pool import WorkerPool
     from hpo.execution.worker import WorkerSpec
     from hpo.memory import MemoryGate
-    from hpo.supervisor.recorder import TrialRecorder
 
 logger = logging.getLogger("hpo.supervisor")
 
@@ -91,7 +90,6 @@ def open_study(
     settings: Settings,
     storage: RDBStorage,
     gate_factory: Callable[[Settings, list[Device]], MemoryGate],
-    recorder: TrialRecorder,
 ) -> OpenedStudy:
     """Create or load the study in ``storage`` with models learned from its trials."""
     devices = open_devices(settings.devices)
@@ -121,12 +119,11 @@ def open_study(
             (gate.budget_bytes or 0) / 2**20,
             learned,
         )
-    split = (space.batch_param, space.max_accum_steps)
+    split = Split(space.batch_param, space.max_accum_steps)
     settle = SettleModel(mem.settle and admission.packing)
     models = LaunchModels(devices, gate, admission, ram, durations, split, settle)
     backlog = Backlog(mem.max_bypass, mem.max_waiting)
     store = StudyStore(storage, space.name, settings.storage.url)
-    recorder.store = store
     finished = sum(t.state in FINISHED for t in earlier)
     storage.set_study_system_attr(store.study_id, RUN_TARGET_ATTR, space.n_trials)
     storage.set_study_system_attr(store.study_id, RUN_BASE_ATTR, finished)
