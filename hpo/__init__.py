@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from hpo.errors import ConfigError, HpoError, StudyAborted
-from hpo.execution.context import TrialContext, current_context
+from hpo.errors import ConfigError, HpoError, StudyAborted, TrialFailed
+from hpo.execution.context import TrialContext, current_context, current_trial
 
 if TYPE_CHECKING:  # the lazy exports below, as editors and type checkers should see them
     from hpo.api import load_study, tune
     from hpo.execution.spike import memory_spike
+    from hpo.python import optimize
 
 __version__ = "0.1.0"
 
@@ -26,6 +27,10 @@ def __getattr__(name: str) -> Any:
         from hpo import api
 
         return getattr(api, name)
+    if name == "optimize":
+        from hpo.python import optimize
+
+        return optimize
     if name == "memory_spike":
         from hpo.execution.spike import memory_spike
 
@@ -38,9 +43,12 @@ __all__ = [
     "HpoError",
     "StudyAborted",
     "TrialContext",
+    "TrialFailed",
     "__version__",
     "current_context",
+    "current_trial",
     "load_study",
     "memory_spike",
+    "optimize",
     "tune",
 ]

@@ -4,19 +4,24 @@
 
     import hpo
 
-    def objective(trial, cfg): ...          # at module level, as for `hpo tune`
+    def objective(trial):                   # any callable: sent to the workers by value
+        lr = trial.suggest_float("lr", 1e-4, 0.1, log=True)
+        ...
+        return loss
 
-    if __name__ == "__main__":              # workers import this file: guard the call
-        study = hpo.tune(objective, space={"lr": {"type": "float", "low": 1e-4, "high": 0.1,
-                                                  "log": True}}, n_trials=20, par=2)
+    study = hpo.tune(objective, n_trials=20, par=2)   # minimizes, as Optuna does
+
+``hpo.optimize(study, objective, n_trials, par=…)`` (:mod:`hpo.python.optimize`) runs an
+Optuna study the same way.
 
 Mistakes raise :class:`~hpo.errors.ConfigError` with the one-line message the CLI prints.
 """
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Mapping
+import dataclasses
+import re
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,14 +31,22 @@ if TYPE_CHECKING:
     import optuna
     from optuna.distributions import BaseDistribution
 
-Objective = Callable[..., float]
+    from hpo.config import Settings
+    from hpo.config.by_value import ByValue
+    from hpo.supervisor.recorder import RunSummary
+    from hpo.supervisor.signals import StopSignals
+
+Objective = Callable[..., Any]
+_OBJECTS = ("sampler", "pruner")  # keys that take an Optuna object (sent by value) or an option
 
 
 def tune(
     objective: str | Objective,
-    space: Mapping[str, Mapping[str, Any] | BaseDistribution],
-    n_trials: int,
+    space: Mapping[str, Mapping[str, Any] | BaseDistribution] | None = None,
+    n_trials: int = 20,
     *,
+    direction: str = "minimize",
+    directions: Sequence[str] | None = None,
     par: int | str = 2,
     storage: str | None = None,
     name: str | None = None,
@@ -42,39 +55,86 @@ def tune(
 ) -> optuna.Study:
     """Run a study to ``n_trials`` finished trials with ``par`` worker processes; return it.
 
-    ``objective`` is ``"module:function"`` or a module-level function, called as
-    ``objective(trial, cfg)``. ``space`` maps parameter names to ``{"type": "float", "low": …,
-    "high": …, "log": …}`` (as in a study YAML) or to Optuna distributions. ``storage`` is a
-    SQLAlchemy URL or a storage option (``"postgres"``; default: ``./_optuna/<name>.db``).
-    ``overrides`` are config keys, dotted keys as in ``hpo tune`` written with ``__``
-    (``pruner__patience=2``, ``study__epochs=8``); ``sampler="random"`` picks a group option.
+    ``objective`` is any callable, called as ``objective(trial)`` (Optuna's way) or
+    ``objective(trial, cfg)`` when it takes two arguments, sent to the workers by value (a
+    lambda, a closure or a notebook cell's function work); or ``"module:function"``.
+    ``space`` maps parameter names to ``{"type": "float", "low": …, "high": …, "log": …}`` (as
+    in a study YAML) or to Optuna distributions; without it hpo learns the space from the
+    objective's ``trial.suggest_*`` calls. ``direction`` (default ``"minimize"``, as Optuna's)
+    or ``directions`` for several objectives. ``storage`` is a SQLAlchemy URL or a storage
+    option (``"postgres"``; default: ``./_optuna/<name>.db``). ``overrides`` are config keys,
+    dotted keys as in ``hpo tune`` written with ``__`` (``pruner__patience=2``,
+    ``study__epochs=8``); ``sampler="random"`` picks a group option, and ``sampler=`` /
+    ``pruner=`` also take Optuna sampler and pruner objects.
     """
-    from hpo.cli.logs import setup_logging
-    from hpo.config import Settings, compose
-    from hpo.supervisor import Supervisor
+    settings = api_settings(
+        objective,
+        space,
+        n_trials,
+        directions=list(directions) if directions else [direction],
+        par=par,
+        storage=storage,
+        name=name,
+        config_dir=config_dir,
+        overrides=overrides,
+    )
+    from hpo.supervisor.signals import StopSignals
 
-    target, import_dir = _objective_path(objective)
+    summary = run_settings(settings, StopSignals(stop_at_first=True))
+    if summary.interrupted:
+        raise StudyAborted(f"study {settings.study.name!r} was interrupted")
+    return load_study(settings.study.name, storage=settings.storage.url)
+
+
+def api_settings(
+    objective: str | Objective,
+    space: Mapping[str, Mapping[str, Any] | BaseDistribution] | None,
+    n_trials: int,
+    *,
+    directions: list[str],
+    par: int | str,
+    storage: str | None,
+    name: str | None,
+    config_dir: str | None,
+    overrides: Mapping[str, Any],
+) -> Settings:
+    """The settings of a run of the Python API (its objects pickled into them): nothing is
+    started or written; every mistake is one ConfigError."""
+    from hpo.config import Settings, compose
+
+    by_value, objective_name = _by_value(objective, overrides)
     study: dict[str, Any] = {
-        "name": name or target.rpartition(":")[2],
-        "objective": target,
+        "name": name or _study_name(objective_name),
+        "objective": objective_name,
         "n_trials": n_trials,
-        "space": {key: _param(key, dist) for key, dist in space.items()},
+        "space": {key: _param(key, dist) for key, dist in (space or {}).items()},
+        **_directions(directions),
     }
-    groups, values = _split_overrides(overrides)
+    options = {k: v for k, v in overrides.items() if isinstance(v, str) or k not in _OBJECTS}
+    groups, values = _split_overrides(options)
     values["study"] = {**values.get("study", {}), **study}
     values["par"] = par
-    if import_dir is not None:
-        values["python_path"] = [import_dir]
     if storage is not None and "://" not in storage:  # a group option: "postgres", "sqlite"
         groups.append(f"storage={storage}")
     elif storage is not None:
         values.setdefault("storage", {})["url"] = storage
     settings = Settings.from_config(compose(["study=base_api", *groups], config_dir, values))
+    return dataclasses.replace(settings, by_value=by_value)
+
+
+def run_settings(settings: Settings, signals: StopSignals) -> RunSummary:
+    """Run the supervisor of ``settings`` in this process (logging set up as the API's);
+    ``signals`` is how Ctrl-C and the caller's own stop requests reach it."""
+    from hpo.cli.logs import setup_logging
+    from hpo.supervisor import Supervisor
+
+    class _Supervisor(Supervisor):  # TODO(supervisor refactor): take signals as an argument
+        def __init__(self, settings: Settings) -> None:
+            super().__init__(settings)
+            self._signals = signals
+
     setup_logging(settings.log_level, quiet_if_configured=True)
-    summary = Supervisor(settings).run()
-    if summary.interrupted:
-        raise StudyAborted(f"study {settings.study.name!r} was interrupted")
-    return load_study(settings.study.name, storage=settings.storage.url)
+    return _Supervisor(settings).run()
 
 
 def load_study(
@@ -100,28 +160,33 @@ def load_study(
         raise ConfigError(f"no study {name!r} in {display_url(storage)}") from e
 
 
-def _objective_path(objective: str | Objective) -> tuple[str, str | None]:
-    """``module:function`` of the objective, and the directory to import its module from."""
+def _by_value(objective: str | Objective, overrides: Mapping[str, Any]) -> tuple[ByValue, str]:
+    """The objective (and an Optuna sampler or pruner object among ``overrides``) pickled for
+    the workers, and the objective's name; a ConfigError if one cannot be pickled."""
+    from hpo.config.by_value import ByValue, display_name, pack
+
+    objects = {k: overrides[k] for k in _OBJECTS if k in overrides}
+    packed = {k: pack(k, v) for k, v in objects.items() if not isinstance(v, str)}
     if isinstance(objective, str):
-        return objective, None
-    qualname = getattr(objective, "__qualname__", "")
-    module_name = getattr(objective, "__module__", None)
-    if not callable(objective) or not module_name or "<" in qualname or "." in qualname:
-        raise ConfigError(
-            f"objective must be a module-level function or 'module:function', got {objective!r}"
-        )
-    if module_name != "__main__":
-        module = sys.modules.get(module_name)
-        where = getattr(module, "__file__", None)
-        return f"{module_name}:{qualname}", None if where is None else str(Path(where).parent)
-    path = getattr(sys.modules["__main__"], "__file__", None)
-    if path is None:
-        raise ConfigError(
-            "the objective is defined in a notebook or an interactive session, which worker "
-            "processes cannot import: put it in a module and pass 'module:function'"
-        )
-    script = Path(path).resolve()
-    return f"{script.stem}:{qualname}", str(script.parent)
+        return ByValue(**packed), objective
+    if not callable(objective):
+        raise ConfigError(f"objective must be a callable or 'module:function', got {objective!r}")
+    return ByValue(objective=pack("objective", objective), **packed), display_name(objective)
+
+
+def _study_name(objective_name: str) -> str:
+    """A study name from the objective's: ``objective``, ``lambda``, ``Model.fit``."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "", objective_name.rpartition(":")[2]) or "study"
+
+
+def _directions(directions: list[str]) -> dict[str, Any]:
+    """``study.direction`` (one objective) or ``study.directions`` (several)."""
+    for d in directions:
+        if d not in ("minimize", "maximize"):
+            raise ConfigError(f"direction must be 'minimize' or 'maximize', got {d!r}")
+    if len(directions) == 1:
+        return {"direction": directions[0]}
+    return {"direction": directions[0], "directions": directions}
 
 
 def _param(name: str, dist: Mapping[str, Any] | BaseDistribution) -> dict[str, Any]:

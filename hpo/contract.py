@@ -14,6 +14,7 @@ from typing import Any
 from optuna.trial import TrialState
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what counts towards study.n_trials
+UNLIMITED_TRIALS = 2**31 - 1  # the target of a run without n_trials (hpo.optimize: until stopped)
 
 
 class EndReason(str, enum.Enum):
@@ -135,3 +136,7 @@ STOP_ATTR = "hpo:stop"
 
 # The constraint name under which a pre-pruned trial is reported infeasible to the sampler.
 MEMORY_CONSTRAINT = "memory"
+
+# Study system attribute of a study that declares no search space: the space learned from its
+# objective's trial.suggest_* calls ({name: Optuna distribution JSON}; hpo.execution.learned_space).
+LEARNED_SPACE_ATTR = "hpo:learned_space"

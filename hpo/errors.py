@@ -13,3 +13,8 @@ class ConfigError(HpoError):
 
 class StudyAborted(HpoError):
     """The supervisor stopped a study because it cannot make progress."""
+
+
+class TrialFailed(HpoError):
+    """``hpo.optimize``: a trial's objective raised an exception its ``catch`` does not name
+    (as ``study.optimize`` re-raises it); the message is the trial's and its error's."""

@@ -151,8 +151,8 @@ def test_the_python_api_runs_a_study_from_a_script(tmp_path: Path) -> None:
 def test_the_python_api_raises_the_clis_one_line_errors(tmp_path: Path) -> None:
     import hpo
 
-    with pytest.raises(hpo.ConfigError, match="must be a module-level function"):
-        hpo.tune(lambda trial, cfg: 0.0, space={"x": {"type": "float"}}, n_trials=1)
+    with pytest.raises(hpo.ConfigError, match="objective must be a callable or 'module:function'"):
+        hpo.tune(42, space={"x": {"type": "float"}}, n_trials=1)  # type: ignore[arg-type]
     with pytest.raises(hpo.ConfigError, match="study.space.x needs low and high"):
         hpo.tune("m:f", space={"x": {"type": "float"}}, n_trials=1, config_dir=str(tmp_path))
     with pytest.raises(hpo.ConfigError, match="no study 'nothing'"):
@@ -164,7 +164,10 @@ BAD_STUDIES = {
         "name: a\nspace:\n  x: {type: float, low: 0, high: 1}\nn_trials: 2\n",
         "study.objective is required",
     ),
-    "no_space": ("name: b\nobjective: m:f\nn_trials: 2\n", "study.space is empty"),
+    "bad_direction": (
+        "name: b\nobjective: m:f\ndirection: max\nn_trials: 2\n",
+        "study.direction must be maximize or minimize, got 'max'",
+    ),
     "yaml_error": (
         "name: c\nobjective: m:f\nspace:\n  x: {type: float, low: 0\n",
         r"yaml_error.yaml:5: YAML syntax error",

@@ -58,11 +58,13 @@ class StudyConf:
 
     name: str = MISSING  # study name; also the SQLite file name _optuna/<name>.db
     objective: str = MISSING  # "package.module:function" called as objective(trial, cfg)
-    direction: str = "maximize"  # maximize | minimize
+    direction: str = "maximize"  # maximize | minimize (hpo.tune: minimize, as Optuna)
+    directions: list[str] | None = None  # several objectives: one direction each (no pruning)
     n_trials: int = 20  # COMPLETE + PRUNED trials to reach, across workers and runs
     epochs: int = 12  # the pruner's resource: epochs of a trial that is never pruned
     device: str = "auto"  # auto (cuda when available, else cpu) | cpu | cuda | sim
-    space: dict[str, ParamConf] = field(default_factory=dict)  # declared search space
+    # declared search space; empty: learned from the objective's trial.suggest_* calls
+    space: dict[str, ParamConf] = field(default_factory=dict)
     memory: StudyMemoryConf = field(default_factory=StudyMemoryConf)
     loader: DataLoaderConf = field(default_factory=DataLoaderConf)
     extra: dict[str, Any] = field(default_factory=dict)  # free settings for user objectives

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hpo.config.by_value import ByValue, unpack
 from hpo.config.space import build_space
 from hpo.contract import EndReason
 
@@ -30,7 +31,7 @@ class StudySettings:
 
     name: str
     objective: str  # "module:function"
-    direction: str  # maximize | minimize
+    direction: str  # maximize | minimize (the first objective's with several)
     n_trials: int  # COMPLETE + PRUNED trials to reach, across workers and runs
     epochs: int
     space: Mapping[str, BaseDistribution]
@@ -41,6 +42,7 @@ class StudySettings:
     # ways (0: it does not)
     max_accum_steps: int = 0
     batch_param: str = "batch_size"
+    directions: tuple[str, ...] = ()  # one per objective (a single objective: (direction,))
     show: tuple[str, ...] = ()  # user attributes of the best trial a finished run prints
 
 
@@ -113,6 +115,8 @@ class Settings:
     # project and the user's conf/), in the supervisor, every worker and the prior's tracer.
     import_paths: tuple[str, ...] = ()
     node_id: str = ""  # this node's name in the study (several supervisors, one per node)
+    # The Python API's objective, sampler and pruner, pickled (they replace the config's)
+    by_value: ByValue = field(default_factory=ByValue, repr=False)
 
     @property
     def auto_par(self) -> bool:
@@ -127,12 +131,16 @@ class Settings:
     def make_pruner(self) -> Any:
         from hpo.config.validate import instantiate_node
 
+        if self.by_value.pruner is not None:
+            return unpack(self.by_value.pruner)
         return instantiate_node(self.pruner, "pruner")
 
     def make_sampler(self, seed: int | None = None) -> Any:
         """The configured sampler; ``seed`` replaces its seed."""
         from hpo.config.validate import instantiate_node
 
+        if self.by_value.sampler is not None:  # the study's own (its seed is its own)
+            return unpack(self.by_value.sampler)
         if seed is None:
             return instantiate_node(self.sampler, "sampler")
         return instantiate_node({**self.sampler, "seed": seed}, "sampler")
@@ -141,7 +149,9 @@ class Settings:
     def sampler_seed(self) -> int | None:
         """The sampler's seed, if the config sets one (reproducible proposals)."""
         seed = self.sampler.get("seed")
-        return None if seed is None else int(seed)
+        if seed is None or self.by_value.sampler is not None:
+            return None
+        return int(seed)
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> Settings:
@@ -234,6 +244,7 @@ def _study(study: Mapping[str, Any]) -> StudySettings:
         groups=memory_groups(space_conf, memory),
         max_accum_steps=int(memory.get("max_accum_steps", 8)) if memory.get("accumulation") else 0,
         batch_param=str(memory.get("batch_param", "batch_size")),
+        directions=tuple(study.get("directions") or [study["direction"]]),
         show=tuple(str(key) for key in study.get("show") or ()),
     )
 

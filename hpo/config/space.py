@@ -1,7 +1,8 @@
 """The search space declared in the study config, as Optuna distributions.
 
 Declaring the space up front lets the supervisor ask for a trial's parameters before the trial
-runs (and, later, estimate its memory from them).
+runs (and, later, estimate its memory from them). A study that declares none has its space
+learned from its objective's ``trial.suggest_*`` calls (:mod:`hpo.execution.learned_space`).
 """
 
 from __future__ import annotations
@@ -23,9 +24,8 @@ _KINDS = ("categorical", "int", "float")
 
 
 def build_space(space: Mapping[str, Any]) -> dict[str, BaseDistribution]:
-    """Turn ``study.space`` into ``{name: distribution}``; any mistake is a ConfigError."""
-    if not space:
-        raise ConfigError("study.space is empty: declare at least one parameter")
+    """Turn ``study.space`` into ``{name: distribution}``; any mistake is a ConfigError. An
+    empty space is learned from the objective (see :mod:`hpo.execution.learned_space`)."""
     return {str(name): build_distribution(str(name), spec) for name, spec in space.items()}
 
 

@@ -39,8 +39,9 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"study.n_trials must be >= 0, got {study.n_trials}")
     if study.epochs < 1:
         raise ConfigError(f"study.epochs must be >= 1, got {study.epochs}")
-    if study.direction not in ("maximize", "minimize"):
-        raise ConfigError(f"study.direction must be maximize or minimize, got {study.direction!r}")
+    for key, value in (("direction", study.direction), *_each("directions", study.directions)):
+        if value not in ("maximize", "minimize"):
+            raise ConfigError(f"study.{key} must be maximize or minimize, got {value!r}")
     if study.device not in ("auto", "cpu", "cuda", "sim"):
         raise ConfigError(f"study.device must be auto, cpu, cuda or sim, got {study.device!r}")
     if study.device == "sim" and not study.get("workload"):
@@ -61,6 +62,11 @@ def validate(cfg: DictConfig) -> None:
     validate_faults(cfg.faults)
     instantiate_pruner(cfg)
     instantiate_sampler(cfg)
+
+
+def _each(key: str, values: Any) -> list[tuple[str, Any]]:
+    """``(key[i], value)`` of a list setting (none when unset)."""
+    return [(f"{key}[{i}]", v) for i, v in enumerate(values or ())]
 
 
 def validate_faults(faults: DictConfig) -> None:

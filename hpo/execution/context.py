@@ -1,7 +1,10 @@
 """What the trial runner tells the objective about the trial it runs.
 
-The objective keeps the plain ``objective(trial, cfg)`` signature; anything the runner decides
-for it (the device, the trial's checkpoint directory) is read with :func:`current_context`.
+The objective keeps the plain ``objective(trial, cfg)`` (or Optuna's ``objective(trial)``)
+signature; anything the runner decides for it (the device, the trial's checkpoint directory) is
+read with :func:`current_context`, and code deep inside the objective (a training loop, a
+callback) finds the running trial with :func:`current_trial`. Outside a trial (a notebook, a
+unit test) :func:`current_trial` is None, so the same code also runs alone.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import optuna
+
     from hpo.devices import Device
     from hpo.execution.spike import SpikeLog
 
@@ -61,3 +66,23 @@ def trial_context(ctx: TrialContext) -> Iterator[TrialContext]:
         yield ctx
     finally:
         _current.reset(token)
+
+
+_trial: contextvars.ContextVar[optuna.Trial | None] = contextvars.ContextVar(
+    "hpo_trial", default=None
+)
+
+
+def current_trial() -> optuna.Trial | None:
+    """The trial the objective runs in this worker, or None outside a trial."""
+    return _trial.get()
+
+
+@contextlib.contextmanager
+def running_trial(trial: optuna.Trial) -> Iterator[optuna.Trial]:
+    """Make ``trial`` the :func:`current_trial` for the duration of the block."""
+    token = _trial.set(trial)
+    try:
+        yield trial
+    finally:
+        _trial.reset(token)

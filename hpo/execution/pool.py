@@ -7,9 +7,12 @@ asked to exit, and the pool reaps it in the background while its successor start
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
@@ -68,7 +71,8 @@ class WorkerPool:
         process = self._ctx.Process(
             target=worker_main, args=(child_end, self._spec), name=f"hpo-worker-{slot}"
         )
-        process.start()
+        with main_module_hidden():
+            process.start()
         child_end.close()
         return WorkerHandle(slot=slot, process=process, conn=parent_end)
 
@@ -221,6 +225,32 @@ class WorkerPool:
         ended = end_strays(self._spec.run_id, live)
         if ended:
             logger.info("ended %d process(es) worker %d left behind", ended, dead.pid)
+
+
+@contextlib.contextmanager
+def main_module_hidden() -> Iterator[None]:
+    """Start processes that do not import the caller's ``__main__``.
+
+    A spawned process first re-imports the parent's main module (by its ``__spec__`` name or
+    its ``__file__``), so a script without ``if __name__ == "__main__":`` would run again in
+    every worker. hpo's workers start from their own entry point and receive the objective by
+    value (:mod:`hpo.config.by_value`): with the main module's name and file hidden while the
+    process starts, multiprocessing sends no main module to prepare.
+    """
+    main = sys.modules.get("__main__")
+    missing = object()
+    saved = {k: getattr(main, k, missing) for k in ("__spec__", "__file__")}
+    try:
+        if main is not None:
+            main.__spec__ = None
+            if saved["__file__"] is not missing:
+                del main.__file__
+        yield
+    finally:
+        if main is not None:
+            for key, value in saved.items():
+                if value is not missing:
+                    setattr(main, key, value)
 
 
 def _drain(conn: Connection) -> list[Any]:

@@ -6,7 +6,8 @@ claims a slot of the study (:mod:`hpo.storage.claim`; the lock is held to count 
 the trial, not while the sampler works), marks the trial as the supervisor's (its owner
 attributes and the worker's pid, see :mod:`hpo.supervisor.liveness`: a worker that dies before
 it answers leaves a trial the supervisor's next reaping finds orphaned; the supervisor beats
-it from when it knows it), samples the declared search space and answers with the trial
+it from when it knows it), samples the declared search space (or the space learned from the
+objective, :mod:`hpo.execution.learned_space`) and answers with the trial
 (:class:`~hpo.execution.protocol.Proposal`). Whether, where and when the trial runs the
 supervisor alone decides. With the memory gate active, the
 sampler re-draws what the gate would pre-prune (:class:`~hpo.memory.sampling.FeasibleSampler`)
@@ -25,9 +26,11 @@ from typing import TYPE_CHECKING
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import TrialState
 
 from hpo.config.space import suggest
 from hpo.contract import Attr
+from hpo.execution.learned_space import LearnedSpace, presample
 from hpo.execution.protocol import AskedTrial, Proposal, Propose
 from hpo.memory.sampling import FeasibleSampler, GateSnapshot
 from hpo.storage import trial_id_of
@@ -56,9 +59,11 @@ class Proposer:
     ) -> None:
         """``gate`` is the snapshot the study's sampler consults (updated from requests);
         ``sampler_for(number)``, given when the sampler is seeded, makes the sampler of trial
-        ``number`` (seeded by it: its proposal is the same whichever worker asks it)."""
+        ``number`` (seeded by it: its proposal is the same whichever worker asks it). An empty
+        ``space`` is learned from the objective (:mod:`hpo.execution.learned_space`)."""
         self._study, self._store, self._space, self._gate = study, store, space, gate
         self._sampler_for = sampler_for
+        self._learned = None if space else LearnedSpace(store)
         self._asked: dict[int, optuna.Trial] = {}
 
     def propose(self, request: Propose) -> Proposal:
@@ -72,6 +77,7 @@ class Proposer:
                 with warnings.catch_warnings():  # hpo records the heartbeats of ask/tell trials
                     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
                     trial = self._study.ask()  # a waiting trial (a retry), or a new one
+                learned = self._learned.update(self._study) if self._learned else {}
             trial_id, pid = trial_id_of(trial), os.getpid()
             try:
                 self._store.set_user_attrs(trial_id, {**request.owner, Attr.WORKER_PID: pid})
@@ -83,10 +89,18 @@ class Proposer:
                 self._study.sampler = FeasibleSampler(sampler, self._gate.fits)
             for name, dist in self._space.items():
                 suggest(trial, name, dist)
+            params = trial.params
+            if learned:  # sampled now, recorded when the objective suggests them
+                params = {**params, **presample(self._study, trial, learned)}
             self._asked = {trial_id: trial}  # this worker is likely to run it: no second read
-            return Proposal(AskedTrial(trial.number, trial.params, trial.user_attrs), trial_id)
+            return Proposal(AskedTrial(trial.number, params, trial.user_attrs), trial_id)
 
     def take(self, trial_id: int) -> optuna.Trial:
         """The trial to run: the one this worker asked if it is that one, else read anew."""
         asked = self._asked.pop(trial_id, None)
-        return asked if asked is not None else optuna.Trial(self._study, trial_id)
+        if asked is not None:
+            return asked
+        # Another worker asked it: Optuna's cached storage must learn it before this worker
+        # records a parameter the objective suggests on it (it reads only what is new).
+        self._study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        return optuna.Trial(self._study, trial_id)

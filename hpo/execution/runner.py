@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import os
 import time
 import traceback
@@ -14,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
+from hpo.config.by_value import takes_cfg
 from hpo.contract import Attr, EndReason
-from hpo.execution.context import TrialContext, trial_context
+from hpo.execution.context import TrialContext, running_trial, trial_context
 from hpo.execution.probe import MemoryProbe
 from hpo.execution.protocol import Assignment, Outcome
 from hpo.execution.settle import Settler
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-Objective = Callable[[optuna.Trial, "DictConfig"], float]
+Objective = Callable[..., Any]  # objective(trial, cfg) or objective(trial)
 
 _TRACEBACK_LINES = 12  # last lines of a traceback stored on a failed trial
 
@@ -62,7 +64,8 @@ class TrialRunner:
         self._take = take or (lambda trial_id: optuna.Trial(study, trial_id))
         self._write = user_attrs_writer(storage)
         self._reports, self._notify = storage, notify
-        self._objective = objective
+        # objective(trial, cfg), or Optuna's objective(trial)
+        self._objective = objective if takes_cfg(objective) else partial(_without_cfg, objective)
         self._cfg = cfg
         self._name = name
         self._device = device
@@ -131,13 +134,12 @@ class TrialRunner:
             storage.on_report = settler.on_report
         return settler
 
-    def _call(
-        self, trial_id: int
-    ) -> tuple[optuna.Trial | None, EndReason, float | None, str | None]:
+    def _call(self, trial_id: int) -> tuple[optuna.Trial | None, EndReason, Any, str | None]:
         trial = None
         try:
             trial = self._take(trial_id)  # may read the trial: inside the try
-            value = self._objective(trial, self._cfg)
+            with running_trial(trial):
+                value = self._objective(trial, self._cfg)
         except optuna.TrialPruned:
             return trial, EndReason.PRUNED, None, None
         except StorageOutage:
@@ -145,12 +147,10 @@ class TrialRunner:
         except Exception as e:
             tail = traceback.format_exc().rstrip().splitlines()[-_TRACEBACK_LINES:]
             return trial, classify_exception(e), None, "\n".join(tail)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return trial, EndReason.ERROR, None, f"objective returned {value!r}, expected a float"
-        if not math.isfinite(value):
-            why = f"objective returned {value!r}, expected a finite float"
+        checked, why = check_value(value, len(self._study.directions))
+        if why is not None:
             return trial, EndReason.ERROR, None, why
-        return trial, EndReason.COMPLETE, float(value), None
+        return trial, EndReason.COMPLETE, checked, None
 
     def _end(
         self,
@@ -173,6 +173,22 @@ class TrialRunner:
             return None
 
 
+def check_value(value: Any, n_objectives: int) -> tuple[Any, str | None]:
+    """The objective's result as the study takes it (a float, or a list of ``n_objectives``
+    floats), or why it cannot be recorded."""
+    values = list(value) if isinstance(value, (list, tuple)) and n_objectives > 1 else [value]
+    expected = "a float" if n_objectives == 1 else f"{n_objectives} floats"
+    if len(values) != n_objectives:
+        return None, f"objective returned {value!r}, expected {expected}"
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            return None, f"objective returned {value!r}, expected {expected}"
+        if not math.isfinite(v):
+            return None, f"objective returned {value!r}, expected {expected}, finite"
+    floats = [float(v) for v in values]
+    return (floats[0] if n_objectives == 1 else floats), None
+
+
 def classify_exception(e: BaseException) -> EndReason:
     """Map an exception from the objective to an end reason (no torch import needed)."""
     name = type(e).__name__
@@ -183,6 +199,11 @@ def classify_exception(e: BaseException) -> EndReason:
     if name == "AcceleratorError" or any(marker in text for marker in cuda_markers):
         return EndReason.CUDA_ERROR
     return EndReason.ERROR
+
+
+def _without_cfg(objective: Objective, trial: optuna.Trial, cfg: DictConfig) -> Any:
+    """An Optuna-style ``objective(trial)`` called as the runner calls objectives."""
+    return objective(trial)
 
 
 def _make_dir(path: str | None) -> Path | None:

@@ -55,6 +55,15 @@ def load_objective(path: str) -> Any:
     return obj
 
 
+def _objective(settings: Settings) -> Any:
+    """The objective: unpickled when the Python API sent it by value, else imported."""
+    if settings.by_value.objective is not None:
+        from hpo.config.by_value import unpack
+
+        return unpack(settings.by_value.objective)
+    return load_objective(settings.study.objective)
+
+
 def resolve_device(setting: str) -> str:
     """``auto`` → ``cuda:0`` when NVML sees a visible GPU, else ``cpu``; ``sim`` → ``sim:N``."""
     if setting == "cpu":
@@ -92,7 +101,7 @@ def main(conn: Connection, spec: WorkerSpec) -> None:
         if directory not in sys.path:
             sys.path.insert(0, directory)
     try:
-        objective = load_objective(objective_path)
+        objective = _objective(spec.settings)
     except Exception as e:
         _send(conn, Fatal(f"cannot import objective {objective_path!r}: {_describe_import(e)}"))
         return

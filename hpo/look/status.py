@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from hpo.contract import RUN_BASE_ATTR, RUN_TARGET_ATTR
+from hpo.contract import RUN_BASE_ATTR, RUN_TARGET_ATTR, UNLIMITED_TRIALS
 from hpo.look import queries
 from hpo.look.db import Row, StudyDB, StudyRef
 from hpo.look.nodes import NodeView, read_nodes
@@ -94,6 +94,7 @@ def take_snapshot(db: StudyDB, devices: list[DeviceView] | None = None) -> Snaps
     recent = [_finished_view(db, row) for row in db.rows(queries.RECENT_TRIALS, limit=RECENT)]
     run = {r["key"]: json.loads(r["value_json"]) for r in db.rows(queries.RUN_ATTRS)}
     target = run.get(RUN_TARGET_ATTR, db.ref.n_trials)
+    target = None if target == UNLIMITED_TRIALS else target  # hpo.optimize(n_trials=None)
     return Snapshot(
         db.ref.name,
         db.ref.shown,

@@ -6,7 +6,9 @@
 - whether a trial ever had a heartbeat, and which trials' heartbeats are stale (Optuna exposes
   these only through ``fail_stale_trials``, which fails them itself);
 - how many trials of a study are in some states, counted by the database (Optuna's
-  ``get_n_trials`` builds every such trial first: its cost grows with the study).
+  ``get_n_trials`` builds every such trial first: its cost grows with the study);
+- a trial's ``fixed_params`` system attribute (what ``Study.enqueue_trial`` writes): values
+  ``trial.suggest_*`` returns when the objective asks for them, recorded only then.
 
 ``tests/test_storage.py`` fails if a newer Optuna moves any of these names.
 """
@@ -132,3 +134,62 @@ def count_trials(storage: BaseStorage, study_id: int, states: Collection[TrialSt
             trial.study_id == study_id, trial.state.in_(list(states))
         )
         return int(query.scalar() or 0)
+
+
+FIXED_PARAMS = "fixed_params"  # the system attribute Optuna's enqueue_trial fills
+
+
+def fix_params(trial: Any, frozen: Any, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Make ``params`` the values ``trial.suggest_*`` returns for them on ``trial`` (an
+    ``optuna.Trial``; ``frozen``, its state as just read; its enqueued values win), recorded as
+    parameters only when the objective suggests them; returns its fixed values now. The trial
+    object reads them too (Optuna reads them when a Trial is made)."""
+    fixed = dict(frozen.system_attrs.get(FIXED_PARAMS, {}))
+    new = {k: v for k, v in params.items() if k not in fixed}
+    if new:
+        fixed = {**new, **fixed}
+        trial.storage.set_trial_system_attr(frozen._trial_id, FIXED_PARAMS, fixed)
+        trial._fixed_params = fixed
+    return fixed
+
+
+def rdb_url(study: Any) -> str | None:
+    """The SQLAlchemy URL of an Optuna study's storage; None for an in-memory study; a
+    ValueError naming the storage for any other kind (journal, gRPC)."""
+    from optuna.storages import InMemoryStorage, RDBStorage
+
+    storage = unwrap(study._storage)
+    if isinstance(storage, RDBStorage):
+        return str(storage.url)
+    if isinstance(storage, InMemoryStorage):
+        return None
+    raise ValueError(type(storage).__name__)
+
+
+def enter_optimize_loop(study: Any) -> None:
+    """Let ``study.stop()`` be called from this thread (Optuna allows it only inside its own
+    optimize loop: a callback of hpo.optimize calls it from hpo's run watcher)."""
+    study._thread_local.in_optimize_loop = True
+
+
+def stop_requested(study: Any) -> bool:
+    """Whether ``study.stop()`` was called since :func:`enter_optimize_loop`."""
+    return bool(getattr(study, "_stop_flag", False))
+
+
+def finish_waiting(study: Any, ended: Any) -> None:
+    """Give a study's WAITING trial (enqueued in memory, run in hpo's file) the end it had
+    there: Optuna's ``add_trial`` cannot update a trial, its storage API can."""
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, ended.number)
+    storage.set_trial_state_values(trial_id, TrialState.RUNNING)
+    for name, value in ended.params.items():
+        dist = ended.distributions[name]
+        storage.set_trial_param(trial_id, name, dist.to_internal_repr(value), dist)
+    for step, value in ended.intermediate_values.items():
+        storage.set_trial_intermediate_value(trial_id, step, value)
+    for key, value in ended.user_attrs.items():
+        storage.set_trial_user_attr(trial_id, key, value)
+    storage.set_trial_state_values(trial_id, ended.state, ended.values)

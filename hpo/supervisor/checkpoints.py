@@ -44,8 +44,7 @@ class CheckpointStore:
         if path is None or retried:
             return
         if trial.state == TrialState.COMPLETE and self._keep_best:
-            best = study.best_trial
-            if best.number == trial.number:
+            if trial.number in _best_numbers(study):
                 return  # the previous best's directory goes in the final sweep
         remove(path)
 
@@ -58,12 +57,22 @@ class CheckpointStore:
         for trial in study.get_trials(deepcopy=False, states=live):
             keep.add(trial.user_attrs.get(Attr.CHECKPOINT_DIR))
         if self._keep_best and study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            keep.add(study.best_trial.user_attrs.get(Attr.CHECKPOINT_DIR))
+            best = set(_best_numbers(study))
+            for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+                if trial.number in best:
+                    keep.add(trial.user_attrs.get(Attr.CHECKPOINT_DIR))
         for child in self.root.iterdir():
             if child.is_dir() and str(child) not in keep:
                 remove(str(child))
         if not any(self.root.iterdir()):
             self.root.rmdir()
+
+
+def _best_numbers(study: optuna.Study) -> list[int]:
+    """The best trial's number; with several objectives, those of the Pareto front."""
+    if len(study.directions) > 1:
+        return [t.number for t in study.best_trials]
+    return [study.best_trial.number]
 
 
 def remove(path: str) -> None:

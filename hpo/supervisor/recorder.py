@@ -19,7 +19,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from hpo.config.space import describe
-from hpo.contract import FINISHED, Attr, EndReason
+from hpo.contract import FINISHED, UNLIMITED_TRIALS, Attr, EndReason
 from hpo.errors import StudyAborted
 from hpo.execution.protocol import Assignment, Outcome
 from hpo.storage import StorageOutage
@@ -185,7 +185,8 @@ class TrialRecorder:
     def _finish(self) -> None:
         study = self.study
         self.summary.finished = len(study.get_trials(deepcopy=False, states=FINISHED))
-        if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if complete and len(study.directions) == 1:
             self.summary.best = study.best_trial
         try:
             self._checkpoints.sweep(study)
@@ -216,9 +217,11 @@ class TrialRecorder:
     ) -> str:
         target = self.summary.target
         head = f"[{self.done:>{len(str(target))}}/{target}] trial {trial.number}"
+        if target == UNLIMITED_TRIALS:
+            head = f"[{self.done}] trial {trial.number}"
         state = trial.state.name
         if trial.state == TrialState.COMPLETE:
-            state += f" {trial.value:.4f}"
+            state += " " + " ".join(f"{v:.4f}" for v in trial.values or ())
         elif trial.state == TrialState.PRUNED:
             state += f" at epoch {trial.last_step}"
         else:

@@ -12,10 +12,16 @@ logger = logging.getLogger(__name__)
 
 
 class StopSignals:
-    """Ctrl-C once: finish running trials, start no more. Twice, or SIGTERM: stop now."""
+    """Ctrl-C once: finish running trials, start no more. Twice, or SIGTERM: stop now.
 
-    def __init__(self) -> None:
+    ``stop_at_first`` (the Python API, as Optuna's ``study.optimize`` and a notebook's
+    interrupt): the first Ctrl-C stops now, and the running trials end interrupted.
+    """
+
+    def __init__(self, stop_at_first: bool = False) -> None:
+        self.stop_at_first = stop_at_first
         self.interrupts = 0
+        self.ctrl_c = False  # a SIGINT arrived (not a stop request)
         self.terminated = False
         self._previous: dict[int, Any] = {}
 
@@ -51,7 +57,11 @@ class StopSignals:
 
     def _on_int(self, signum: int, frame: FrameType | None) -> None:
         self.interrupts += 1
-        if self.interrupts == 1:
+        self.ctrl_c = True
+        if self.stop_at_first:
+            self.terminated = True
+            logger.warning("interrupted: stopping now")
+        elif self.interrupts == 1:
             logger.warning("interrupted: finishing running trials (Ctrl-C again to stop now)")
         else:
             logger.warning("interrupted again: stopping now")

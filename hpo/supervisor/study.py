@@ -50,11 +50,11 @@ def count_finished(study_settings: StudySettings, storage: RDBStorage) -> int | 
         study = optuna.load_study(study_name=study_settings.name, storage=storage)
     except KeyError:
         return None
-    direction = study.direction.name.lower()
-    if direction != study_settings.direction:
+    stored = ", ".join(d.name.lower() for d in study.directions)
+    wanted = ", ".join(study_settings.directions)
+    if stored != wanted:
         raise ConfigError(
-            f"study {study_settings.name!r} exists with direction {direction}, "
-            f"config says {study_settings.direction}"
+            f"study {study_settings.name!r} exists with direction {stored}, config says {wanted}"
         )
     trials = study.get_trials(deepcopy=False)
     check_space(study_settings, trials)
@@ -105,7 +105,7 @@ def open_study(
         storage=storage,
         sampler=settings.make_sampler(),  # for tell only: the workers sample
         pruner=settings.make_pruner(),
-        direction=StudyDirection[space.direction.upper()],
+        directions=[StudyDirection[d.upper()] for d in space.directions],
         load_if_exists=True,
     )
     earlier = study.get_trials(deepcopy=False)
