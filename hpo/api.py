@@ -128,13 +128,8 @@ def run_settings(settings: Settings, signals: StopSignals) -> RunSummary:
     from hpo.cli.logs import setup_logging
     from hpo.supervisor import Supervisor
 
-    class _Supervisor(Supervisor):  # TODO(supervisor refactor): take signals as an argument
-        def __init__(self, settings: Settings) -> None:
-            super().__init__(settings)
-            self._signals = signals
-
     setup_logging(settings.log_level, quiet_if_configured=True)
-    return _Supervisor(settings).run()
+    return Supervisor(settings, signals=signals).run()
 
 
 def load_study(

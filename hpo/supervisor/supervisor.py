@@ -49,15 +49,20 @@ class Supervisor:
     """Runs a study to ``study.n_trials`` finished trials with ``par`` worker processes."""
 
     def __init__(
-        self, settings: Settings, poll_s: float = 0.5, gate_factory: GateFactory | None = None
+        self,
+        settings: Settings,
+        poll_s: float = 0.5,
+        gate_factory: GateFactory | None = None,
+        signals: StopSignals | None = None,
     ) -> None:
         """``gate_factory`` replaces :func:`~hpo.memory.build_gate` (benchmarks plug in an
-        oracle that knows the true memory of a simulated workload)."""
+        oracle that knows the true memory of a simulated workload); ``signals`` is how Ctrl-C
+        and a caller's own stop requests reach the run (the Python API's stop at the first)."""
         self._settings = settings
         self._gate_factory = gate_factory or build_gate
         self._target = settings.study.n_trials
         self._poll_s = poll_s
-        self._signals = StopSignals()
+        self._signals = signals or StopSignals()
         url = display_url(settings.storage.url)
         self._summary = RunSummary(settings.study.name, url, self._target, 0, 0.0)
         faults = settings.faults
