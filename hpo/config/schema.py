@@ -79,6 +79,8 @@ class PatientHyperbandConf:
     reduction_factor: int = 3  # keep the top 1/reduction_factor at each rung
     patience: int = 4  # epochs without improvement before Hyperband may prune
     min_delta: float = 0.0  # smallest change that counts as an improvement
+    catch_up: float = 0.0  # spare a trial whose extrapolated curve may reach the best (0: off)
+    noise_factor: float = 0.0  # margins of this many report-noise deviations (0: off)
 
 
 @dataclass

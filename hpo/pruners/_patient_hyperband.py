@@ -43,6 +43,8 @@ class PatientHyperbandPruner(HyperbandPruner):
         patience: int = 4,
         min_delta: float = 0.0,
         bootstrap_count: int = 0,
+        catch_up: float = 0.0,
+        noise_factor: float = 0.0,
     ) -> None:
         if min_resource < 1:
             raise ValueError(f"min_resource must be >= 1, got {min_resource}")
@@ -54,6 +56,9 @@ class PatientHyperbandPruner(HyperbandPruner):
             raise ValueError(f"patience must be >= 0, got {patience}")
         if not (min_delta >= 0 and math.isfinite(min_delta)):
             raise ValueError(f"min_delta must be a finite number >= 0, got {min_delta}")
+        for name, value in (("catch_up", catch_up), ("noise_factor", noise_factor)):
+            if not (value >= 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
         super().__init__(
             min_resource=min_resource,
             max_resource=max_resource,
@@ -62,6 +67,8 @@ class PatientHyperbandPruner(HyperbandPruner):
         )
         self._patience = patience
         self._min_delta = min_delta
+        self._catch_up = catch_up
+        self._noise_factor = noise_factor
         self._try_initialization(None)  # type: ignore[arg-type]  # unused for an int max_resource
 
     @property
@@ -77,7 +84,42 @@ class PatientHyperbandPruner(HyperbandPruner):
         values = [trial.intermediate_values[s] for s in sorted(trial.intermediate_values)]
         if not self.stalled(values, study.direction):
             return False
-        return super().prune(study, trial)
+        if not super().prune(study, trial):
+            return False
+        if self._catch_up <= 0 and self._noise_factor <= 0:
+            return True
+        sign = 1.0 if study.direction == StudyDirection.MAXIMIZE else -1.0
+        reported = [sign * v for t in _others(study, trial) for v in t.intermediate_values.values()]
+        bar = max((v for v in reported if not math.isnan(v)), default=-math.inf)
+        margin = max(self._min_delta, self._noise_factor * report_noise(study, trial, sign))
+        return self.reach([sign * v for v in values], margin) < bar
+
+    def reach(self, values: list[float], margin: float) -> float:
+        """How far a trial's curve (as if maximised) may still get: its latest value, plus what
+        its last improvements promise, plus ``margin`` (the noise a value may hide).
+
+        A curve whose improvements shrink by a ratio r per epoch is extrapolated as a geometric
+        series, its remaining gain scaled by ``catch_up`` (1 trusts the series; more is
+        generous toward curves that flatten slower, as power laws do) and never more than its
+        last improvement kept up to ``max_resource`` (the most a concave curve can gain). An
+        improvement that grew (a slow starter taking off) earns that linear bound; one within
+        ``margin`` earns nothing.
+        """
+        clean = [v for v in values if not math.isnan(v)]
+        if not clean:
+            return -math.inf
+        last = clean[-1]
+        if len(clean) < 2 or self._catch_up <= 0:
+            return last + margin
+        d1 = clean[-1] - clean[-2]
+        if d1 <= margin:
+            return last + margin
+        linear = d1 * max(0, int(self._max_resource) - len(values))
+        d2 = clean[-2] - clean[-3] if len(clean) >= 3 else 0.0
+        if d2 <= 0 or d1 >= d2:
+            return last + linear + margin
+        ratio = d1 / d2
+        return last + min(linear, self._catch_up * d1 * ratio / (1.0 - ratio)) + margin
 
     def bracket_of(self, study: Study, trial: Any) -> int:
         """The Hyperband bracket of ``trial`` (anything with its ``number``; stable for a study
@@ -102,3 +144,30 @@ class PatientHyperbandPruner(HyperbandPruner):
         if best is None:
             return len(values) > self._patience
         return len(values) - 1 - best_index >= self._patience
+
+
+def _others(study: Study, trial: FrozenTrial) -> list[FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False) if t.number != trial.number]
+
+
+def report_noise(study: Study, trial: FrozenTrial, sign: float = 1.0) -> float:
+    """The study's report-to-report noise: a robust standard deviation of its curves' second
+    differences past their third report (where a smooth curve bends little), pooled over its
+    trials; 0 with fewer than three such differences.
+
+    White noise of deviation σ gives second differences of deviation σ·√6; their median
+    absolute value is 0.6745·σ·√6. A smooth curve's own bending adds to it, so this errs high,
+    toward sparing trials.
+    """
+    diffs: list[float] = []
+    for t in [*_others(study, trial), trial]:
+        steps = sorted(t.intermediate_values)
+        v = [sign * t.intermediate_values[s] for s in steps]
+        diffs += [abs(v[i] - 2 * v[i - 1] + v[i - 2]) for i in range(4, len(v))]
+    diffs = [d for d in diffs if not math.isnan(d)]
+    if len(diffs) < 3:
+        return 0.0
+    diffs.sort()
+    middle = len(diffs) // 2
+    median = diffs[middle] if len(diffs) % 2 else (diffs[middle - 1] + diffs[middle]) / 2
+    return median / (0.6745 * math.sqrt(6.0))
