@@ -12,6 +12,7 @@ from optuna.study import StudyDirection
 from optuna.trial import TrialState, create_trial
 
 from hpo.pruners import PatientHyperbandPruner
+from hpo.pruners._patient_hyperband import report_noise
 
 # One bracket (floor(log3(8 / 3)) + 1 = 1), first rung at step 3.
 ONE_BRACKET = {"min_resource": 3, "max_resource": 8, "reduction_factor": 3}
@@ -135,6 +136,8 @@ def test_wrapping_hyperband_loses_the_bracket_filter() -> None:
         ({"min_resource": 0}, "min_resource must be >= 1"),
         ({"max_resource": 2}, "max_resource must be an int >= min_resource"),
         ({"reduction_factor": 1}, "reduction_factor must be >= 2"),
+        ({"catch_up": -1.0}, "catch_up must be a finite number >= 0, got -1.0"),
+        ({"noise_factor": float("inf")}, "noise_factor must be a finite number >= 0, got inf"),
     ],
 )
 def test_invalid_arguments_are_named(kwargs: dict[str, Any], match: str) -> None:
@@ -146,3 +149,49 @@ def test_defaults_match_the_documented_values() -> None:
     pruner = PatientHyperbandPruner(max_resource=12)
     assert (pruner._min_resource, pruner._reduction_factor, pruner.patience) == (3, 3, 4)
     assert isinstance(pruner, HyperbandPruner)
+
+
+def test_reach_extrapolates_a_saturating_curve_to_its_asymptote() -> None:
+    pruner = PatientHyperbandPruner(patience=0, catch_up=1.0, max_resource=20, min_resource=3)
+    values = [1 - 0.5**e for e in range(1, 4)]  # 0.5, 0.75, 0.875: asymptote 1
+    assert pruner.reach(values, margin=0.0) == pytest.approx(1.0)
+    generous = PatientHyperbandPruner(patience=0, catch_up=2.0, max_resource=20, min_resource=3)
+    assert generous.reach(values, margin=0.01) == pytest.approx(1.135)
+
+
+@pytest.mark.parametrize(
+    ("values", "margin", "reach"),
+    [
+        ([0.1, 0.1, 0.3], 0.0, 0.3 + 0.2 * 5),  # taking off: its last improvement, to the end
+        ([0.1, 0.3], 0.0, 0.3 + 0.2 * 6),  # too few reports for a ratio: the same bound
+        ([0.5, 0.5, 0.505], 0.01, 0.515),  # an improvement within the margin earns nothing
+        ([0.6, 0.5, 0.4], 0.0, 0.4),  # falling
+        ([float("nan"), 0.2, float("nan")], 0.0, 0.2),
+    ],
+)
+def test_reach_of_other_curves(values: list[float], margin: float, reach: float) -> None:
+    pruner = PatientHyperbandPruner(patience=0, catch_up=2.0, **ONE_BRACKET)
+    assert pruner.reach(values, margin) == pytest.approx(reach)
+
+
+def test_catch_up_spares_a_late_bloomer_and_prunes_a_saturated_trial() -> None:
+    plain = PatientHyperbandPruner(patience=0, **ONE_BRACKET)
+    patient = PatientHyperbandPruner(patience=0, catch_up=2.0, **ONE_BRACKET)
+    late, saturated = [0.1, 0.15, 0.4], [0.2, 0.3, 0.35]
+    assert _should_prune(plain, late) and _should_prune(plain, saturated)
+    assert not _should_prune(patient, late)  # 0.4 + 0.25 per epoch may pass 0.9
+    assert _should_prune(patient, saturated)  # 0.35 + 2 × 0.05 cannot
+
+
+def test_report_noise_estimates_the_deviation_of_flat_noisy_curves() -> None:
+    import random
+
+    rng = random.Random(0)
+    study = optuna.create_study(direction="maximize")
+    for _ in range(10):
+        values = {e: 0.8 + rng.gauss(0.0, 0.01) for e in range(1, 13)}
+        study.add_trial(create_trial(value=0.8, intermediate_values=values))
+    trial = study.get_trials(deepcopy=False)[0]
+    assert report_noise(study, trial) == pytest.approx(0.01, rel=0.25)
+    short = create_trial(value=0.3, intermediate_values={1: 0.1, 2: 0.2, 3: 0.3, 4: 0.3})
+    assert report_noise(optuna.create_study(), short) == 0.0  # too few differences
