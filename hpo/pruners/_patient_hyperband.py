@@ -82,16 +82,18 @@ class PatientHyperbandPruner(HyperbandPruner):
 
     def prune(self, study: Study, trial: FrozenTrial) -> bool:
         values = [trial.intermediate_values[s] for s in sorted(trial.intermediate_values)]
-        if not self.stalled(values, study.direction):
+        sign = 1.0 if study.direction == StudyDirection.MAXIMIZE else -1.0
+        margin = self._min_delta
+        if self._noise_factor > 0 and (self._patience > 0 or self._catch_up > 0):
+            margin = max(margin, self._noise_factor * report_noise(study, trial, sign))
+        if not self.stalled(values, study.direction, margin):
             return False
         if not super().prune(study, trial):
             return False
         if self._catch_up <= 0 and self._noise_factor <= 0:
             return True
-        sign = 1.0 if study.direction == StudyDirection.MAXIMIZE else -1.0
         reported = [sign * v for t in _others(study, trial) for v in t.intermediate_values.values()]
         bar = max((v for v in reported if not math.isnan(v)), default=-math.inf)
-        margin = max(self._min_delta, self._noise_factor * report_noise(study, trial, sign))
         return self.reach([sign * v for v in values], margin) < bar
 
     def reach(self, values: list[float], margin: float) -> float:
@@ -127,19 +129,23 @@ class PatientHyperbandPruner(HyperbandPruner):
         # Hyperband reads only the trial's number (and the study's name) to pick its bracket.
         return self._get_bracket_id(study, trial)  # type: ignore[arg-type]
 
-    def stalled(self, values: list[float], direction: StudyDirection) -> bool:
+    def stalled(
+        self, values: list[float], direction: StudyDirection, min_delta: float | None = None
+    ) -> bool:
         """True when the last ``patience`` values brought no improvement over the best before.
 
-        A value improves on the best so far when it is better by more than ``min_delta``;
-        NaN never improves. With fewer than ``patience + 1`` values a trial is not stalled.
+        A value improves on the best so far when it is better by more than ``min_delta`` (the
+        pruner's own unless given: :meth:`prune` passes the noise-aware one); NaN never
+        improves. With fewer than ``patience + 1`` values a trial is not stalled.
         """
+        delta = self._min_delta if min_delta is None else min_delta
         sign = 1.0 if direction == StudyDirection.MAXIMIZE else -1.0
         best: float | None = None
         best_index = -1
         for index, value in enumerate(values):
             if math.isnan(value):
                 continue
-            if best is None or sign * (value - best) > self._min_delta:
+            if best is None or sign * (value - best) > delta:
                 best, best_index = value, index
         if best is None:
             return len(values) > self._patience
