@@ -37,11 +37,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import multiprocessing
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -268,38 +270,61 @@ def _suggest(trial: optuna.Trial, name: str, dist: dict[str, Any]) -> None:
         )
 
 
-def bench_workload(args: argparse.Namespace, workload: str, root: Path) -> dict[str, Any]:
-    """Every pruner over every seed on one simulated workload."""
+def bench_workload(
+    args: argparse.Namespace, workload: str, root: Path, pool: Any
+) -> dict[str, Any]:
+    """Every pruner over every seed on one simulated workload (``pool``: runs the studies)."""
     wl = load_workload(workload)
     truth = truth_of(wl)
+    tasks = [(p, seed) for seed in range(args.seeds) for p in args.pruners]
+    if args.inprocess:
+        found = [
+            run_inprocess(sim_overrides(args, workload, p, seed), wl, args.trials, seed)
+            for p, seed in tasks
+        ]
+    else:
+        found = list(
+            pool.map(
+                _timed_study,
+                [sim_overrides(args, workload, p, seed) for p, seed in tasks],
+                [root / wl.name / p for p, _ in tasks],
+                [f"q-{seed}" for _, seed in tasks],
+            )
+        )
     runs: dict[str, list[dict[str, Any]]] = {p: [] for p in args.pruners}
-    for seed in range(args.seeds):
-        for pruner in args.pruners:
-            t0 = time.monotonic()
-            overrides = sim_overrides(args, workload, pruner, seed)
-            if args.inprocess:
-                trials = run_inprocess(overrides, wl, args.trials, seed)
-            else:
-                trials = run_supervised(overrides, root / wl.name / pruner, f"q-{seed}")
-            runs[pruner].append(run_metrics(trials, truth, GPU_SECONDS_ATTR))
-            _progress(wl.name, pruner, seed, runs[pruner][-1], t0)
+    for (pruner, seed), trials in zip(tasks, found, strict=True):
+        runs[pruner].append(run_metrics(trials, truth, GPU_SECONDS_ATTR))
+        _progress(wl.name, pruner, seed, runs[pruner][-1])
     return _workload_result(truth.optimum, runs, "true optimum")
 
 
-def bench_criteria(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+def _timed_study(overrides: list[str], workdir: Path, name: str) -> list[FrozenTrial]:
+    t0 = time.monotonic()
+    trials = run_supervised(overrides, workdir, name)
+    print(
+        f"{workdir.parent.name} {workdir.name} {name}: {time.monotonic() - t0:.0f} s",
+        file=sys.stderr,
+    )
+    return trials
+
+
+def bench_criteria(args: argparse.Namespace, root: Path, pool: Any) -> dict[str, Any]:
     """The criteria study on CPU: every pruner over its seeds; the optimum is the best seen."""
-    found: dict[str, list[list[FrozenTrial]]] = {p: [] for p in args.pruners}
-    for seed in range(args.criteria_seeds):
-        for pruner in args.pruners:
-            t0 = time.monotonic()
-            overrides = criteria_overrides(args, pruner, seed)
-            found[pruner].append(run_supervised(overrides, root / CRITERIA / pruner, f"q-{seed}"))
-            print(
-                f"{CRITERIA} {pruner} seed {seed}: {time.monotonic() - t0:.0f} s", file=sys.stderr
-            )
-    values = [t.value for ts in found.values() for r in ts for t in r if t.value is not None]
+    tasks = [(p, seed) for seed in range(args.criteria_seeds) for p in args.pruners]
+    found = list(
+        pool.map(
+            _timed_study,
+            [criteria_overrides(args, p, seed) for p, seed in tasks],
+            [root / CRITERIA / p for p, _ in tasks],
+            [f"q-{seed}" for _, seed in tasks],
+        )
+    )
+    values = [t.value for trials in found for t in trials if t.value is not None]
     truth = Truth(max(values, default=1.0))
-    runs = {p: [run_metrics(r, truth, "duration_s") for r in found[p]] for p in found}
+    runs: dict[str, list[dict[str, Any]]] = {p: [] for p in args.pruners}
+    for (pruner, seed), trials in zip(tasks, found, strict=True):
+        runs[pruner].append(run_metrics(trials, truth, "duration_s"))
+        _progress(CRITERIA, pruner, seed, runs[pruner][-1])
     return _workload_result(truth.optimum, runs, "best value seen")
 
 
@@ -315,10 +340,10 @@ def _workload_result(
     }
 
 
-def _progress(name: str, pruner: str, seed: int, row: dict[str, Any], t0: float) -> None:
+def _progress(name: str, pruner: str, seed: int, row: dict[str, Any]) -> None:
     print(
         f"{name} {pruner} seed {seed}: regret {row['regret']} cost {row['cost']} "
-        f"pruned {row['pruned']}/{row['n']} ({time.monotonic() - t0:.0f} s)",
+        f"pruned {row['pruned']}/{row['n']}",
         file=sys.stderr,
     )
 
@@ -426,7 +451,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pruners", default=",".join(PRUNERS), help=f"of {', '.join(PRUNERS)}")
     p.add_argument("--seeds", type=int, default=5, help="sampler seeds per workload (default 5)")
     p.add_argument("--trials", type=int, default=40, help="trials per study (default 40)")
-    p.add_argument("--par", type=int, default=4, help="worker processes (default 4)")
+    p.add_argument("--par", type=int, default=2, help="worker processes per study (default 2)")
+    p.add_argument("--jobs", type=int, default=3, help="studies run side by side (default 3)")
     p.add_argument("--time-scale", type=float, default=0.002, help="wall s per simulated s")
     p.add_argument("--criteria-seeds", type=int, default=2, help="criteria on CPU; 0: skip it")
     p.add_argument("--criteria-trials", type=int, default=8, help="criteria trials per study")
@@ -472,12 +498,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     result: dict[str, Any] = {"config": _config(args), "workloads": {}}
-    with tempfile.TemporaryDirectory(prefix="hpo-quality-") as tmp:
+    spawn = multiprocessing.get_context("spawn")
+    with (
+        tempfile.TemporaryDirectory(prefix="hpo-quality-") as tmp,
+        ProcessPoolExecutor(max_workers=args.jobs, mp_context=spawn) as pool,
+    ):
         root = Path(args.keep or tmp)
         for w in workloads:
-            result["workloads"][load_workload(w).name] = bench_workload(args, w, root)
+            result["workloads"][load_workload(w).name] = bench_workload(args, w, root, pool)
         if args.criteria_seeds > 0 and not args.inprocess:
-            result["workloads"][CRITERIA] = bench_criteria(args, root)
+            result["workloads"][CRITERIA] = bench_criteria(args, root, pool)
     result["targets"] = judge(result, "bloom24")
     print_table(result)
     if args.png:
@@ -488,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _config(args: argparse.Namespace) -> dict[str, Any]:
-    keys = ("seeds", "trials", "par", "time_scale", "criteria_seeds", "criteria_trials",
+    keys = ("seeds", "trials", "par", "jobs", "time_scale", "criteria_seeds", "criteria_trials",
             "criteria_epochs", "inprocess", "override")  # fmt: skip
     out = {k: getattr(args, k) for k in keys}
     out["pruners"] = {p: list(PRUNERS[p]) for p in args.pruners}

@@ -37,14 +37,14 @@ class PatientHyperbandPruner(HyperbandPruner):
 
     def __init__(
         self,
-        min_resource: int = 3,
+        min_resource: int = 2,
         max_resource: int = 12,
         reduction_factor: int = 3,
-        patience: int = 4,
+        patience: int = 0,
         min_delta: float = 0.0,
         bootstrap_count: int = 0,
-        catch_up: float = 0.0,
-        noise_factor: float = 0.0,
+        catch_up: float = 2.0,
+        noise_factor: float = 2.0,
     ) -> None:
         if min_resource < 1:
             raise ValueError(f"min_resource must be >= 1, got {min_resource}")
@@ -113,12 +113,14 @@ class PatientHyperbandPruner(HyperbandPruner):
         last = clean[-1]
         if len(clean) < 2 or self._catch_up <= 0:
             return last + margin
-        d1 = clean[-1] - clean[-2]
-        if d1 <= margin:
+        d1 = clean[-1] - clean[-2] - margin  # the last improvement beyond the noise
+        if d1 <= 0:
             return last + margin
         linear = d1 * max(0, int(self._max_resource) - len(values))
-        d2 = clean[-2] - clean[-3] if len(clean) >= 3 else 0.0
-        if d2 <= 0 or d1 >= d2:
+        if len(clean) < 3:
+            return last + linear + margin
+        d2 = clean[-2] - clean[-3] + margin  # the one before, at its most
+        if d1 >= d2:
             return last + linear + margin
         ratio = d1 / d2
         return last + min(linear, self._catch_up * d1 * ratio / (1.0 - ratio)) + margin
