@@ -50,7 +50,7 @@ def test_max_resource_follows_epochs() -> None:
         (["study.objective=no_colon"], "must be 'module:function'"),
         (["pruner.patience=-1"], "pruner: patience must be >= 0, got -1"),
         (["pruner.reduction_factor=1"], "reduction_factor must be >= 2"),
-        (["study.epochs=2"], "max_resource must be an int >= min_resource"),
+        (["study.epochs=1"], "max_resource must be an int >= min_resource"),
     ],
 )
 def test_bad_config_is_one_line_config_error(overrides: list[str], match: str) -> None:

@@ -12,9 +12,12 @@ from optuna.study import StudyDirection
 from optuna.trial import TrialState, create_trial
 
 from hpo.pruners import PatientHyperbandPruner
+from hpo.pruners._patient_hyperband import report_noise
 
 # One bracket (floor(log3(8 / 3)) + 1 = 1), first rung at step 3.
 ONE_BRACKET = {"min_resource": 3, "max_resource": 8, "reduction_factor": 3}
+# The pruner before catch-up and noise margins (what a user who turns them off gets).
+NO_CATCH_UP = {**ONE_BRACKET, "catch_up": 0.0, "noise_factor": 0.0}
 
 
 def _study_with_strong_rivals(pruner: BasePruner) -> optuna.Study:
@@ -56,12 +59,12 @@ def _should_prune(pruner: BasePruner, values: list[float]) -> bool:
 def test_stalled_counts_reports_since_best(
     values: list[float], patience: int, stalled: bool
 ) -> None:
-    pruner = PatientHyperbandPruner(patience=patience, **ONE_BRACKET)
+    pruner = PatientHyperbandPruner(patience=patience, **NO_CATCH_UP)
     assert pruner.stalled(values, StudyDirection.MAXIMIZE) is stalled
 
 
 def test_stalled_respects_direction_and_min_delta() -> None:
-    pruner = PatientHyperbandPruner(patience=2, min_delta=0.05, **ONE_BRACKET)
+    pruner = PatientHyperbandPruner(patience=2, min_delta=0.05, **NO_CATCH_UP)
     assert pruner.stalled([1.0, 0.99, 0.98], StudyDirection.MAXIMIZE)
     assert not pruner.stalled([1.0, 0.99, 0.90], StudyDirection.MINIMIZE)
     assert pruner.stalled([1.0, 1.02, 1.04], StudyDirection.MAXIMIZE)  # below min_delta
@@ -70,19 +73,19 @@ def test_stalled_respects_direction_and_min_delta() -> None:
 def test_no_prune_while_improving_within_patience() -> None:
     improving = [0.1, 0.2, 0.3]
     assert _should_prune(HyperbandPruner(**ONE_BRACKET), improving), "Hyperband alone prunes"
-    assert not _should_prune(PatientHyperbandPruner(patience=2, **ONE_BRACKET), improving)
+    assert not _should_prune(PatientHyperbandPruner(patience=2, **NO_CATCH_UP), improving)
 
 
 @pytest.mark.parametrize("values", [[0.3, 0.3, 0.3], [0.95, 0.95, 0.95], [0.9, 0.7, 0.6]])
 def test_hyperband_decides_once_patience_is_spent(values: list[float]) -> None:
     plain = _should_prune(HyperbandPruner(**ONE_BRACKET), values)
-    patient = _should_prune(PatientHyperbandPruner(patience=2, **ONE_BRACKET), values)
+    patient = _should_prune(PatientHyperbandPruner(patience=2, **NO_CATCH_UP), values)
     assert patient == plain
 
 
 def test_stalled_trial_that_hyperband_promotes_is_kept() -> None:
-    assert not _should_prune(PatientHyperbandPruner(patience=2, **ONE_BRACKET), [0.95] * 3)
-    assert _should_prune(PatientHyperbandPruner(patience=2, **ONE_BRACKET), [0.3] * 3)
+    assert not _should_prune(PatientHyperbandPruner(patience=2, **NO_CATCH_UP), [0.95] * 3)
+    assert _should_prune(PatientHyperbandPruner(patience=2, **NO_CATCH_UP), [0.3] * 3)
 
 
 class _RecordingSampler(RandomSampler):
@@ -133,8 +136,10 @@ def test_wrapping_hyperband_loses_the_bracket_filter() -> None:
         ({"patience": -1}, "patience must be >= 0, got -1"),
         ({"min_delta": -0.1}, "min_delta must be a finite number >= 0"),
         ({"min_resource": 0}, "min_resource must be >= 1"),
-        ({"max_resource": 2}, "max_resource must be an int >= min_resource"),
+        ({"max_resource": 1}, "max_resource must be an int >= min_resource"),
         ({"reduction_factor": 1}, "reduction_factor must be >= 2"),
+        ({"catch_up": -1.0}, "catch_up must be a finite number >= 0, got -1.0"),
+        ({"noise_factor": float("inf")}, "noise_factor must be a finite number >= 0, got inf"),
     ],
 )
 def test_invalid_arguments_are_named(kwargs: dict[str, Any], match: str) -> None:
@@ -144,5 +149,54 @@ def test_invalid_arguments_are_named(kwargs: dict[str, Any], match: str) -> None
 
 def test_defaults_match_the_documented_values() -> None:
     pruner = PatientHyperbandPruner(max_resource=12)
-    assert (pruner._min_resource, pruner._reduction_factor, pruner.patience) == (3, 3, 4)
+    assert (pruner._min_resource, pruner._reduction_factor, pruner.patience) == (2, 3, 0)
+    assert (pruner._catch_up, pruner._noise_factor) == (2.0, 2.0)
     assert isinstance(pruner, HyperbandPruner)
+
+
+def test_reach_extrapolates_a_saturating_curve_to_its_asymptote() -> None:
+    pruner = PatientHyperbandPruner(patience=0, catch_up=1.0, max_resource=20, min_resource=3)
+    values = [1 - 0.5**e for e in range(1, 4)]  # 0.5, 0.75, 0.875: asymptote 1
+    assert pruner.reach(values, margin=0.0) == pytest.approx(1.0)
+    generous = PatientHyperbandPruner(patience=0, catch_up=2.0, max_resource=20, min_resource=3)
+    # a margin of 0.01: improvements 0.115 after 0.26 at most, a ratio of 0.442
+    ratio = 0.115 / 0.26
+    assert generous.reach(values, 0.01) == pytest.approx(0.885 + 2 * 0.115 * ratio / (1 - ratio))
+
+
+@pytest.mark.parametrize(
+    ("values", "margin", "reach"),
+    [
+        ([0.1, 0.1, 0.3], 0.0, 0.3 + 0.2 * 5),  # taking off: its last improvement, to the end
+        ([0.1, 0.3], 0.0, 0.3 + 0.2 * 6),  # too few reports for a ratio: the same bound
+        ([0.5, 0.5, 0.505], 0.01, 0.515),  # an improvement within the margin earns nothing
+        ([0.6, 0.5, 0.4], 0.0, 0.4),  # falling
+        ([float("nan"), 0.2, float("nan")], 0.0, 0.2),
+    ],
+)
+def test_reach_of_other_curves(values: list[float], margin: float, reach: float) -> None:
+    pruner = PatientHyperbandPruner(patience=0, catch_up=2.0, **ONE_BRACKET)
+    assert pruner.reach(values, margin) == pytest.approx(reach)
+
+
+def test_catch_up_spares_a_late_bloomer_and_prunes_a_saturated_trial() -> None:
+    plain = PatientHyperbandPruner(patience=0, **NO_CATCH_UP)
+    patient = PatientHyperbandPruner(patience=0, catch_up=2.0, **ONE_BRACKET)
+    late, saturated = [0.1, 0.15, 0.4], [0.2, 0.3, 0.35]
+    assert _should_prune(plain, late) and _should_prune(plain, saturated)
+    assert not _should_prune(patient, late)  # 0.4 + 0.25 per epoch may pass 0.9
+    assert _should_prune(patient, saturated)  # 0.35 + 2 × 0.05 cannot
+
+
+def test_report_noise_estimates_the_deviation_of_flat_noisy_curves() -> None:
+    import random
+
+    rng = random.Random(0)
+    study = optuna.create_study(direction="maximize")
+    for _ in range(10):
+        values = {e: 0.8 + rng.gauss(0.0, 0.01) for e in range(1, 13)}
+        study.add_trial(create_trial(value=0.8, intermediate_values=values))
+    trial = study.get_trials(deepcopy=False)[0]
+    assert report_noise(study, trial) == pytest.approx(0.01, rel=0.25)
+    short = create_trial(value=0.3, intermediate_values={1: 0.1, 2: 0.2, 3: 0.3, 4: 0.3})
+    assert report_noise(optuna.create_study(), short) == 0.0  # too few differences

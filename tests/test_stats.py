@@ -154,6 +154,50 @@ def test_stats_figures_match_optuna(study_db: Path) -> None:
     )
 
 
+def _pruning_study(directory: Path) -> Path:
+    """A study written trial by trial: two families, complete and pruned trials on a GPU, a
+    pruned trial on the CPU and a pre-pruned one, with known durations and curves."""
+    db = directory / "_optuna" / "toy.db"
+    db.parent.mkdir(parents=True)
+    study = optuna.create_study(study_name="toy", storage=f"sqlite:///{db}", direction="maximize")
+    dist = {"family": optuna.distributions.CategoricalDistribution(["a", "b"])}
+    rows = [  # family, state, end_reason, device, duration_s, curve
+        ("a", "COMPLETE", "complete", "sim:0", 12.0, [0.2, 0.4, 0.5, 0.6]),
+        ("a", "COMPLETE", "complete", "sim:0", 8.0, [0.1, 0.3, 0.5, 0.7]),
+        ("a", "PRUNED", "pruned", "sim:0", 2.0, [0.3]),  # at the median of step 1: not above
+        ("a", "PRUNED", "pruned", "sim:0", 5.0, [0.0, 0.1]),
+        ("b", "COMPLETE", "complete", "sim:0", 30.0, [0.5, 0.6, 0.7]),
+        ("b", "PRUNED", "pruned", "sim:0", 10.0, [0.4]),
+        ("b", "PRUNED", "pruned", "cpu", 10.0, [0.45]),  # not on a GPU: saved nothing
+        ("a", "PRUNED", "memory_estimate", "sim:0", 0.0, []),  # pre-pruned: not the pruner's
+    ]
+    for family, state, reason, device, duration, curve in rows:
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=optuna.trial.TrialState[state],
+                value=max(curve) if state == "COMPLETE" else None,
+                params={"family": family},
+                distributions=dist,
+                intermediate_values=dict(enumerate(curve, start=1)),
+                user_attrs={"end_reason": reason, "device": device, "duration_s": duration},
+            )
+        )
+    return db
+
+
+def test_pruning_figures_by_hand(tmp_path: Path) -> None:
+    """What pruning saved, by the definition in docs/sql.md: family a's completed trials take
+    2.5 s per step (12 / 4 and 8 / 4) over 4 steps, b's 10 s over 3."""
+    db = _pruning_study(tmp_path)
+    stats = stats_json(db, "--group-by", "family")
+    saved = 2.5 * (4 - 1) + 2.5 * (4 - 2) + 10.0 * (3 - 1)
+    assert stats["pruning_saved"] == [
+        {"n_pruned": 3, "n_estimated": 3, "saved_gpu_s": saved, "spent_gpu_s": 67.0}
+    ]
+    # step 1 values 0.2 0.1 0.3 0.0 0.5 0.4 0.45: median 0.3; step 2 (0.4 0.3 0.1 0.6): 0.35
+    assert stats["pruned_vs_median"] == [{"n_pruned": 4, "n_above_median": 2}]
+
+
 def test_stats_text_prints_every_section(study_db: Path) -> None:
     result = run_look(
         study_db.parent.parent,
@@ -173,6 +217,8 @@ def test_stats_text_prints_every_section(study_db: Path) -> None:
         "pruned trials by last reported epoch",
         "Hyperband brackets",
         "GPU-seconds by state",
+        "GPU-seconds not spent",
+        "better than the eventual median",
         "peak_vram_mib by family x width",
         "trials over 1200 MiB",
         "memory failures",

@@ -73,14 +73,16 @@ class StudyConf:
 
 @dataclass
 class PatientHyperbandConf:
-    """Hyperband whose decisions wait until a trial stops improving."""
+    """Hyperband that spares trials whose curves may still catch up (hpo's default pruner)."""
 
     _target_: str = "hpo.pruners.PatientHyperbandPruner"
-    min_resource: int = 3  # epochs before the first rung
+    min_resource: int = 2  # epochs before the first rung
     max_resource: int = MISSING  # epochs of a full trial (the study's epochs)
     reduction_factor: int = 3  # keep the top 1/reduction_factor at each rung
-    patience: int = 4  # epochs without improvement before Hyperband may prune
+    patience: int = 0  # epochs without improvement before Hyperband may prune (0: at once)
     min_delta: float = 0.0  # smallest change that counts as an improvement
+    catch_up: float = 2.0  # spare a trial whose extrapolated curve may reach the best (0: off)
+    noise_factor: float = 2.0  # margins of this many report-noise deviations (0: off)
 
 
 @dataclass

@@ -175,6 +175,89 @@ SELECT COUNT(CASE WHEN end_reason = 'memory_estimate' THEN 1 END) AS pre_pruned,
        COUNT(CASE WHEN end_reason = 'cuda_error' THEN 1 END) AS cuda_error
 FROM st;"""
 
+PRUNING_SAVED = f"""\
+-- name: pruning_saved
+WITH st AS (
+  SELECT t.trial_id, t.state,
+         (SELECT replace(a.value_json, '"', '') FROM trial_user_attributes a
+          WHERE a.trial_id = t.trial_id AND a.key = 'device') AS device,
+         (SELECT replace(a.value_json, '"', '') FROM trial_user_attributes a
+          WHERE a.trial_id = t.trial_id AND a.key = 'end_reason') AS end_reason,
+         COALESCE((SELECT CAST(a.value_json AS DOUBLE PRECISION) FROM trial_user_attributes a
+                   WHERE a.trial_id = t.trial_id AND a.key = 'duration_s'),
+                  {_SQLITE_DURATION}) AS duration_s,
+         (SELECT MAX(v.step) FROM trial_intermediate_values v
+          WHERE v.trial_id = t.trial_id) AS last_step
+  FROM trials t JOIN studies s ON s.study_id = t.study_id
+  WHERE s.study_name = :study AND t.state IN ('COMPLETE', 'PRUNED')
+), pv AS (
+  SELECT p.trial_id, p.param_name,
+         CASE WHEN p.distribution_json LIKE '{{"name": "CategoricalDistribution"%'
+              THEN CAST({_SQLITE_CHOICE} AS TEXT)
+              WHEN p.distribution_json LIKE '{{"name": "IntDistribution"%'
+              THEN CAST(CAST(p.param_value AS INTEGER) AS TEXT)
+              ELSE CAST(p.param_value AS TEXT) END AS value
+  FROM trial_params p JOIN st ON st.trial_id = p.trial_id
+), gpu AS (
+  SELECT st.state, st.end_reason, st.duration_s, st.last_step,
+         COALESCE(v1.value, '') AS g1, COALESCE(v2.value, '') AS g2
+  FROM st
+  LEFT JOIN pv v1 ON v1.trial_id = st.trial_id AND v1.param_name = :param1
+  LEFT JOIN pv v2 ON v2.trial_id = st.trial_id AND v2.param_name = :param2
+  WHERE st.device LIKE 'cuda:%' OR st.device LIKE 'sim:%'
+), full_runs AS (
+  SELECT g1, g2, AVG(duration_s / last_step) AS s_per_step, MAX(last_step) AS steps
+  FROM gpu
+  WHERE state = 'COMPLETE' AND last_step > 0
+  GROUP BY g1, g2
+), pruned AS (
+  SELECT g.last_step, f.s_per_step, f.steps
+  FROM gpu g LEFT JOIN full_runs f ON f.g1 = g.g1 AND f.g2 = g.g2
+  WHERE g.state = 'PRUNED' AND COALESCE(g.end_reason, 'pruned') = 'pruned'
+    AND g.last_step IS NOT NULL
+)
+SELECT COUNT(*) AS n_pruned, COUNT(s_per_step) AS n_estimated,
+       COALESCE(SUM(CASE WHEN steps > last_step THEN s_per_step * (steps - last_step) END), 0)
+         AS saved_gpu_s,
+       (SELECT COALESCE(SUM(duration_s), 0) FROM gpu) AS spent_gpu_s
+FROM pruned;"""
+
+PRUNED_VS_MEDIAN = """\
+-- name: pruned_vs_median
+WITH st AS (
+  SELECT t.trial_id, t.state,
+         (SELECT replace(a.value_json, '"', '') FROM trial_user_attributes a
+          WHERE a.trial_id = t.trial_id AND a.key = 'end_reason') AS end_reason
+  FROM trials t JOIN studies s ON s.study_id = t.study_id
+  WHERE s.study_name = :study AND t.state IN ('COMPLETE', 'PRUNED')
+), sense AS (
+  SELECT CASE WHEN CAST(d.direction AS TEXT) = 'MINIMIZE' THEN -1.0 ELSE 1.0 END AS k
+  FROM study_directions d JOIN studies s ON s.study_id = d.study_id
+  WHERE s.study_name = :study AND d.objective = 0
+), vals AS (
+  SELECT v.trial_id, v.step, v.intermediate_value * (SELECT k FROM sense) AS x
+  FROM trial_intermediate_values v JOIN st ON st.trial_id = v.trial_id
+  WHERE v.intermediate_value IS NOT NULL
+), ranked AS (
+  SELECT step, x, ROW_NUMBER() OVER (PARTITION BY step ORDER BY x) AS rn,
+         COUNT(*) OVER (PARTITION BY step) AS cnt
+  FROM vals
+), medians AS (
+  SELECT step, AVG(CASE WHEN rn IN ((cnt + 1) / 2, (cnt + 2) / 2) THEN x END) AS median_x
+  FROM ranked
+  GROUP BY step
+), pruned AS (
+  SELECT st.trial_id, MAX(v.step) AS step
+  FROM st JOIN vals v ON v.trial_id = st.trial_id
+  WHERE st.state = 'PRUNED' AND COALESCE(st.end_reason, 'pruned') = 'pruned'
+  GROUP BY st.trial_id
+)
+SELECT COUNT(*) AS n_pruned,
+       COUNT(CASE WHEN v.x > m.median_x THEN 1 END) AS n_above_median
+FROM pruned p
+JOIN vals v ON v.trial_id = p.trial_id AND v.step = p.step
+JOIN medians m ON m.step = p.step;"""
+
 #: The queries of ``hpo stats``, in the order of its report and of docs/sql.md.
 STATS_QUERIES: dict[str, str] = {
     "state_counts": STATE_COUNTS,
@@ -183,6 +266,8 @@ STATS_QUERIES: dict[str, str] = {
     "pruned_by_rung": PRUNED_BY_RUNG,
     "pruned_by_bracket": PRUNED_BY_BRACKET,
     "gpu_seconds": GPU_SECONDS,
+    "pruning_saved": PRUNING_SAVED,
+    "pruned_vs_median": PRUNED_VS_MEDIAN,
     "memory_by_group": MEMORY_BY_GROUP,
     "over_threshold": OVER_THRESHOLD,
     "memory_failures": MEMORY_FAILURES,

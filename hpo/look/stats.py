@@ -67,6 +67,7 @@ def render(stats: dict[str, Any]) -> str:
         ),
         _bracket_section(stats["pruned_by_bracket"]),
         _gpu_section(stats["gpu_seconds"]),
+        _pruning_section(stats, binds),
         _memory_section(stats, binds),
         _table("memory failures", stats["memory_failures"], ["pre_pruned", "oom", "cuda_error"]),
     ]
@@ -86,6 +87,28 @@ def _gpu_section(rows: list[Row]) -> str:
     share = f"{100.0 * wasted / total:.1f}%" if total else "-"
     title = f"GPU-seconds by state (pruned + failed: {wasted:.1f} s of {total:.1f} s, {share})"
     return _table(title, rows, ["state", "n", "gpu_s"])
+
+
+def _pruning_section(stats: dict[str, Any], binds: dict[str, Any]) -> str:
+    """What the pruner saved, and what it may have cost (trials pruned above the median)."""
+    saved, risk = stats["pruning_saved"][0], stats["pruned_vs_median"][0]
+    lines = ["pruning (trials pruned by the pruner)"]
+    if saved["n_pruned"]:
+        spent = saved["spent_gpu_s"]
+        share = f"{100.0 * saved['saved_gpu_s'] / (spent + saved['saved_gpu_s']):.1f}%"
+        group = " x ".join(p for p in (binds["param1"], binds["param2"]) if p)
+        lines.append(
+            f"  GPU-seconds not spent: {saved['saved_gpu_s']:.1f} s ({share} of the study's "
+            f"work without pruning; {saved['n_estimated']} of {saved['n_pruned']} pruned GPU "
+            f"trials estimated from completed trials of their {group or 'study'})"
+        )
+    else:
+        lines.append("  GPU-seconds not spent: none (no pruned trial ran on a GPU)")
+    lines.append(
+        f"  pruned while better than the eventual median at their step: "
+        f"{risk['n_above_median']} of {risk['n_pruned']}"
+    )
+    return "\n".join(lines)
 
 
 def _memory_section(stats: dict[str, Any], binds: dict[str, Any]) -> str:

@@ -7,7 +7,8 @@ the first batch's activations, so an OOM comes from the card exactly as a CUDA O
 epoch takes the family's time, scaled by ``study.time_scale`` and stretched by contention on
 the card; its last ``eval_s`` evaluate, holding ``eval_extra_gib`` more (released after), so a
 neighbour that fit the training peak can still run out of memory mid-trial and lose its
-epochs. Then it reports the family's learning curve to the pruner.
+epochs. Then it reports the family's learning curve to the pruner, with the curve's validation
+noise seeded by the trial's number.
 
 It accumulates gradients: run with ``k`` micro-batches (``hpo.current_context()``), it holds
 the memory of the micro-batch and learns exactly as with the whole batch; its steps use the
@@ -79,7 +80,7 @@ def objective(trial: optuna.Trial, cfg: DictConfig) -> float:
                 _run_epoch(gpu, eval_s)
                 if extra:
                     gpu.release(extra)
-            value = family.curve.value(params, epoch)
+            value = family.curve.value(params, epoch, seed=trial.number)
             best = max(best, value)
             trial.report(value, epoch)
             if epoch < study.epochs and trial.should_prune():

@@ -55,19 +55,53 @@ class Demand:
 
 @dataclass(frozen=True)
 class Curve:
-    """Validation accuracy after ``epoch`` epochs: ceiling × lr fit × (1 − e^(−rate·epoch))."""
+    """Validation accuracy after ``epoch`` epochs, as real studies see it.
+
+    The clean curve is ``max(floor, ceiling × lr fit × (1 − e^(−rate·(e − delay))))`` with
+    ``e`` the epoch held at ``plateau_epoch`` (a plateau) and no progress before ``delay``
+    epochs (a slow starter); after ``peak_epoch`` it loses ``overfit`` of its peak value per
+    epoch (overfitting). Each report then carries validation noise: a Gaussian of standard
+    deviation ``noise`` × the clean value, seeded by the trial and the epoch, so a trial's
+    curve is the same every time it runs. The defaults give the plain saturating exponential.
+    """
 
     ceiling: float
     rate: float = 0.3
     best_lr: float = 1e-3
     lr_width: float = 1.0  # decades of lr away from best_lr that cost a factor e^(-1/2)
+    floor: float = 0.0  # the value before any learning (chance accuracy)
+    delay: float = 0.0  # epochs before the curve starts to rise (a late bloomer)
+    plateau_epoch: int | None = None  # from this epoch on, the clean curve is flat
+    peak_epoch: int | None = None  # after this epoch the model overfits ...
+    overfit: float = 0.0  # ... losing this fraction of the peak's value per epoch
+    noise: float = 0.0  # standard deviation of a report's noise, as a fraction of its value
 
-    def value(self, params: Mapping[str, Any], epoch: int) -> float:
-        fit = 1.0
-        if "lr" in params:
-            decades = math.log10(float(params["lr"]) / self.best_lr)
-            fit = math.exp(-(decades**2) / (2 * self.lr_width**2))
-        return round(self.ceiling * fit * (1.0 - math.exp(-self.rate * epoch)), 4)
+    def fit(self, params: Mapping[str, Any]) -> float:
+        """The lr's factor on the ceiling: 1 at ``best_lr``."""
+        if "lr" not in params:
+            return 1.0
+        decades = math.log10(float(params["lr"]) / self.best_lr)
+        return math.exp(-(decades**2) / (2 * self.lr_width**2))
+
+    def clean(self, params: Mapping[str, Any], epoch: int) -> float:
+        """The value after ``epoch`` epochs without validation noise (unrounded)."""
+        e = min([epoch, *(x for x in (self.plateau_epoch, self.peak_epoch) if x is not None)])
+        progress = 1.0 - math.exp(-self.rate * max(0.0, e - self.delay))
+        out = max(self.floor, self.ceiling * self.fit(params) * progress)
+        if self.peak_epoch is not None and epoch > self.peak_epoch:
+            out *= max(0.0, 1.0 - self.overfit * (epoch - self.peak_epoch))
+        return out
+
+    def value(self, params: Mapping[str, Any], epoch: int, seed: int | None = None) -> float:
+        """The reported value: the clean curve, with the noise of trial ``seed`` when given."""
+        out = self.clean(params, epoch)
+        if seed is not None and self.noise > 0:
+            out *= 1.0 + self.noise * random.Random(f"curve:{seed}:{epoch}").gauss(0.0, 1.0)
+        return round(out, 4)
+
+    def best(self, params: Mapping[str, Any], epochs: int) -> float:
+        """The true value of ``params``: the best clean value of a full trial's epochs."""
+        return max(self.clean(params, e) for e in range(1, epochs + 1))
 
 
 @dataclass(frozen=True)
@@ -127,6 +161,24 @@ class Workload:
                 value = rng.uniform(low, high)
             out[name] = round(value) if dist.get("type") == "int" else value
         return out
+
+    def true_value(self, params: Mapping[str, Any]) -> float:
+        """What ``params`` are truly worth: the best clean value of a full trial (no noise)."""
+        return self.family(params).curve.best(params, self.epochs)
+
+    def optimum(self) -> float:
+        """The true optimum over the search space: the best :meth:`true_value` of any family at
+        its best learning rate (held inside the space's ``lr`` range); other parameters do not
+        change a curve."""
+        lr = self.space.get("lr")
+        best = 0.0
+        for name in self.space[self.family_param]["choices"]:
+            curve = self.families[str(name)].curve
+            params: dict[str, Any] = {self.family_param: name}
+            if lr is not None:
+                params["lr"] = min(max(curve.best_lr, float(lr["low"])), float(lr["high"]))
+            best = max(best, curve.best(params, self.epochs))
+        return best
 
     def footprint_bytes(self, params: Mapping[str, Any]) -> int:
         """True device footprint of the trial (peak with its evaluation + context), without
@@ -206,13 +258,7 @@ def _family(name: str, raw: Any) -> Family:
         float(d.get("exponent", 0.5)),
         float(d.get("max", 1.0)),
     )
-    c = raw["curve"]
-    curve = Curve(
-        float(c["ceiling"]),
-        float(c.get("rate", 0.3)),
-        float(c.get("best_lr", 1e-3)),
-        float(c.get("lr_width", 1.0)),
-    )
+    curve = _curve(raw["curve"])
     return Family(
         terms,
         float(raw.get("epoch_s", 1.0)),
@@ -223,6 +269,41 @@ def _family(name: str, raw: Any) -> Family:
         eval_s=float(raw.get("eval_s", 0.0)),
         eval_spike=_flag(raw.get("eval_spike", False), f"families.{name}.eval_spike"),
     )
+
+
+def _curve(c: Any) -> Curve:
+    def optional_int(key: str) -> int | None:
+        return None if c.get(key) is None else int(c[key])
+
+    return Curve(
+        float(c["ceiling"]),
+        float(c.get("rate", 0.3)),
+        float(c.get("best_lr", 1e-3)),
+        float(c.get("lr_width", 1.0)),
+        floor=float(c.get("floor", 0.0)),
+        delay=float(c.get("delay", 0.0)),
+        plateau_epoch=optional_int("plateau_epoch"),
+        peak_epoch=optional_int("peak_epoch"),
+        overfit=float(c.get("overfit", 0.0)),
+        noise=float(c.get("noise", 0.0)),
+    )
+
+
+def _check_curve(fname: str, curve: Curve) -> None:
+    where = f"families.{fname}.curve"
+    if curve.rate <= 0 or curve.lr_width <= 0:
+        raise ValueError(
+            f"{where}: rate and lr_width must be > 0, got {curve.rate} and {curve.lr_width}"
+        )
+    if curve.delay < 0 or not 0 <= curve.overfit < 1 or not 0 <= curve.noise < 0.5:
+        raise ValueError(
+            f"{where}: delay must be >= 0, overfit in [0, 1) and noise in [0, 0.5), got "
+            f"{curve.delay}, {curve.overfit} and {curve.noise}"
+        )
+    for key in ("plateau_epoch", "peak_epoch"):
+        epoch = getattr(curve, key)
+        if epoch is not None and epoch < 1:
+            raise ValueError(f"{where}.{key} must be >= 1, got {epoch}")
 
 
 def _flag(value: Any, where: str) -> bool:
@@ -246,6 +327,7 @@ def _check(wl: Workload) -> None:
     if unknown_scaling:
         raise ValueError(f"memory.scaling names params not in space: {unknown_scaling}")
     for fname, fam in wl.families.items():
+        _check_curve(fname, fam.curve)
         if fam.epoch_s <= 0:
             raise ValueError(f"families.{fname}.epoch_s must be > 0, got {fam.epoch_s}")
         if fam.setup_s < 0 or not 0 <= fam.eval_s < fam.epoch_s:
