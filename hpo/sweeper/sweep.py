@@ -4,7 +4,8 @@ supervisor run on them, and the results file Hydra users know.
 The study is hpo's: its declared space comes from ``params``, its objective is a
 :class:`~hpo.sweeper.job.HydraJob` sent to the workers by value, its storage defaults to
 ``./_optuna/<study_name>.db`` in the directory the app is launched from, and ``n_trials``
-counts finished trials across runs (the same command resumes). ``max_failure_rate`` is
+counts finished trials across runs (the same command resumes; failed trials do not count,
+and a sweep gives up after ``max(10, n_trials)`` failures in a row). ``max_failure_rate`` is
 checked as trials end: once ``par`` trials of this run have ended (or the run ends), a share of
 failed tasks above it stops the sweep (running trials finish) and raises. Only the task's own
 exceptions count (``end_reason=error``); OOMs, dead workers and time limits are hpo's to handle.
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpo.contract import Attr, EndReason
-from hpo.errors import ConfigError, TrialFailed
+from hpo.errors import ConfigError, StudyAborted, TrialFailed
 from hpo.sweeper.params import SweepSpace, parse_space, sweep_lines
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "optimization_results.yaml"
 _GRID = "optuna.samplers.GridSampler"
+_POLL_S = 0.2  # seconds between the looks at the trials that ended (max_failure_rate)
 _AUTO_MAX_RESOURCE = ("patient_hyperband",)  # pruner options whose max_resource may be "auto"
 
 
@@ -96,8 +98,14 @@ class Sweep:
             custom_search_space=conf.custom_search_space,
         )
         name = conf.study_name or str(config.hydra.job.name)
-        settings = _settings(conf, job, space, directions, n_trials, name)
-        return cls(replace(settings, sampler=sampler), Path(sweep_dir), rate)
+        settings = replace(_settings(conf, job, space, directions, n_trials, name), sampler=sampler)
+        if sampler["_target_"] == _GRID:  # one grid, in one order, in every worker
+            from hpo.config.by_value import pack
+            from hpo.config.validate import instantiate_node
+
+            grid = pack("sampler", instantiate_node({"seed": 0, **sampler}, "sampler"))
+            settings = replace(settings, by_value=replace(settings.by_value, sampler=grid))
+        return cls(settings, Path(sweep_dir), rate)
 
     def run(self, config: DictConfig) -> None:
         """Run the study to its target; write the results file; raise when too many tasks
@@ -113,17 +121,22 @@ class Sweep:
         study = _open_study(self.settings)
         signals = StopSignals()
         rate = FailureRate(self.max_failure_rate, self.settings.par or 1)
-        watcher = RunWatcher(study, signals, callbacks=[rate], catch=(BaseException,))
+        watcher = RunWatcher(
+            study, signals, callbacks=[rate], catch=(BaseException,), poll_s=_POLL_S
+        )
         watcher.start()
+        interrupted = False
         try:
-            summary = run_settings(self.settings, signals)
+            interrupted = run_settings(self.settings, signals).interrupted
+        except StudyAborted as e:  # max_failures_in_a_row: failed tasks never reach n_trials
+            logger.warning("the sweep stops: %s", e)
         finally:
             watcher.close()
         write_results(study, self.sweep_dir / RESULTS_FILE)
         error = watcher.error or rate.check(final=True)
         if error is not None:
             raise error
-        if summary.interrupted and signals.ctrl_c:
+        if interrupted and signals.ctrl_c:
             raise KeyboardInterrupt
 
 
@@ -191,7 +204,9 @@ def _directions(direction: Any) -> list[str]:
 
 def _sampler(conf: SweepConf, space: SweepSpace) -> tuple[dict[str, Any], int]:
     """The sampler node the workers instantiate (a grid's values filled in) and the trials
-    to reach (a grid's size when it is smaller)."""
+    to reach (a grid's size when it is smaller). A seeded sampler is seeded anew for each
+    trial (hpo's way); a grid sampler, whose order of points is drawn when it is made, goes to
+    the workers made once instead."""
     from hpo.config.validate import instantiate_node
 
     node = {str(k): v for k, v in conf.sampler.items() if v is not None and k != "_partial_"}
@@ -233,6 +248,9 @@ def _settings(
         overrides["study__epochs"] = conf.epochs
     elif conf.pruner in _AUTO_MAX_RESOURCE:  # learned from the first completed trial's steps
         overrides["pruner__max_resource"] = "auto"
+    # Failed tasks do not count toward n_trials: a sweep whose every task fails gives up
+    # after n_trials of them in a row (at least hpo's 10), max_failure_rate permitting.
+    overrides["max_failures_in_a_row"] = max(10, n_trials)
     for key, value in conf.memory.items():
         overrides[f"study__memory__{key}"] = value
     script_dir = str(Path(sys.path[0] or ".").resolve())  # custom_search_space's module
