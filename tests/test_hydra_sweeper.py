@@ -440,6 +440,7 @@ def test_two_trials_overlap_with_n_jobs_2(tmp_path: Path) -> None:
         ("hydra.sweeper.max_failure_rate=2", r"max_failure_rate must be in \[0, 1\], got 2"),
         ("hydra.sweeper.direction=up", r"direction must be minimize, maximize"),
         ("hydra/sweeper/sampler=grid", r"the grid sampler needs discrete values"),
+        ("nope=choice(1, 2)", r"Could not override 'nope'"),  # not a key of the app
     ],
 )
 def test_bad_entry_is_one_line_exit_2_nothing_written(

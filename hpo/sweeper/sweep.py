@@ -86,6 +86,7 @@ class Sweep:
         rate = _failure_rate(conf.max_failure_rate)
         directions = _directions(conf.direction)
         space = parse_space(sweep_lines(conf.params, arguments))
+        _check_composes(hydra_context, config, space)
         sampler, n_trials = _sampler(conf, space)
         sweep_dir = str(config.hydra.sweep.dir)  # resolved here once (its ${now:...} too)
         job = HydraJob(
@@ -176,6 +177,27 @@ class FailureRate:
 def _unstarted(trial: FrozenTrial) -> bool:
     """A trial asked ahead that the run's end stopped before its task ran."""
     return "before it started" in str(trial.user_attrs.get(Attr.ERROR, ""))
+
+
+def _check_composes(hydra_context: Any, config: DictConfig, space: SweepSpace) -> None:
+    """Compose one trial's config (every parameter at its low end or first choice) as the
+    workers will: a key the app's config lacks is one line now, not a failure per trial."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from hpo.config.validate import first_line
+    from hpo.sweeper.params import override_value
+
+    overrides = [f"{name}={override_value(_low_end(d))}" for name, d in space.space.items()]
+    try:
+        hydra_context.config_loader.load_sweep_config(config, [*overrides, *space.fixed])
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(f"hydra.sweeper.params: {first_line(e)}") from e
+
+
+def _low_end(dist: Any) -> Any:
+    choices = getattr(dist, "choices", None)
+    return choices[0] if choices is not None else dist.low
 
 
 def _failure_rate(value: Any) -> float:
