@@ -470,3 +470,29 @@ def test_look_commands_find_the_sweep(tmp_path: Path) -> None:
         [*hpo, "stop", "--sweep", "sphere"], cwd=root, capture_output=True, text=True
     )
     assert stop.returncode == 0 and "stop (drain) requested for study sphere" in stop.stdout
+
+
+def test_two_nodes_share_one_postgres_study(tmp_path: Path, postgres_url: str) -> None:
+    """The same command on two nodes (two node ids) against one PostgreSQL storage: one study,
+    both nodes in it, n_trials in all."""
+    import uuid
+
+    name = f"sweep_{uuid.uuid4().hex[:8]}"
+    args = ["-m", f"hydra.sweeper.study_name={name}", f"hydra.sweeper.storage={postgres_url}"]
+    args += ["hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=1", "x=choice(1, 2)", "sleep_s=0.5"]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    procs = []
+    for node in ("node-a", "node-b"):
+        root = write_app(tmp_path / node, SEGFAULT, SEGFAULT_CONF)
+        cmd = [sys.executable, "app.py", *args]
+        node_env = {**env, "HPO_NODE_ID": node}
+        procs.append(subprocess.Popen(cmd, cwd=root, env=node_env, stderr=subprocess.PIPE))
+    for proc in procs:
+        _, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err.decode()[-2000:]
+    study = optuna.load_study(study_name=name, storage=postgres_url)
+    complete = [t for t in study.trials if t.state is TrialState.COMPLETE]
+    assert len(complete) == 6
+    assert {t.user_attrs[Attr.NODE_ID] for t in complete} <= {"node-a", "node-b"}
+    nodes = {key for key in study.system_attrs if key.startswith("hpo:node:")}
+    assert nodes == {"hpo:node:node-a", "hpo:node:node-b"}  # both joined the one study

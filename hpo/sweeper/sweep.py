@@ -302,8 +302,24 @@ def _par(conf: SweepConf) -> int | str:
     return value
 
 
-def _open_study(settings: Settings) -> optuna.Study:
-    """The sweep's study, created in its storage if new (the watcher reads it as trials end)."""
+def _open_study(settings: Settings, tries: int = 3) -> optuna.Study:
+    """The sweep's study, created in its storage if new (the watcher reads it as trials end).
+    The same command started on several nodes at once may race to create the tables or the
+    study: the loser tries again and finds them."""
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
+    for attempt in range(tries):
+        try:
+            return _open_or_create(settings)
+        except (SQLAlchemyError, optuna.exceptions.DuplicatedStudyError) as e:
+            if attempt == tries - 1:
+                raise
+            logger.info("opening the study raced another node (%s); again", type(e).__name__)
+    raise AssertionError("unreachable")
+
+
+def _open_or_create(settings: Settings) -> optuna.Study:
     import optuna
 
     from hpo.storage import open_storage, prepare_storage
