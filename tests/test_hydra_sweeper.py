@@ -494,5 +494,6 @@ def test_two_nodes_share_one_postgres_study(tmp_path: Path, postgres_url: str) -
     complete = [t for t in study.trials if t.state is TrialState.COMPLETE]
     assert len(complete) == 6
     assert {t.user_attrs[Attr.NODE_ID] for t in complete} <= {"node-a", "node-b"}
-    nodes = {key for key in study.system_attrs if key.startswith("hpo:node:")}
+    attrs = study._storage.get_study_system_attrs(study._study_id)
+    nodes = {key for key in attrs if key.startswith("hpo:node:")}
     assert nodes == {"hpo:node:node-a", "hpo:node:node-b"}  # both joined the one study
