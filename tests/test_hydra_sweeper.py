@@ -304,8 +304,9 @@ def test_failure_rate(tmp_path: Path, max_failure_rate: float) -> None:
     trials = study_of(root, "sphere").trials
     failed = [t for t in trials if t.user_attrs.get(Attr.END_REASON) == "error"]
     for trial in failed:  # the traceback is kept, the task's own lines in it
-        error = trial.user_attrs[Attr.ERROR]
-        assert "in sphere" in error and error.endswith("RuntimeError: cfg.error is True")
+        error = trial.user_attrs[Attr.ERROR]  # the app's file and source line in it
+        assert 'app.py", line' in error and 'raise RuntimeError("cfg.error is True")' in error
+        assert error.endswith("RuntimeError: cfg.error is True")
     if max_failure_rate < 1.0:
         assert proc.returncode == 1
         assert "RuntimeError: cfg.error is True" in proc.stderr
