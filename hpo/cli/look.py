@@ -153,17 +153,17 @@ def _with_recorded_space(settings: Any) -> Any:
 
     from hpo.api import _param
     from hpo.config.settings import memory_groups
-    from hpo.storage import storage_exists
+    from hpo.storage import display_url, storage_exists
     from hpo.storage.readonly import open_optuna_storage
 
     url, name = settings.storage.url, settings.study.name
     if not storage_exists(url):
-        return settings  # the command itself says there is no such study
+        raise ConfigError(f"no study {name!r}: {display_url(url)} does not exist")
     storage = open_optuna_storage(url, settings.storage.busy_timeout_s)
     try:
         study_id = storage.get_study_id_from_name(name)
-    except KeyError:
-        return settings
+    except KeyError as e:
+        raise ConfigError(f"no study {name!r} in {display_url(url)}") from e
     space: dict[str, Any] = {}
     for trial in storage.get_all_trials(study_id, deepcopy=False):
         space.update(trial.distributions)
@@ -192,6 +192,8 @@ def _group_by(given: str | None, settings: Any) -> list[str]:
     study = settings.study
     if given is None:
         names = [*study.groups, *study.scaling][:2] or list(study.space)[:1]
+        if not names:
+            raise ConfigError(f"study {study.name!r} has no parameters yet (no trial ran)")
     else:
         names = [n.strip() for n in given.split(",") if n.strip()]
     if not 1 <= len(names) <= 2:
@@ -213,7 +215,10 @@ def memory_param(given: str | None, settings: Any) -> str:
             raise ConfigError(f"--memory-param {given!r} is not a parameter of the study ({known})")
         return given
     numeric = [n for n, d in settings.study.space_conf.items() if d.get("type") != "categorical"]
-    return ([*settings.study.scaling, *numeric] or list(space))[0]
+    candidates = [*settings.study.scaling, *numeric] or list(space)
+    if not candidates:
+        raise ConfigError(f"study {settings.study.name!r} has no parameters yet (no trial ran)")
+    return candidates[0]
 
 
 def _stats(args: argparse.Namespace) -> int:
