@@ -467,6 +467,10 @@ def test_look_commands_find_the_sweep(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert '"COMPLETE"' in out.stdout
+    missing = subprocess.run(
+        [*hpo, "stats", "--sweep", "nope"], cwd=root, capture_output=True, text=True
+    )
+    assert missing.returncode == 2 and missing.stderr.strip().endswith("nope.db does not exist")
     stop = subprocess.run(
         [*hpo, "stop", "--sweep", "sphere"], cwd=root, capture_output=True, text=True
     )
