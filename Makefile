@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml
 	  else $(PYTHON) -m venv $(VENV); fi; \
 	fi
 	@$(BIN)/python -c "import torch" >/dev/null 2>&1 || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -e ".[test]" --config-settings editable_mode=compat
 	@touch $@
 
 # Run the built-in criteria study: PAR worker processes, N_TRIALS finished trials in total.
@@ -45,9 +45,9 @@ test: $(STAMP) browser lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check hpo tests bench
-	$(BIN)/ruff format --check hpo tests bench
-	$(BIN)/mypy hpo
+	$(BIN)/ruff check hpo tests bench hydra_plugins
+	$(BIN)/ruff format --check hpo tests bench hydra_plugins
+	$(BIN)/mypy hpo hydra_plugins
 
 # The dashboard's browser test drives Debian's headless Chromium through /usr/bin/chromedriver;
 # install both when missing and we are root (the test tool never downloads a browser).

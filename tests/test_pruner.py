@@ -137,6 +137,7 @@ def test_wrapping_hyperband_loses_the_bracket_filter() -> None:
         ({"min_delta": -0.1}, "min_delta must be a finite number >= 0"),
         ({"min_resource": 0}, "min_resource must be >= 1"),
         ({"max_resource": 1}, "max_resource must be an int >= min_resource"),
+        ({"max_resource": "sometimes"}, "max_resource must be an int >= min_resource or 'auto'"),
         ({"reduction_factor": 1}, "reduction_factor must be >= 2"),
         ({"catch_up": -1.0}, "catch_up must be a finite number >= 0, got -1.0"),
         ({"noise_factor": float("inf")}, "noise_factor must be a finite number >= 0, got inf"),
@@ -145,6 +146,24 @@ def test_wrapping_hyperband_loses_the_bracket_filter() -> None:
 def test_invalid_arguments_are_named(kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         PatientHyperbandPruner(**kwargs)
+
+
+def test_auto_max_resource_is_learned_from_the_first_completed_trial() -> None:
+    """``max_resource="auto"`` (the Hydra sweeper's default): no pruning and bracket 0 until
+    a trial completed, then one more than its last step, as Optuna's Hyperband does."""
+    pruner = PatientHyperbandPruner(max_resource="auto", catch_up=0.0, noise_factor=0.0)
+    study = optuna.create_study(pruner=pruner)
+    bad = study.ask()
+    for step in range(4):
+        bad.report(10.0, step)
+    assert not pruner.prune(study, study._storage.get_trial(bad._trial_id))
+    assert pruner.bracket_of(study, bad) == 0
+    done = study.ask()
+    for step in range(9):
+        done.report(1.0, step)
+    study.tell(done, 1.0)
+    pruner.prune(study, study._storage.get_trial(bad._trial_id))  # initializes the brackets
+    assert pruner._max_resource == 9 and pruner.n_brackets >= 1
 
 
 def test_defaults_match_the_documented_values() -> None:

@@ -25,16 +25,19 @@ def add_stop_command(sub: Any) -> None:
     stop.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="select the study, e.g. study=criteria"
     )
+    from hpo.cli.look import add_sweep_arg
+
+    add_sweep_arg(stop)
 
 
 def stop(args: argparse.Namespace) -> int:
     """Write the stop request into the study; every running supervisor obeys it within a few
     seconds (``hpo status`` shows the nodes leave)."""
-    from hpo.config import Settings, compose
+    from hpo.cli.look import study_settings
     from hpo.storage import StudyStore, display_url, open_storage, storage_exists
     from hpo.supervisor.nodes import request_stop
 
-    settings = Settings.from_config(compose(args.overrides, args.config_dir))
+    settings = study_settings(args)
     url, name = settings.storage.url, settings.study.name
     if not storage_exists(url):
         raise ConfigError(f"no study {name!r}: {display_url(url)} does not exist")

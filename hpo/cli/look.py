@@ -102,6 +102,7 @@ def _add_plan(sub: Any) -> None:
 
 def _with_study(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--config-dir", help="directory holding config.yaml (default: ./conf)")
+    add_sweep_arg(parser)
     parser.add_argument(
         "overrides",
         nargs="*",
@@ -118,9 +119,59 @@ def _study_ref(args: argparse.Namespace) -> Any:
 
 
 def _settings(args: argparse.Namespace) -> Any:
-    from hpo.config import Settings, compose
+    return study_settings(args)
 
-    return Settings.from_config(compose(args.overrides, args.config_dir))
+
+def add_sweep_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--sweep",
+        metavar="NAME",
+        help="the study of a Hydra sweep (hydra/sweeper=hpo) run from this directory: its "
+        "hydra.sweeper.study_name, else the app's name; KEY=VALUE may add storage=... ",
+    )
+
+
+def study_settings(args: argparse.Namespace) -> Any:
+    """The settings that select the study of ``args``: a study file's, or with ``--sweep`` a
+    Hydra sweep's (hpo's built-in groups alone: the directory's ``conf/`` is the app's)."""
+    from hpo.config import Settings, compose
+    from hpo.config.compose import builtin_conf_dir
+
+    if getattr(args, "sweep", None) is None:
+        return Settings.from_config(compose(args.overrides, args.config_dir))
+    if args.config_dir is not None:
+        raise ConfigError("--sweep and --config-dir cannot be combined: a sweep has no study file")
+    sweep = ["study=base_api", f"study.name={args.sweep}", "study.objective=hydra:sweep"]
+    settings = Settings.from_config(compose([*sweep, *args.overrides], str(builtin_conf_dir())))
+    return _with_recorded_space(settings)
+
+
+def _with_recorded_space(settings: Any) -> Any:
+    """A sweep's settings with the search space its trials recorded (a sweep declares it in
+    the app's config, which the look commands do not read)."""
+    import dataclasses
+
+    from hpo.api import _param
+    from hpo.config.settings import memory_groups
+    from hpo.storage import display_url, storage_exists
+    from hpo.storage.readonly import open_optuna_storage
+
+    url, name = settings.storage.url, settings.study.name
+    if not storage_exists(url):
+        raise ConfigError(f"no study {name!r}: {display_url(url)} does not exist")
+    storage = open_optuna_storage(url, settings.storage.busy_timeout_s)
+    try:
+        study_id = storage.get_study_id_from_name(name)
+    except KeyError as e:
+        raise ConfigError(f"no study {name!r} in {display_url(url)}") from e
+    space: dict[str, Any] = {}
+    for trial in storage.get_all_trials(study_id, deepcopy=False):
+        space.update(trial.distributions)
+    conf = {key: _param(key, dist) for key, dist in space.items()}
+    study = dataclasses.replace(
+        settings.study, space=space, space_conf=conf, groups=memory_groups(conf, {})
+    )
+    return dataclasses.replace(settings, study=study)
 
 
 def _quiet_logging(debug: bool) -> None:
@@ -141,6 +192,8 @@ def _group_by(given: str | None, settings: Any) -> list[str]:
     study = settings.study
     if given is None:
         names = [*study.groups, *study.scaling][:2] or list(study.space)[:1]
+        if not names:
+            raise ConfigError(f"study {study.name!r} has no parameters yet (no trial ran)")
     else:
         names = [n.strip() for n in given.split(",") if n.strip()]
     if not 1 <= len(names) <= 2:
@@ -162,7 +215,10 @@ def memory_param(given: str | None, settings: Any) -> str:
             raise ConfigError(f"--memory-param {given!r} is not a parameter of the study ({known})")
         return given
     numeric = [n for n, d in settings.study.space_conf.items() if d.get("type") != "categorical"]
-    return ([*settings.study.scaling, *numeric] or list(space))[0]
+    candidates = [*settings.study.scaling, *numeric] or list(space)
+    if not candidates:
+        raise ConfigError(f"study {settings.study.name!r} has no parameters yet (no trial ran)")
+    return candidates[0]
 
 
 def _stats(args: argparse.Namespace) -> int:

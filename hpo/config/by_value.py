@@ -30,15 +30,46 @@ class ByValue:
 
 def pack(what: str, obj: Any) -> bytes:
     """``obj`` pickled by value; a ConfigError naming ``what`` if it cannot be."""
-    import cloudpickle
-
     try:
-        return bytes(cloudpickle.dumps(obj))
+        return _dumps(obj)
     except Exception as e:
         raise ConfigError(
             f"{what} cannot be sent to the worker processes: {type(e).__name__}: "
             f"{first_line(e)} (it, or something it uses, cannot be pickled: {obj!r})"
         ) from e
+
+
+def _dumps(obj: Any) -> bytes:
+    """cloudpickle's bytes of ``obj``, its functions' code keeping the file it came from.
+
+    cloudpickle names the file of code it pickles by value ``<dynamic-code>`` (for payloads
+    that do not depend on where a function was defined); a traceback in a worker then shows
+    neither the file of a script's objective nor its source lines. Keeping the real file name
+    lets ``traceback`` read them from the file, which the workers share.
+    """
+    import io
+    import types
+    from collections import ChainMap
+
+    import cloudpickle
+
+    reduce_code = getattr(cloudpickle.cloudpickle, "_code_reduce", None)
+
+    def code_with_its_file(code: types.CodeType) -> Any:
+        assert reduce_code is not None
+        make, args = reduce_code(code)
+        dynamic = "<dynamic-code>"
+        return make, tuple(code.co_filename if a == dynamic else a for a in args)
+
+    class FilePickler(cloudpickle.Pickler):  # type: ignore[misc]
+        dispatch_table = ChainMap(
+            {types.CodeType: code_with_its_file} if reduce_code is not None else {},
+            cloudpickle.Pickler.dispatch_table,
+        )
+
+    buffer = io.BytesIO()
+    FilePickler(buffer, protocol=cloudpickle.DEFAULT_PROTOCOL).dump(obj)
+    return buffer.getvalue()
 
 
 def unpack(data: bytes) -> Any:

@@ -77,7 +77,7 @@ class PatientHyperbandConf:
 
     _target_: str = "hpo.pruners.PatientHyperbandPruner"
     min_resource: int = 2  # epochs before the first rung
-    max_resource: int = MISSING  # epochs of a full trial (the study's epochs)
+    max_resource: Any = MISSING  # epochs of a full trial (the study's epochs), or "auto"
     reduction_factor: int = 3  # keep the top 1/reduction_factor at each rung
     patience: int = 0  # epochs without improvement before Hyperband may prune (0: at once)
     min_delta: float = 0.0  # smallest change that counts as an improvement

@@ -57,7 +57,8 @@ class PatientHyperbandPruner(HyperbandPruner):
 
     Args:
         min_resource: Epochs before the first rung.
-        max_resource: Epochs of a trial that is never pruned.
+        max_resource: Epochs of a trial that is never pruned, or ``"auto"``: one more than
+            the last step of the first completed trials (no pruning until one completed).
         reduction_factor: A rung keeps the best ``1 / reduction_factor`` of its trials.
         patience: Reports without improvement before Hyperband is consulted (0 = at once).
         min_delta: Smallest change of the value that counts as an improvement.
@@ -69,7 +70,7 @@ class PatientHyperbandPruner(HyperbandPruner):
     def __init__(
         self,
         min_resource: int = 2,
-        max_resource: int = 12,
+        max_resource: int | str = 12,
         reduction_factor: int = 3,
         patience: int = 0,
         min_delta: float = 0.0,
@@ -79,8 +80,11 @@ class PatientHyperbandPruner(HyperbandPruner):
     ) -> None:
         if min_resource < 1:
             raise ValueError(f"min_resource must be >= 1, got {min_resource}")
-        if not isinstance(max_resource, int) or max_resource < min_resource:
-            raise ValueError(f"max_resource must be an int >= min_resource, got {max_resource!r}")
+        auto = max_resource == "auto"
+        if not auto and (not isinstance(max_resource, int) or max_resource < min_resource):
+            raise ValueError(
+                f"max_resource must be an int >= min_resource or 'auto', got {max_resource!r}"
+            )
         if reduction_factor < 2:
             raise ValueError(f"reduction_factor must be >= 2, got {reduction_factor}")
         if patience < 0:
@@ -100,7 +104,8 @@ class PatientHyperbandPruner(HyperbandPruner):
         self._min_delta = min_delta
         self._catch_up = catch_up
         self._noise_factor = noise_factor
-        self._try_initialization(None)  # type: ignore[arg-type]  # unused for an int max_resource
+        if not auto:  # brackets known now, before any trial (the study is unused for an int)
+            self._try_initialization(None)  # type: ignore[arg-type]
 
     @property
     def patience(self) -> int:
@@ -112,6 +117,8 @@ class PatientHyperbandPruner(HyperbandPruner):
         return self._n_brackets
 
     def prune(self, study: Study, trial: FrozenTrial) -> bool:
+        if not self._initialized(study):  # max_resource "auto" before a trial completed
+            return False
         values = [trial.intermediate_values[s] for s in sorted(trial.intermediate_values)]
         sign = 1.0 if study.direction == StudyDirection.MAXIMIZE else -1.0
         margin = self._min_delta
@@ -160,7 +167,15 @@ class PatientHyperbandPruner(HyperbandPruner):
         """The Hyperband bracket of ``trial`` (anything with its ``number``; stable for a study
         name and trial number)."""
         # Hyperband reads only the trial's number (and the study's name) to pick its bracket.
+        self._initialized(study)
         return self._get_bracket_id(study, trial)  # type: ignore[arg-type]
+
+    def _initialized(self, study: Study) -> bool:
+        """Whether the brackets exist; with ``max_resource="auto"`` they are made from the
+        study's completed trials once there are some."""
+        if not self._pruners:
+            self._try_initialization(study)
+        return bool(self._pruners)
 
     def stalled(
         self, values: list[float], direction: StudyDirection, min_delta: float | None = None
