@@ -322,7 +322,9 @@ def render(rows: Sequence[Row], trials: Trials, source: str) -> str:
             f"as it ran: {m.finished} trials in {took} = {m.per_hour:.1f} "
             f"trials/h, {m.ooms} OOM; gap between trials {trials.gap_s:.2f} s"
         )
-    head = f"{'card':>10} {'policy':>7} {'trials/h':>9} {'OOM':>5} {'pre-pruned':>10}"
+    head = (
+        f"{'card':>10} {'policy':>7} {'trials/h':>9} {'OOM':>5} {'cap hits':>8} {'pre-pruned':>10}"
+    )
     head += f" {'hours to ' + str(rows[0].target if rows else 0):>16}"
     if m is not None:
         head += f" {'hours left':>11}"
@@ -330,7 +332,8 @@ def render(rows: Sequence[Row], trials: Trials, source: str) -> str:
     for r in rows:
         card = f"{r.cards}×{r.card_gib:g} GiB"
         o = r.outcome
-        line = f"{card:>10} {r.policy:>7} {o.per_hour:>9.1f} {o.ooms:>5} {o.pre_pruned:>10}"
+        line = f"{card:>10} {r.policy:>7} {o.per_hour:>9.1f} {o.ooms:>5} {o.cap_hits:>8}"
+        line += f" {o.pre_pruned:>10}"
         line += f" {_hours(r.hours):>16}"
         if m is not None:
             line += f" {_hours(r.hours_left):>11}"
