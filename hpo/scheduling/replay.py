@@ -310,8 +310,11 @@ class _Replay:
             point, upper = estimate.point_bytes, estimate.upper_bytes
             self.events.append(Event(Step.ASK, self.now, self.serial, index, upper, None, point))
             self.step.add(item)
+            failed = self.ooms + self.cap_hits
             if self._offer(item).decision is not Decision.ADMIT:
                 return
+            if self.ooms + self.cap_hits > failed:  # out of memory at once (no start-up):
+                return  # time passes before the next start, or the same ones fail forever
 
     def _estimate(self, index: int) -> Estimate:
         """What admission knows of job ``index``: its reservation as the upper estimate, its
