@@ -90,6 +90,38 @@ def test_a_trial_with_no_estimate_runs_alone(tmp_path: Path) -> None:
     assert alone.reserve_bytes == sched.books.budget(0) - CTX
 
 
+def test_a_trial_that_fits_an_empty_card_only_alone_runs_alone_and_blocks_nothing_forever(
+    tmp_path: Path,
+) -> None:
+    """A spiky trial whose upper estimate is under the budget, but not with its spike's slot,
+    can never fit beside anything: it runs alone under the lone cap. It once waited for memory
+    no trial could free, on an empty card, and held the queue behind it (a supervisor hung)."""
+    sched = AdmissionScheduler(cards(tmp_path), margin_frac=0.05, context_bytes=CTX)
+    budget = sched.books.budget(0)
+    spiky = Estimate(
+        budget - GIB, budget - int(0.5 * GIB), "fit", 3,
+        spike_bytes=int(1.5 * GIB), spike_floor_bytes=int(0.5 * GIB),
+    )  # fmt: skip
+    backlog = Backlog(max_bypass=8, limit=8)
+    backlog.add(Waiting(None, {"n": 0}, spiky, number=0))
+    backlog.add(Waiting(None, {"n": 1}, est(3), number=1))
+    workers = Workers(2)
+    first = place_next(backlog, sched, backlog.queue()[0], workers.slots(), None)
+    assert first.decision is Decision.ADMIT, first.reason
+    assert first.cap_bytes is not None and first.cap_bytes > budget  # the lone cap
+    assert first.reserve_bytes == budget - CTX  # the whole card: nothing starts beside it
+    sched.books.hold(0, first)
+    backlog.started(backlog.queue()[0])
+    workers.busy.add(first.worker)
+    workers.bound[first.worker] = 0
+    beside = place_next(backlog, sched, backlog.queue()[0], workers.slots(), None)
+    assert beside.decision is Decision.WAIT
+    sched.books.release(0)
+    workers.busy.clear()
+    after = place_next(backlog, sched, backlog.queue()[0], workers.slots(), None)
+    assert after.decision is Decision.ADMIT
+
+
 def test_idle_workers_are_recycled_when_their_contexts_are_in_the_way(tmp_path: Path) -> None:
     sched = AdmissionScheduler(cards(tmp_path), margin_frac=0.05, context_bytes=CTX)
     workers = Workers(8)

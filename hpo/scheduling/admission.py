@@ -240,9 +240,8 @@ class AdmissionScheduler:
         if device is None:
             device = self._by_free_memory(slots)[0]
         budget = self.books.budget(device)
-        need = (
-            budget if estimate is None or _held_at_most(estimate) > budget else estimate.upper_bytes
-        )
+        alone = estimate is None or self._alone_only(device, estimate)
+        need = budget if alone or estimate is None else estimate.upper_bytes  # None: alone
         free = self._free(device, slots)
         until = self.clock()
         for ends_at, nbytes in self.books.ends(device):
@@ -250,6 +249,18 @@ class AdmissionScheduler:
                 break
             free, until = free + nbytes, max(until, ends_at)
         return Protection(device, int(need), until)
+
+    def _alone_only(self, index: int, estimate: Estimate | None) -> bool:
+        """Whether a trial runs on device ``index`` only alone, with its whole budget: nothing
+        trusted is known of it, or it would not fit the device even with nothing else on it
+        (its upper estimate, or that with its spike's slot, over the budget). Such a trial
+        would otherwise wait for memory no end of trials could free, and everything waiting
+        behind it with it."""
+        budget = self.books.budget(index)
+        if estimate is None or estimate.upper_bytes > budget:
+            return True
+        _, need, spike = _shares(estimate, self.books.context_bytes)
+        return self.books.context_bytes + need + spike > budget
 
     def _by_free_memory(self, slots: Sequence[Slot[W]]) -> list[int]:
         n = len(self.books.devices)
@@ -271,7 +282,7 @@ class AdmissionScheduler:
     ) -> Placement[W]:
         books, ctx = self.books, self.books.context_bytes
         budget, label = books.budget(index), books.devices[index].label
-        exclusive = estimate is None or _held_at_most(estimate) > budget
+        exclusive = self._alone_only(index, estimate)
         protected = protect is not None and protect.device == index
         probe = self.overcommit and estimate is None and not protected
         if exclusive and not probe and (books.n_running(index) or protected):
@@ -298,9 +309,7 @@ class AdmissionScheduler:
             whole = need
         else:
             assert estimate is not None  # not exclusive
-            whole = max(MIB, int(estimate.upper_bytes) - ctx)  # no estimate is only a context
-            spike = int(estimate.spike_bytes)  # a declared spike shares the device's slot
-            need = max(MIB, whole - int(estimate.spike_floor_bytes)) if spike else whole
+            whole, need, spike = _shares(estimate, ctx)
             grow = max(0, spike - books.spike_slot(index))
             short = held + ctx + need + grow - budget
         if short <= 0 and need > 0:
@@ -318,9 +327,14 @@ class AdmissionScheduler:
         return Placement(Decision.WAIT, why, index, reclaim=_enough(idle_here, short, ctx))
 
 
-def _held_at_most(estimate: Estimate) -> float:
-    """What a trial holds at most with ``estimate``: its steady part and its whole spike."""
-    return estimate.upper_bytes + max(0.0, estimate.spike_bytes - estimate.spike_floor_bytes)
+def _shares(estimate: Estimate, ctx: int) -> tuple[int, int, int]:
+    """What a trial beside others takes of a device besides its context: its whole reservation,
+    the part held as its own (a declared spike's low end comes off it), and its spike, which
+    shares the device's spike slot."""
+    whole = max(MIB, int(estimate.upper_bytes) - ctx)  # no estimate is only a context
+    spike = int(estimate.spike_bytes)
+    need = max(MIB, whole - int(estimate.spike_floor_bytes)) if spike else whole
+    return whole, need, spike
 
 
 def own_pids() -> set[int]:
