@@ -163,3 +163,23 @@ def test_only_the_trial_over_its_cap_fails_cap_exceeded_and_its_requeue_complete
     assert [reason for _, reason in result["ends"]] == ["complete", "cap_exceeded", "complete"]
     assert result["cap_need_mib"] >= result["over_mib"] * 0.99
     assert result["cap_need_mib"] * MIB > result["fits_mib"] * MIB  # more than it was told
+
+
+def test_the_replay_of_cap_hits_without_start_up_finishes() -> None:
+    """A cap hit at its first allocation with no start-up, nothing else running: it is asked
+    again at once (the replay gave up with an infinite wall time)."""
+    jobs = [
+        Job(
+            {"model": str(i % 3)},
+            (5.4 + i % 3) * GIB,
+            6.6 * GIB,
+            0.0,
+            10.0,
+            0.5,
+            point_bytes=5 * GIB,
+        )
+        for i in range(12)
+    ]
+    oc = replay(jobs, 12, Policy(2, aware=True, overcommit=True), Cards(8 * GIB, 1, CTX), 0.0)
+    assert oc.finished == 12 and oc.cap_hits > 0 and oc.ooms == 0
+    assert oc.wall_s < float("inf")

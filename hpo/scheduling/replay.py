@@ -155,7 +155,8 @@ class _Replay:
         self._schedule()
         while self.finished < n:
             step = self._next_event()
-            if step is None and self.backlog.items:  # an offer only recycled idle contexts
+            if step is None and (self.backlog.items or self.retries):  # an offer only recycled
+                # idle contexts, or a trial failed at its start with nothing else running
                 self._schedule()
                 step = self._next_event()
                 if step is None:
