@@ -94,7 +94,8 @@ clean-studies:
 	rm -rf _optuna/*/
 
 # GPU check (bench/gpu_check.py): the GPU-marked tests, the criteria presets' real peaks against
-# hpo's estimates, and study=criteria_gpu under par=2 and par=auto, in at most 8 minutes; it
+# hpo's estimates, study=criteria_gpu under par=2 and par=auto, and a trial over its overcommit
+# cap (cap_overrun), in at most 9 minutes; it
 # writes gpu_check.json, gpu_check.md and gpu_check.log to $OUT (default gpu-check-out/).
 # An offline GPU machine has its own python3 with a CUDA torch but not hpo's other packages:
 # first, on a networked machine, `make gpu-wheels` puts them in $(WHEELS)/ as wheels for its

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-PARTS = ("env", "gpu_tests", "presets", "tune_par2", "tune_auto")
+PARTS = ("env", "gpu_tests", "presets", "tune_par2", "tune_auto", "cap_overrun")
 VERSIONS_OF = (
     "torch", "optuna", "hydra-core", "omegaconf", "sqlalchemy", "alembic", "numpy", "psutil",
     "nvidia-ml-py", "pytest",
@@ -314,6 +314,10 @@ def _runner(name: str) -> Callable[[PartContext], None]:
         from bench._gpu_tune import run_tune
 
         return run_tune
+    if name == "cap_overrun":
+        from bench._gpu_cap import run_part
+
+        return run_part
     raise SystemExit(f"unknown part {name!r}; parts: {', '.join(PARTS)}")
 
 

@@ -7,7 +7,9 @@ time scaled by ``--time-scale``) once per policy, on the same random sample of c
 
 - ``par1`` … ``par4``: memory-blind fixed PAR, as the seeds ran: a trial starts whenever a
   worker is idle, whatever else runs, so co-located trials can run out of memory and are lost;
-- ``aware``: hpo's admission (``memory.pack=true``, cap 8) with what its estimator learns;
+- ``aware``: hpo's admission (``memory.pack=true``, cap 8) with what its estimator learns,
+  under safe overcommit (``memory.overcommit=true``, the default);
+- ``aware-upper``: the same reserving each upper estimate (``memory.overcommit=false``);
 - ``oracle``: the same admission told the true memory of every configuration;
 - ``learner``: the oracle from the moment hpo knows anything of a configuration's group (a
   measured or settled trial); before, what hpo's gate says (for a group's first trial: it runs
@@ -25,6 +27,15 @@ card's ledger; and how honest the estimates were: ``wrongly_pre_pruned`` (pre-pr
 the workload says the configuration fits the budget with its worst noise), ``over_upper_frac``
 and ``over_upper_max`` (trials that ran whose measured peak exceeded their upper estimate: the
 share, and the largest excess relative to the estimate).
+
+And what safe overcommit is judged by (issue 33): ``configs_evaluated`` (distinct
+configurations run to a result), ``cap_hits`` (trials ended ``cap_exceeded``),
+``cap_hit_waste_frac`` (the card's memory-seconds the capped-out trials held, their cap times
+their duration, over the run's: what they kept from others), ``neighbour_losses`` (trials that
+ran out of memory on a full card although their own run fits the card alone: another trial's
+memory failed them), ``bound_ratio`` (the wall time over ``bench.packing_bound``'s
+clairvoyant bound of the configurations this policy ran to a result) and ``replay_ratio``
+(this policy replayed on them without processes, ``replay_s``, over that bound).
 """
 
 from __future__ import annotations
@@ -49,9 +60,9 @@ from hpo.sim import load_workload
 from hpo.sim.objective import GPU_SECONDS_ATTR
 from hpo.supervisor import Supervisor
 
-POLICIES = ("par1", "par2", "par3", "par4", "aware", "oracle")  # the default run
+POLICIES = ("par1", "par2", "par3", "par4", "aware", "aware-upper", "oracle")  # the default run
 KNOWN = (*POLICIES, "learner")  # and the learner, a diagnostic asked for by name
-AWARE = ("aware", "oracle", "learner")  # memory-aware admission
+AWARE = ("aware", "aware-upper", "oracle", "learner")  # memory-aware admission
 AWARE_CAP = 8
 
 
@@ -142,6 +153,7 @@ def run_policy(policy: str, args: argparse.Namespace, root: Path) -> dict[str, A
             f"sampler.seed={args.seed}",
             f"par={par}",
             f"memory.pack={str(policy in AWARE).lower()}",
+            f"memory.overcommit={str(policy != 'aware-upper').lower()}",
             f"storage.dir={workdir}",
             "faults.recycle_after=0",
             "max_failures_in_a_row=1000000",  # blind PAR loses trials to OOM; keep going
@@ -172,8 +184,79 @@ def run_policy(policy: str, args: argparse.Namespace, root: Path) -> dict[str, A
     row = measure(db, sampler, float(cfg.study.time_scale))
     budget = workload.device.capacity_gib * GIB * (1 - settings.memory.device_margin_frac)
     row.update(honesty(db, f"packing-{policy}", workload, budget))
+    row.update(overcommit_metrics(db, f"packing-{policy}", workload, row["wall_s"]))
+    row.update(bound_metrics(db, policy, workload, settings, args, row["wall_s"]))
     row["by_family"] = by_family(db, f"packing-{policy}", workload.family_param)
     return row
+
+
+def overcommit_metrics(db: Path, study_name: str, workload: Any, wall_s: float) -> dict[str, Any]:
+    """Distinct configurations run to a result, cap hits and the memory-seconds they held,
+    and trials another trial's memory failed (module docstring)."""
+    import optuna
+
+    from hpo.memory.oom import hit_own_limit
+
+    study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{db}")
+    capacity = workload.device.capacity_gib * GIB * workload.device_count
+    configs, cap_hits, held, neighbours = set(), 0, 0.0, 0
+    for trial in study.get_trials(deepcopy=False):
+        attrs, reason = trial.user_attrs, trial.user_attrs.get("end_reason")
+        if reason in ("complete", "pruned"):
+            configs.add(tuple(sorted((k, repr(v)) for k, v in trial.params.items())))
+        elif reason == "cap_exceeded":
+            cap_hits += 1
+            held += (
+                float(attrs.get("vram_reserved_mib", 0.0))
+                * MIB
+                * float(attrs.get("duration_s", 0.0))
+            )
+        elif reason == "oom" and not hit_own_limit(attrs.get("error")):
+            run = dict(trial.params)
+            if attrs.get("micro_batch") is not None and "batch_size" in run:
+                run["batch_size"] = attrs["micro_batch"]
+            own = workload.peak_bytes(run, seed=trial.number) + workload.eval_extra_bytes(run)
+            own += workload.device.context_gib * GIB
+            neighbours += own <= workload.device.capacity_gib * GIB
+    return {
+        "configs_evaluated": len(configs),
+        "cap_hits": cap_hits,
+        "cap_hit_waste_frac": round(held / (capacity * wall_s), 4) if wall_s > 0 else 0.0,
+        "neighbour_losses": neighbours,
+    }
+
+
+def bound_metrics(
+    db: Path, policy: str, workload: Any, settings: Settings, args: argparse.Namespace, wall: float
+) -> dict[str, Any]:
+    """The clairvoyant bound of the configurations ``policy`` ran to a result
+    (:mod:`bench.packing_bound`), its wall time over it, and the policy replayed on them."""
+    from bench import packing_bound
+    from hpo.scheduling.replay import Policy
+
+    mem = settings.memory
+    runs = packing_bound.load_runs(db, f"packing-{policy}", settings.study.batch_param)
+    if not runs:
+        return {"bound_s": None, "replay_s": None, "bound_ratio": None, "replay_ratio": None}
+    bound = packing_bound.bound_of(workload, runs, args.time_scale, mem.device_margin_frac)
+    aware = policy in AWARE
+    par = AWARE_CAP if aware else int(policy.removeprefix("par"))
+    replayed = Policy(par, aware, overcommit=aware and mem.overcommit)
+    opts = argparse.Namespace(
+        time_scale=args.time_scale,
+        margin_frac=mem.device_margin_frac,
+        par=par,
+        max_waiting=mem.max_waiting,
+        max_bypass=mem.max_bypass,
+    )
+    replay_s = packing_bound.replay_runs(workload, runs, opts, replayed).wall_s
+    bound_s = bound["bound_s"]
+    return {
+        "bound_s": bound_s,
+        "replay_s": round(replay_s, 1),
+        "bound_ratio": round(wall / bound_s, 3) if bound_s else None,
+        "replay_ratio": round(replay_s / bound_s, 3) if bound_s else None,
+    }
 
 
 def measure(db: Path, sampler: CardSampler, time_scale: float) -> dict[str, Any]:
@@ -284,35 +367,50 @@ def summarise(policies: dict[str, dict[str, Any]]) -> dict[str, Any]:
             out[f"aware_{key}"] = aware[key]
     out["aware_vs_par2"] = ratio("useful_gpu_frac", "par2")
     out["aware_vs_best_safe"] = ratio("trials_per_hour", best_safe)
+    if fixed:  # the best blind fixed PAR by useful GPU work, its OOM retries counted
+        best = max(fixed, key=lambda p: policies[p]["useful_gpu_frac"])
+        out["best_blind_par"] = int(best[3:])
+        out["aware_vs_best_blind"] = ratio("useful_gpu_frac", best)
+        out["aware_vs_best_blind_configs"] = ratio("configs_evaluated", best)
+    if "aware-upper" in policies:
+        out["aware_vs_aware_upper"] = ratio("useful_gpu_frac", "aware-upper")
     return out
 
 
 def print_table(result: dict[str, Any]) -> None:
     cols = (
-        "trials_per_hour",
-        "oom_crashes",
         "useful_gpu_frac",
+        "configs_evaluated",
+        "oom_crashes",
+        "cap_hits",
+        "cap_hit_waste_frac",
+        "neighbour_losses",
+        "wall_s",
+        "bound_ratio",
+        "replay_ratio",
+        "trials_per_hour",
         "gpu_busy_frac",
         "mem_packing_frac",
-        "wall_s",
         "skipped",
         "wrongly_pre_pruned",
         "over_upper_frac",
-        "over_upper_max",
     )
-    print(f"{'policy':8}" + "".join(f"{c:>19}" for c in cols))
+    print(f"{'policy':12}" + "".join(f"{c:>19}" for c in cols))
     for name, row in result["policies"].items():
-        print(f"{name:8}" + "".join(f"{row[c]:>19}" for c in cols))
+        print(f"{name:12}" + "".join(f"{row[c]!s:>19}" for c in cols))
     print("useful / lost to OOM, by family:")
     for name, row in result["policies"].items():
         fams = "  ".join(f"{f} {v['useful']}/{v['oom']}" for f, v in row["by_family"].items())
         print(f"  {name:8}{fams}")
-    for key in ("best_safe_fixed_par", "aware_vs_oracle", "aware_vs_par2", "aware_vs_best_safe"):
-        print(f"{key}: {result[key]}")
+    keys = ("best_safe_fixed_par", "aware_vs_oracle", "aware_vs_par2", "aware_vs_best_safe")
+    keys += ("best_blind_par", "aware_vs_best_blind", "aware_vs_best_blind_configs")
+    for key in (*keys, "aware_vs_aware_upper"):
+        if key in result:
+            print(f"{key}: {result[key]}")
     if "learner_vs_oracle" in result:
         print(f"learner_vs_oracle: {result['learner_vs_oracle']}")
     for key in [k for k in result if k.startswith("aware_") and k not in ("aware_vs_oracle",)]:
-        if not key.startswith("aware_vs"):
+        if not key.startswith("aware_vs") and key not in keys:
             print(f"{key}: {result[key]}")
 
 

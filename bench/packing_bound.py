@@ -13,7 +13,8 @@ every policy's study) and reports, in wall seconds at the benchmark's time scale
   (where at least the smallest of them fits) and whatever memory × time is left over needs the
   whole budget. Compute (``gpu_s``): a card does at most one GPU-second of work per second, and
   a trial's epochs are ``demand × work`` GPU-seconds;
-- ``replay_s``: hpo's own admission (:mod:`hpo.scheduling.replay`: admission, backlog and
+- ``replay_s``: hpo's own admission (``--policy``, by default ``auto``; ``auto-oc`` replays
+  safe overcommit, ``parN`` memory-blind PAR) (:mod:`hpo.scheduling.replay`: admission, backlog and
   durations learned as the supervisor learns them) told the true memory, replayed as events
   with no processes, no storage and no latency, with the workload's contention (trials whose
   demands add up to more than 1 slow down together) and its start-up (``setup_s``: the trial
@@ -37,10 +38,11 @@ from pathlib import Path
 from typing import Any
 
 from hpo.devices import GIB
-from hpo.scheduling.replay import Cards, Job, Policy, replay
+from hpo.scheduling.replay import Cards, Job, Outcome, Policy, replay
 from hpo.sim import load_workload
 
-Run = tuple[dict[str, Any], int, dict[str, Any]]  # as run, epochs reported, as asked
+# as run, epochs reported, as asked, the trial's number (its run-to-run noise's seed)
+Run = tuple[dict[str, Any], int, dict[str, Any], int]
 
 
 def load_runs(db: Path, study: str, batch_param: str = "batch_size") -> list[Run]:
@@ -51,7 +53,8 @@ def load_runs(db: Path, study: str, batch_param: str = "batch_size") -> list[Run
     try:
         rows = con.execute(
             """SELECT t.trial_id,
-                 (SELECT COUNT(*) FROM trial_intermediate_values v WHERE v.trial_id = t.trial_id)
+                 (SELECT COUNT(*) FROM trial_intermediate_values v WHERE v.trial_id = t.trial_id),
+                 t.number
                FROM trials t JOIN studies s ON s.study_id = t.study_id
                JOIN trial_user_attributes a ON a.trial_id = t.trial_id AND a.key = 'end_reason'
                WHERE s.study_name = ? AND a.value_json IN ('"complete"', '"pruned"')
@@ -59,7 +62,7 @@ def load_runs(db: Path, study: str, batch_param: str = "batch_size") -> list[Run
             (study,),
         ).fetchall()
         runs = []
-        for trial_id, epochs in rows:
+        for trial_id, epochs, number in rows:
             params = con.execute(
                 "SELECT param_name, param_value, distribution_json FROM trial_params "
                 "WHERE trial_id = ?",
@@ -76,7 +79,7 @@ def load_runs(db: Path, study: str, batch_param: str = "batch_size") -> list[Run
             run = dict(asked)
             if json.loads(attrs.get("accum_steps", "1")) > 1 and "micro_batch" in attrs:
                 run[batch_param] = json.loads(attrs["micro_batch"])
-            runs.append((run, int(epochs), asked))
+            runs.append((run, int(epochs), asked, int(number)))
         return runs
     finally:
         con.close()
@@ -109,14 +112,29 @@ def lower_bound(trials: list[tuple[float, float]], budget_gib: float) -> tuple[f
 def seconds_alone(wl: Any, run: Run, time_scale: float) -> float:
     """Wall seconds of a run's epochs alone on the card: a micro-batched one does the same GPU
     work at its micro-batch's lower utilisation, as the simulated objective does."""
-    params, epochs, asked = run
+    params, epochs, asked, _ = run
     family = wl.family(params)
     stretch = min(1.0, family.demand.value(asked)) / min(1.0, family.demand.value(params))
     return epochs * family.epoch_s * time_scale * stretch
 
 
-def replay_runs(wl: Any, runs: list[Run], args: argparse.Namespace) -> float:
-    """Wall seconds of hpo's admission told the true memory (:mod:`hpo.scheduling.replay`)."""
+def run_gib(wl: Any, run: Run) -> float:
+    """What this run of its configuration held at most: its peak with its own run-to-run
+    noise (seeded by its trial's number, as the simulated objective draws it), its
+    evaluation and the context."""
+    params, number = run[0], run[3]
+    peak = wl.peak_bytes(params, seed=number) + wl.eval_extra_bytes(params)
+    return peak / GIB + wl.device.context_gib
+
+
+def replay_runs(
+    wl: Any, runs: list[Run], args: argparse.Namespace, policy: Policy | None = None
+) -> Outcome:
+    """hpo's admission replayed on these runs (:mod:`hpo.scheduling.replay`), by default
+    memory-aware and told the true memory (each run's worst noise, reserved). Under safe
+    overcommit (``auto-oc``) each job holds what its run held and admission knows the truth
+    as an estimate: the noise-free footprint as its point, the worst noise as its upper."""
+    policy = policy or Policy(args.par, aware=True)
     jobs = []
     for run in runs:
         params = run[0]
@@ -124,15 +142,42 @@ def replay_runs(wl: Any, runs: list[Run], args: argparse.Namespace) -> float:
         footprint = footprint_gib(wl, params) * GIB
         work = seconds_alone(wl, run, scale)
         demand = float(family.demand.value(params))
-        jobs.append(Job(params, footprint, footprint, family.setup_s * scale, work, demand))
+        setup = family.setup_s * scale
+        if policy.overcommit or not policy.aware:
+            nominal = wl.footprint_bytes(params)
+            peak = run_gib(wl, run) * GIB
+            jobs.append(Job(params, peak, footprint, setup, work, demand, point_bytes=nominal))
+        else:
+            jobs.append(Job(params, footprint, footprint, setup, work, demand))
     cards = Cards(
         int(wl.device.capacity_gib * GIB), 1, int(wl.device.context_gib * GIB), args.margin_frac
     )
-    policy = Policy(args.par, aware=True)
-    outcome = replay(
+    return replay(
         jobs, len(jobs), policy, cards, 0.0, [wl.family_param], args.max_waiting, args.max_bypass
     )
-    return outcome.wall_s
+
+
+def bound_of(wl: Any, runs: list[Run], time_scale: float, margin_frac: float) -> dict[str, Any]:
+    """The card's lower bound on these runs' wall time, and what makes it (module docstring)."""
+    budget_gib = wl.device.capacity_gib * (1 - margin_frac)
+    alone, gpu_s, setup_s = [], 0.0, 0.0
+    for run in runs:
+        params = run[0]
+        seconds = seconds_alone(wl, run, time_scale)
+        alone.append((footprint_gib(wl, params), seconds))
+        gpu_s += min(1.0, wl.family(params).demand.value(params)) * seconds
+        setup_s += wl.family(params).setup_s * time_scale
+    big_s, memory_bound_s = lower_bound(alone, budget_gib)
+    return {
+        "trials": len(runs),
+        "budget_gib": round(budget_gib, 2),
+        "work_s": round(sum(s for _, s in alone), 1),
+        "setup_s": round(setup_s, 1),
+        "gpu_s": round(gpu_s, 1),
+        "big_s": round(big_s, 1),
+        "memory_bound_s": round(memory_bound_s, 1),
+        "bound_s": round(max(memory_bound_s, gpu_s), 1),
+    }
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -140,31 +185,15 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     runs = load_runs(Path(args.db), args.study, args.batch_param)
     if not runs:
         raise ValueError(f"no trial of study {args.study!r} ran to a result in {args.db}")
-    budget_gib = wl.device.capacity_gib * (1 - args.margin_frac)
-    alone, gpu_s, setup_s = [], 0.0, 0.0
-    for run in runs:
-        params = run[0]
-        seconds = seconds_alone(wl, run, args.time_scale)
-        alone.append((footprint_gib(wl, params), seconds))
-        gpu_s += min(1.0, wl.family(params).demand.value(params)) * seconds
-        setup_s += wl.family(params).setup_s * args.time_scale
-    big_s, memory_bound_s = lower_bound(alone, budget_gib)
-    bound_s = max(memory_bound_s, gpu_s)
-    work_s = sum(s for _, s in alone)
-    replay_s = replay_runs(wl, runs, args)
-    return {
-        "trials": len(runs),
-        "budget_gib": round(budget_gib, 2),
-        "work_s": round(work_s, 1),
-        "setup_s": round(setup_s, 1),
-        "gpu_s": round(gpu_s, 1),
-        "big_s": round(big_s, 1),
-        "memory_bound_s": round(memory_bound_s, 1),
-        "bound_s": round(bound_s, 1),
-        "replay_s": round(replay_s, 1),
-        "work_over_bound": round(work_s / bound_s, 3),
-        "work_over_replay": round(work_s / replay_s, 3),
-    }
+    out = bound_of(wl, runs, args.time_scale, args.margin_frac)
+    replay_s = replay_runs(wl, runs, args, Policy.parse(args.policy, args.par)).wall_s
+    work_s, bound_s = out["work_s"], out["bound_s"]
+    out.update(
+        replay_s=round(replay_s, 1),
+        work_over_bound=round(work_s / bound_s, 3),
+        work_over_replay=round(work_s / replay_s, 3),
+    )
+    return out
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -177,6 +206,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-bypass", type=int, default=8, help="memory.max_bypass")
     p.add_argument("--max-waiting", type=int, default=8, help="memory.max_waiting")
     p.add_argument("--par", type=int, default=8, help="worker processes")
+    p.add_argument(
+        "--policy",
+        default="auto",
+        help="the replayed policy: auto (reserving the truth), auto-oc (safe overcommit), parN",
+    )
     p.add_argument("--batch-param", default="batch_size", help="study.memory.batch_param")
     p.add_argument("--json", dest="json_out", help="write the results here")
     args = p.parse_args(argv)

@@ -24,6 +24,9 @@ class EndReason(str, enum.Enum):
     PRUNED = "pruned"  # by the pruner at a rung
     MEMORY_ESTIMATE = "memory_estimate"  # pre-pruned before launch
     OOM = "oom"
+    # it needed more than its own per-process cap under safe overcommit, though it fits what
+    # a trial may hold: re-queued at once with what it measured (never a failure of the study)
+    CAP_EXCEEDED = "cap_exceeded"
     CUDA_ERROR = "cuda_error"
     WORKER_DIED = "worker_died"
     TIMEOUT = "timeout"
@@ -104,7 +107,8 @@ class Attr:
     BRACKET = "bracket"  # Hyperband bracket of the trial
     # retries and checkpoints
     RETRY_OF = "retry_of"  # number of the trial this one repeats
-    RETRY_KIND = "retry_kind"  # "accumulation" (more micro-batches) or "halved_batch" after OOM
+    RETRY_KIND = "retry_kind"  # "accumulation" or "halved_batch" after OOM; "cap_exceeded"
+    CAP_NEED_MIB = "cap_need_mib"  # a re-queued cap hit: what its original measured it needs
     ATTEMPT = "attempt"  # 2 for the first retry, 3 for the next, ...
     CHECKPOINT_DIR = "checkpoint_dir"
     RESUMED_FROM_EPOCH = "resumed_from_epoch"

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ["env", "gpu_tests", "presets", "tune_par2", "tune_auto"]
+PARTS = ["env", "gpu_tests", "presets", "tune_par2", "tune_auto", "cap_overrun"]
 
 
-def gpu_check(*args: str, timeout: float = 150) -> subprocess.CompletedProcess[str]:
+def gpu_check(*args: str, timeout: float = 190) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return subprocess.run(
@@ -81,6 +81,12 @@ def test_dry_run_records_every_part_and_the_one_over_its_budget(tmp_path: Path) 
     auto = parts["tune_auto"]
     assert auto["status"] == "timed_out" and "budget of 1 s" in auto["reason"]
     assert auto["budget_s"] == 1.0 and auto["elapsed_s"] < 15
+
+    cap = parts["cap_overrun"]  # safe overcommit: only the trial over its cap fails, re-queued
+    assert cap["status"] == "ok", (cap.get("reason"), cap.get("log_tail"))
+    assert [reason for _, reason in cap["result"]["ends"]].count("cap_exceeded") == 1
+    assert "oom" not in [reason for _, reason in cap["result"]["ends"]]
+    assert cap["result"]["cap_need_mib"] >= cap["result"]["over_mib"] * 0.9
 
     md = (out / "gpu_check.md").read_text()
     assert "| part | status | time (budget) | result |" in md

@@ -24,10 +24,14 @@ def test_plan_of_a_workload_file_prints_every_policy(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
     assert [(r["cards"], r["policy"]) for r in rows] == [
-        (c, p) for c in (1, 2) for p in ("par1", "par2", "par3", "par4", "auto")
+        (c, p) for c in (1, 2) for p in ("par1", "par2", "par3", "par4", "auto", "auto-oc")
     ]
     by = {(r["cards"], r["policy"]): r for r in rows}
-    assert by[(1, "auto")]["ooms"] == 0
+    assert by[(1, "auto")]["ooms"] == 0 and by[(1, "auto")]["cap_hits"] == 0
+    # safe overcommit: no OOM (an overrun would be a cap hit), and it packs at least as many
+    # trials an hour as reserving every upper estimate
+    assert by[(1, "auto-oc")]["ooms"] == 0
+    assert by[(1, "auto-oc")]["trials_per_hour"] >= by[(1, "auto")]["trials_per_hour"]
     assert by[(1, "par4")]["ooms"] > by[(1, "par1")]["ooms"]  # blind PAR over-commits
     # what a lone trial cannot hold whole (large@64) runs as micro-batches (hpo's gate splits
     # it whatever the admission): nothing pre-pruned, and one trial at a time never OOMs
@@ -64,7 +68,7 @@ def test_plan_of_a_cpu_study_needs_a_card_size_then_replays_its_history(tmp_path
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--policies", "par0"], "plan: a policy is parN (N >= 1) or auto, got 'par0'"),
+        (["--policies", "par0"], "plan: a policy is parN (N >= 1), auto or auto-oc, got 'par0'"),
         (["--cards", "0"], "plan: --cards must be >= 1 and --card-gib > 0"),
         (["--card-gib", "big"], "plan: could not convert string to float: 'big'"),
         (["--jobs", "0"], "plan: --jobs and --trials must be >= 1"),

@@ -149,3 +149,13 @@ def test_what_cannot_fit_alone_runs_as_micro_batches() -> None:
     under = replay([low], 1, Policy(1, aware=True), CARD)
     assert (under.finished, under.ooms) == (1, 1)
     assert under.wall_s == pytest.approx(12.0)  # its 1 s start-up lost, then 11 s
+
+
+def test_a_blind_replay_of_trials_without_start_up_that_overflow_the_card_ends() -> None:
+    """Three blind trials of 10 GiB on a 24 GiB card: the third runs out of memory at once
+    (no start-up). Time passes before the next start, so the replay ends (it started, failed
+    and drew again at the same instant forever)."""
+    jobs = [Job({"model": "a"}, 10 * GIB, 10 * GIB, 0.0, 5.0, 0.5) for _ in range(4)]
+    outcome = replay(jobs, 8, Policy(3, aware=False), Cards(24 * GIB, 1, 0), 0.0)
+    assert outcome.finished == 8 and outcome.ooms > 0
+    assert outcome.wall_s < 8 * 5.0  # two at a time, not one

@@ -269,7 +269,8 @@ families:
 
 def _run(tmp_path: Path, settle: bool) -> list[Any]:
     """Four trials of one configuration, three workers; an upper estimate 60 % above the
-    point, so that two trials fit the 24 GiB card by their reservations, three by their peaks."""
+    point, so that two trials fit the 24 GiB card by their reservations, three by their peaks
+    (reservations of upper estimates: ``memory.overcommit=false``, which would shade them)."""
     tmp_path.mkdir()
     workload = tmp_path / "settle_test.yaml"
     workload.write_text(WORKLOAD)
@@ -285,6 +286,7 @@ def _run(tmp_path: Path, settle: bool) -> list[Any]:
         "sampler=random",
         "pruner=none",
         "memory.min_uplift=0.6",
+        "memory.overcommit=false",
         f"memory.settle={str(settle).lower()}",
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr

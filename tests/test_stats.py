@@ -133,7 +133,9 @@ def test_stats_figures_match_optuna(study_db: Path) -> None:
     assert rungs == {
         step: sum(t.last_step == step for t in pruned) for step in {t.last_step for t in pruned}
     }
-    assert stats["memory_failures"] == [{"pre_pruned": 1, "oom": 0, "cuda_error": 0}]
+    assert stats["memory_failures"] == [
+        {"pre_pruned": 1, "oom": 0, "cap_exceeded": 0, "cuda_error": 0}
+    ]
     sim = [t for t in trials if t.user_attrs.get("device") == "sim:0"]
     gpu = {r["state"]: r["gpu_s"] for r in stats["gpu_seconds"]}
     for state, seconds in gpu.items():

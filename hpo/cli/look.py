@@ -92,9 +92,10 @@ def _add_plan(sub: Any) -> None:
     plan.add_argument("--cards", default="1", metavar="N[,N]", help="cards per node (default 1)")
     plan.add_argument(
         "--policies",
-        default="par1,par2,par3,par4,auto",
+        default="par1,par2,par3,par4,auto,auto-oc",
         metavar="P[,P]",
-        help="parN (memory-blind, fixed PAR) and auto (memory-aware); default par1..par4,auto",
+        help="parN (memory-blind, fixed PAR), auto (memory-aware, reserving upper estimates) "
+        "and auto-oc (memory-aware under safe overcommit); default par1..par4,auto,auto-oc",
     )
     plan.add_argument("--setup-s", type=float, help="seconds an OOM costs (default: measured)")
     plan.add_argument("--json", action="store_true", help="print the scenarios as JSON")

@@ -87,6 +87,7 @@ class MemorySettings:
     oom_retry_halved_batch: bool
     pack: bool
     settle: bool
+    overcommit: bool
     max_bypass: int
     max_waiting: int
     max_par: int
@@ -278,6 +279,7 @@ def _memory(mem: Mapping[str, Any], study_memory: Mapping[str, Any]) -> MemorySe
         oom_retry_halved_batch=bool(mem["oom_retry_halved_batch"]),
         pack=bool(mem["pack"]),
         settle=bool(mem["settle"]),
+        overcommit=bool(mem.get("overcommit", True)),
         max_bypass=int(mem["max_bypass"]),
         max_waiting=int(mem["max_waiting"]),
         max_par=int(mem["max_par"]),

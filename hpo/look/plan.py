@@ -35,6 +35,13 @@ retry that ran, with fewer than ``max_accum_steps`` micro-batches), the retries 
 ask if it ran out of memory in the replay go on from it, sized by the estimator fitted to the
 trials that ran (and taking as long as that configuration, else its memory group, took).
 
+**Policies.** ``parN`` is memory-blind fixed PAR; ``auto`` memory-aware admission reserving
+each upper estimate (``memory.overcommit=false``); ``auto-oc`` the same under safe overcommit
+(:mod:`hpo.scheduling.overcommit`, the default): each trial reserves a quantile between its
+estimate's point (``est_vram_mib``; a workload file's noise-free footprint) and its upper, and
+one whose peak exceeds that is a cap hit, asked again at once needing its peak. With both, the
+table ends with whether overcommit pays on this study.
+
 For each scenario it reports trials per hour, OOMs, configurations pre-pruned, and hours to
 the target (``n_trials`` from zero; from a study, also what is left from where it stands).
 Not modelled: a spike's own timing (the reservations are what hpo recorded; on a workload
@@ -119,6 +126,7 @@ class Row:
             "policy": self.policy,
             "trials_per_hour": round(o.per_hour, 1),
             "ooms": o.ooms,
+            "cap_hits": o.cap_hits,
             "pre_pruned": o.pre_pruned,
             "hours_to_target": _finite(self.hours),
             "hours_left": _finite(self.hours_left),
@@ -155,8 +163,9 @@ def from_study(
     if not ran:
         raise ConfigError(f"study {db.ref.name!r} has no trial that ran to a result to replay")
     ooms = [t for t in trials if reason[t["trial_id"]] == "oom"]
-    if setup_s is None:
-        lost = [s for t in ooms if (s := seconds_of(t, attrs[t["trial_id"]])) is not None]
+    capped = [t for t in trials if reason[t["trial_id"]] == "cap_exceeded"]
+    if setup_s is None:  # what an OOM or a cap hit lost
+        lost = [s for t in ooms + capped if (s := seconds_of(t, attrs[t["trial_id"]])) is not None]
         setup_s = statistics.median(lost) if lost else 0.0
     known, fit = Known(groups), MemoryEstimator(scaling, groups)
     for t in ran:
@@ -186,16 +195,20 @@ def from_study(
             peak, seconds = max(bound or 0.0, sized[0] if sized else 0.0), known.seconds(p)
         else:
             peak, seconds = float(a.get("peak_vram_mib") or 0.0) * MIB, seconds_of(t, a) or 0.0
-        if a.get("vram_reserved_mib") is not None:
-            reserve = float(a["vram_reserved_mib"]) * MIB
-        elif a.get("est_vram_upper_mib") is not None:
-            reserve = float(a["est_vram_upper_mib"]) * MIB + context_bytes
+        upper = a.get("est_vram_upper_mib")
+        if a.get("vram_reserved_mib") is not None:  # a reservation under overcommit: the upper
+            reserve = max(float(a["vram_reserved_mib"]), float(upper or 0.0)) * MIB
+        elif upper is not None:
+            reserve = float(upper) * MIB + context_bytes
         else:
             reserve = peak * 1.1
+        point = a.get("est_vram_mib")  # what safe overcommit shades towards
+        point_bytes = float(point) * MIB if isinstance(point, (int, float)) else None
         setup = min(setup_s, seconds)
         steady = a.get("steady_vram_mib")  # outside its declared spikes
         alloc = float(steady) * MIB if isinstance(steady, (int, float)) else None
         job = Job(p, peak, reserve, setup, seconds - setup, alloc_bytes=alloc)
+        job = replace(job, point_bytes=point_bytes)
         by_number[int(t["number"])] = settling(job, a)
     oomed = {int(t["number"]) for t in ooms}
     ids = {int(t["number"]): t["trial_id"] for t in trials}
@@ -272,7 +285,11 @@ def _workload_job(wl: Any, params: Mapping[str, Any], run: Mapping[str, Any], se
     first = extra == 0 and family.setup_s <= family.epoch_s
     settle = (1 if first else 2) / wl.epochs if wl.epochs > 2 else None
     held = peak * (1 + DEFAULT_FRAC)
-    return Job(run, peak, worst, family.setup_s, work, demand, None, settle, held, gate_knows=True)
+    nominal = wl.peak_bytes(run) + extra + ctx  # the estimate's point: no noise
+    return Job(
+        run, peak, worst, family.setup_s, work, demand, None, settle, held,
+        gate_knows=True, point_bytes=nominal,
+    )  # fmt: skip
 
 
 def what_if(
@@ -305,7 +322,9 @@ def render(rows: Sequence[Row], trials: Trials, source: str) -> str:
             f"as it ran: {m.finished} trials in {took} = {m.per_hour:.1f} "
             f"trials/h, {m.ooms} OOM; gap between trials {trials.gap_s:.2f} s"
         )
-    head = f"{'card':>10} {'policy':>7} {'trials/h':>9} {'OOM':>5} {'pre-pruned':>10}"
+    head = (
+        f"{'card':>10} {'policy':>7} {'trials/h':>9} {'OOM':>5} {'cap hits':>8} {'pre-pruned':>10}"
+    )
     head += f" {'hours to ' + str(rows[0].target if rows else 0):>16}"
     if m is not None:
         head += f" {'hours left':>11}"
@@ -313,12 +332,31 @@ def render(rows: Sequence[Row], trials: Trials, source: str) -> str:
     for r in rows:
         card = f"{r.cards}×{r.card_gib:g} GiB"
         o = r.outcome
-        line = f"{card:>10} {r.policy:>7} {o.per_hour:>9.1f} {o.ooms:>5} {o.pre_pruned:>10}"
+        line = f"{card:>10} {r.policy:>7} {o.per_hour:>9.1f} {o.ooms:>5} {o.cap_hits:>8}"
+        line += f" {o.pre_pruned:>10}"
         line += f" {_hours(r.hours):>16}"
         if m is not None:
             line += f" {_hours(r.hours_left):>11}"
         lines.append(line)
+    lines += [line for line in (_overcommit_pays(rows),) if line]
     return "\n".join(lines)
+
+
+def _overcommit_pays(rows: Sequence[Row]) -> str | None:
+    """Whether safe overcommit (``auto-oc``) beats reserving upper estimates (``auto``) on
+    the first card size and count both were replayed on; None where they were not."""
+    by = {(r.card_gib, r.cards, r.policy): r for r in rows}
+    for (gib, cards, policy), oc in by.items():
+        upper = by.get((gib, cards, "auto"))
+        if policy != "auto-oc" or upper is None or upper.outcome.per_hour <= 0:
+            continue
+        gain = oc.outcome.per_hour / upper.outcome.per_hour
+        verdict = "pays" if gain > 1.0 else "does not pay"
+        return (
+            f"overcommit {verdict} on {cards}×{gib:g} GiB: auto-oc {gain:.2f}× the trials/h of "
+            f"auto, {oc.outcome.cap_hits} cap hits (memory.overcommit=true is auto-oc)"
+        )
+    return None
 
 
 def _hours(hours: float) -> str:

@@ -172,6 +172,7 @@ WITH st AS (
 )
 SELECT COUNT(CASE WHEN end_reason = 'memory_estimate' THEN 1 END) AS pre_pruned,
        COUNT(CASE WHEN end_reason = 'oom' THEN 1 END) AS oom,
+       COUNT(CASE WHEN end_reason = 'cap_exceeded' THEN 1 END) AS cap_exceeded,
        COUNT(CASE WHEN end_reason = 'cuda_error' THEN 1 END) AS cuda_error
 FROM st;"""
 

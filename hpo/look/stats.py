@@ -69,7 +69,11 @@ def render(stats: dict[str, Any]) -> str:
         _gpu_section(stats["gpu_seconds"]),
         _pruning_section(stats, binds),
         _memory_section(stats, binds),
-        _table("memory failures", stats["memory_failures"], ["pre_pruned", "oom", "cuda_error"]),
+        _table(
+            "memory failures",
+            stats["memory_failures"],
+            ["pre_pruned", "oom", "cap_exceeded", "cuda_error"],
+        ),
     ]
     return "\n\n".join(parts)
 

@@ -248,7 +248,7 @@ class MemoryGate:
     def observe(self, params: Mapping[str, Any], attrs: Mapping[str, Any]) -> None:
         """Learn from a finished trial's user attributes (measured peak, or an OOM bound)."""
         peak_mib = attrs.get(Attr.PEAK_VRAM_MIB)
-        if EndReason.of(attrs) is EndReason.OOM:
+        if EndReason.of(attrs) in (EndReason.OOM, EndReason.CAP_EXCEEDED):
             peak = None if peak_mib is None else float(peak_mib) * MIB
             bound = needed_lower_bound(peak, attrs.get(Attr.ERROR))
             if bound is not None and self._own_oom(bound, attrs):

@@ -12,6 +12,11 @@ process exits) and the trial waits until they are gone. Every decision is a :cla
 naming the outcome (admit / wait, a :class:`~hpo.contract.Decision`) and the reason, which the
 supervisor logs; pre-pruning is the memory gate's decision (:mod:`hpo.memory.gate`).
 
+With ``memory.overcommit`` (safe overcommit, :mod:`hpo.scheduling.overcommit`) a trial
+reserves a quantile of its estimate and its cap is that reservation, so the caps on a device
+never add up to more than its budget; a trial with no trusted estimate starts as a capped probe
+beside what runs, with the free memory (at least half the budget) as its reservation and cap.
+
 With ``memory.pack=false`` admission is memory-blind: a trial starts on the least busy device
 whenever a worker is idle, as a fixed PAR always did (pre-pruning still applies).
 """
@@ -28,6 +33,7 @@ from typing import Generic, TypeVar
 from hpo.contract import Decision
 from hpo.devices import MIB, Device
 from hpo.memory import Estimate, device_budget, device_margin, lone_cap
+from hpo.scheduling.overcommit import shaded
 
 logger = logging.getLogger(__name__)
 _NOTE_BYTES = 256 * MIB  # a change in memory held outside hpo worth a log line
@@ -153,11 +159,14 @@ class AdmissionScheduler:
         context_bytes: int,
         pack: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        overcommit: bool = False,
     ) -> None:
-        """``clock`` is the time expected ends are measured on (a replay passes its own)."""
+        """``clock`` is the time expected ends are measured on (a replay passes its own);
+        ``overcommit``: reserve a quantile of each estimate under a cap to match."""
         self.books = DeviceBooks(devices, margin_frac, context_bytes)
         self.clock = clock
         self._pack = pack and any(d.has_memory for d in devices)
+        self.overcommit = overcommit and self._pack
         self._margin_bytes = [device_margin(d, margin_frac) for d in devices]
 
     @property
@@ -165,8 +174,17 @@ class AdmissionScheduler:
         return self._pack
 
     def margin_bytes(self, index: int) -> int:
-        """What a trial's cap on device ``index`` allows above its reservation."""
-        return self._margin_bytes[index]
+        """What a trial's cap on device ``index`` allows above its reservation (none under
+        overcommit: the caps add up to no more than the budget)."""
+        return 0 if self.overcommit else self._margin_bytes[index]
+
+    def shade(self, estimate: Estimate | None, cost_frac: float | None) -> Estimate | None:
+        """What a trial with ``estimate`` reserves: under overcommit the quantile
+        :func:`~hpo.scheduling.overcommit.shaded` picks for a cap hit costing ``cost_frac``
+        of its duration; else the estimate itself."""
+        if not self.overcommit or estimate is None:
+            return estimate
+        return shaded(estimate, cost_frac)
 
     def place(
         self,
@@ -266,8 +284,10 @@ class AdmissionScheduler:
         budget, label = books.budget(index), books.devices[index].label
         exclusive = self._alone_only(index, estimate)
         protected = protect is not None and protect.device == index
-        if exclusive and (books.n_running(index) or protected):
+        probe = self.overcommit and estimate is None and not protected
+        if exclusive and not probe and (books.n_running(index) or protected):
             return Placement(Decision.WAIT, f"no trusted estimate: waits to run alone on {label}")
+        probe = probe and books.n_running(index) > 0
         worker = _pick_worker(index, slots)
         if worker is None:
             return Placement(Decision.WAIT, f"no idle worker can use {label}", index)
@@ -276,6 +296,14 @@ class AdmissionScheduler:
         if protect is not None and protected:
             held += protect.nbytes
         spike = 0
+        if probe:  # beside what runs, capped at the free memory: at least half the budget
+            need = budget - held - ctx
+            if need < budget // 2:
+                why = f"no trusted estimate: waits for half of {label} to probe it"
+                return Placement(Decision.WAIT, why, index)
+            cap = ctx + need
+            why = f"probe on {label}: capped at the {cap / MIB:.0f} MiB free"
+            return Placement(Decision.ADMIT, why, index, worker.key, need, cap)
         if exclusive:  # alone: every idle neighbour's context is freed first
             need, short = budget - held - ctx, len(others) * ctx
             whole = need
@@ -287,6 +315,8 @@ class AdmissionScheduler:
         if short <= 0 and need > 0:
             lone = lone_cap(budget, books.devices[index], books.margin_frac)
             cap = min(ctx + whole + self._margin_bytes[index], lone)
+            if self.overcommit and not exclusive:  # the caps add up to at most the budget
+                cap = ctx + need + spike
             why = f"fits {label}: {(ctx + need) / MIB:.0f} of {(budget - held) / MIB:.0f} MiB free"
             return Placement(Decision.ADMIT, why, index, worker.key, need, cap, spike_bytes=spike)
         why = (

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -45,6 +45,7 @@ class Waiting(Generic[T]):
     held: str | None = None  # why it may not start yet whatever the memory (learn small first)
     accum_steps: int = 1  # micro-batches per step; ``params`` hold the micro-batch
     unwritten: dict[str, Any] | None = None  # its attributes not yet in the storage
+    need_bytes: float = 0.0  # re-queued after a cap hit: what its original measured it needs
 
 
 class Backlog:
@@ -119,15 +120,19 @@ def place_next(
     item: Waiting[Any],
     slots: Sequence[Slot[W]],
     duration_s: float | None = None,
+    reserve: Callable[[Waiting[Any]], Estimate | None] | None = None,
 ) -> Placement[W]:
     """Where ``item`` can start now: beside the memory protected for the first trial of the
     queue, unless ``item`` is that trial or should end (after ``duration_s``) before the
-    protected one needs the memory. The caller starts it and calls :meth:`Backlog.started`."""
+    protected one needs the memory. ``reserve`` gives what a waiting trial reserves (by
+    default its estimate; under overcommit a quantile of it). The caller starts it and calls
+    :meth:`Backlog.started`."""
+    reserve = reserve or (lambda waiting: waiting.estimate)
     protect = None
     first = backlog.queue()[0]
     if item is not first:
-        protect = sched.protection(first.estimate, slots)
-    return sched.place(item.estimate, slots, protect, duration_s)
+        protect = sched.protection(reserve(first), slots)
+    return sched.place(reserve(item), slots, protect, duration_s)
 
 
 def upper_bytes(item: Waiting[Any]) -> float:

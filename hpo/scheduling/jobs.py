@@ -33,6 +33,9 @@ class Job:
     # hpo's gate knows its memory (a workload file's truth): what cannot fit a card alone is
     # split or pre-pruned before it runs, whatever the admission; False: replayed as it ran
     gate_knows: bool = False
+    # the estimate's point (context included) where it is below ``reserve_bytes``, the upper:
+    # what safe overcommit shades the reservation towards (None: no spread)
+    point_bytes: float | None = None
 
     @property
     def steady_bytes(self) -> float:
@@ -41,24 +44,29 @@ class Job:
 
 @dataclass(frozen=True)
 class Policy:
-    """``par`` workers, memory-blind (``parN``) or memory-aware (``auto``, ``par`` the cap)."""
+    """``par`` workers, memory-blind (``parN``) or memory-aware (``par`` the cap): reserving
+    each upper estimate (``auto``, ``memory.overcommit=false``) or under safe overcommit
+    (``auto-oc``, :mod:`hpo.scheduling.overcommit`)."""
 
     par: int
     aware: bool
+    overcommit: bool = False
 
     @property
     def name(self) -> str:
-        return "auto" if self.aware else f"par{self.par}"
+        if not self.aware:
+            return f"par{self.par}"
+        return "auto-oc" if self.overcommit else "auto"
 
     @classmethod
     def parse(cls, text: str, cap: int = 8) -> Policy:
-        """``par1``, ``par2``, … or ``auto``; ValueError otherwise."""
+        """``par1``, ``par2``, …, ``auto`` or ``auto-oc``; ValueError otherwise."""
         text = text.strip()
-        if text == "auto":
-            return cls(cap, True)
+        if text in ("auto", "auto-oc"):
+            return cls(cap, True, overcommit=text == "auto-oc")
         match = re.fullmatch(r"par([1-9][0-9]*)", text)
         if match is None:
-            raise ValueError(f"a policy is parN (N >= 1) or auto, got {text!r}")
+            raise ValueError(f"a policy is parN (N >= 1), auto or auto-oc, got {text!r}")
         return cls(int(match.group(1)), False)
 
 
@@ -102,6 +110,8 @@ class Event:
     job: int = -1  # asked: which job
     reserve_bytes: float = 0.0  # asked: its reservation (an upper estimate)
     duration_s: float | None = None  # ended: its duration, if it finished
+    point_bytes: float = 0.0  # asked: its estimate's point (0: the reservation)
+    lost_s: float | None = None  # ended over its cap (safe overcommit): the seconds it lost
 
 
 @dataclass(frozen=True)
@@ -115,6 +125,7 @@ class Outcome:
     pre_pruned: int
     starts: list[Start] = field(default_factory=list, compare=False, repr=False)
     events: list[Event] = field(default_factory=list, compare=False, repr=False)
+    cap_hits: int = 0  # trials over their cap under safe overcommit (re-queued at once)
 
     @property
     def per_hour(self) -> float:
@@ -129,6 +140,7 @@ def summarise(outcomes: Mapping[str, Outcome]) -> dict[str, dict[str, float]]:
             "wall_s": round(o.wall_s, 1) if math.isfinite(o.wall_s) else -1.0,
             "trials_per_hour": round(o.per_hour, 1),
             "ooms": o.ooms,
+            "cap_hits": o.cap_hits,
             "pre_pruned": o.pre_pruned,
         }
         for name, o in outcomes.items()

@@ -23,6 +23,11 @@ start when the list is spent, until ``n`` have finished, on ``count`` cards of o
   not, or is pre-pruned; one whose peak exceeds its per-process cap runs out of memory, and its
   retry is asked next or it is drawn again later with its peak reserved. A
   job that settles (``settle_after``) holds only ``settled_bytes`` from then on.
+- ``auto-oc`` (memory-aware under safe overcommit, :mod:`hpo.scheduling.overcommit`): the same
+  step reserves the quantile of each job's estimate (``point_bytes`` to ``reserve_bytes``) a
+  cap hit's measured cost makes cheapest, under a cap to match. A job whose peak exceeds that
+  cap but fits a lone trial's is a cap hit (its start-up is lost, no neighbour's): it is asked
+  again next, needing its peak, and what it lost is learned as the supervisor learns it.
 
 Trials at work whose demands add up to more than 1 slow down together (a card does at most
 one GPU-second of work per second); a demand of 0 means the work seconds were measured as the
@@ -43,6 +48,7 @@ from hpo.scheduling.admission import AdmissionScheduler, Placement, Slot
 from hpo.scheduling.backlog import Backlog, Waiting
 from hpo.scheduling.durations import DurationModel
 from hpo.scheduling.jobs import Cards, Event, Job, Outcome, Policy, Start, Step, summarise
+from hpo.scheduling.overcommit import with_need
 from hpo.scheduling.step import AdmissionStep
 
 __all__ = ["Cards", "Event", "Job", "Outcome", "Policy", "Start", "Step", "replay", "summarise"]
@@ -112,7 +118,12 @@ class _Replay:
         self.now, self.finished, self.ooms, self.pre_pruned = 0.0, 0, 0, 0
         devices = [_Card(cards.capacity_bytes, i) for i in range(cards.count)]
         self.sched = AdmissionScheduler(
-            devices, cards.margin_frac, cards.context_bytes, policy.aware, clock=lambda: self.now
+            devices,
+            cards.margin_frac,
+            cards.context_bytes,
+            policy.aware,
+            clock=lambda: self.now,
+            overcommit=policy.overcommit,
         )
         self.alone = cards.capacity_bytes  # budget + margin: the most a lone trial may hold
         self.backlog = Backlog(max_bypass, max_waiting)
@@ -134,6 +145,8 @@ class _Replay:
             index += 1
         self.retries: list[int] = []  # retries asked next, oldest first
         self.reserve = [j.reserve_bytes for j in self.jobs]  # raised after an own OOM
+        self.need = [0.0 for _ in self.jobs]  # what a cap hit measured it needs
+        self.cap_hits = 0
         self.out: set[int] = set()  # jobs that can never run here
         self.next_draw, self.serial, self.n = 0, 0, 0
 
@@ -142,19 +155,27 @@ class _Replay:
         self._schedule()
         while self.finished < n:
             step = self._next_event()
-            if step is None and self.backlog.items:  # an offer only recycled idle contexts
+            if step is None and (self.backlog.items or self.retries):  # an offer only recycled
+                # idle contexts, or a trial failed at its start with nothing else running
                 self._schedule()
                 step = self._next_event()
                 if step is None:
                     raise RuntimeError(f"the replay is stuck with {len(self.backlog)} waiting")
             if step is None:  # nothing waits, nothing runs: every job is out
-                return Outcome(
-                    self.finished, math.inf, self.ooms, self.pre_pruned, self.starts, self.events
-                )
+                return self._outcome(math.inf)
             self._advance(step)
             self._schedule()
+        return self._outcome(self.now)
+
+    def _outcome(self, wall_s: float) -> Outcome:
         return Outcome(
-            self.finished, self.now, self.ooms, self.pre_pruned, self.starts, self.events
+            self.finished,
+            wall_s,
+            self.ooms,
+            self.pre_pruned,
+            self.starts,
+            self.events,
+            cap_hits=self.cap_hits,
         )
 
     def _next_event(self) -> float | None:
@@ -197,6 +218,16 @@ class _Replay:
         if fits:
             r.allocated = True
             return True
+        if self.policy.overcommit and job.peak_bytes <= self.alone:  # its own cap: asked again
+            self.cap_hits += 1
+            self.need[r.job] = max(self.need[r.job], job.peak_bytes)
+            self.retries.insert(0, r.job)
+            lost = self.now - r.start
+            self.durations.observe(
+                job.params, {Attr.END_REASON: EndReason.CAP_EXCEEDED, Attr.DURATION_S: lost}
+            )
+            self._end(key, r, finished=False, lost_s=lost)
+            return False
         self.ooms += 1
         if r.job in self.retry:  # with twice the micro-batches, next
             self.retries.append(self.retry[r.job])
@@ -217,12 +248,12 @@ class _Replay:
             held += self.jobs[busy[w].job].steady_bytes if w in busy else self.cards.context_bytes
         return held
 
-    def _end(self, key: int, r: _Run, finished: bool) -> None:
+    def _end(self, key: int, r: _Run, finished: bool, lost_s: float | None = None) -> None:
         del self.running[key]
         self.sched.books.release(key)
         self.idle_at[r.worker] = self.now + self.gap_s
         duration = self.now - r.start if finished else None
-        self.events.append(Event(Step.END, self.now, key, duration_s=duration))
+        self.events.append(Event(Step.END, self.now, key, duration_s=duration, lost_s=lost_s))
         if finished:
             self.finished += 1
             job = self.jobs[r.job]
@@ -275,13 +306,25 @@ class _Replay:
             if index is None:
                 return
             self.serial += 1
-            upper = self.reserve[index]
-            estimate = Estimate(upper, upper, EstimateSource.KNOWN, 1)
+            estimate = self._estimate(index)
             item = Waiting(index, dict(self.jobs[index].params), estimate, number=self.serial)
-            self.events.append(Event(Step.ASK, self.now, self.serial, index, upper))
+            point, upper = estimate.point_bytes, estimate.upper_bytes
+            self.events.append(Event(Step.ASK, self.now, self.serial, index, upper, None, point))
             self.step.add(item)
+            failed = self.ooms + self.cap_hits
             if self._offer(item).decision is not Decision.ADMIT:
                 return
+            if self.ooms + self.cap_hits > failed:  # out of memory at once (no start-up):
+                return  # time passes before the next start, or the same ones fail forever
+
+    def _estimate(self, index: int) -> Estimate:
+        """What admission knows of job ``index``: its reservation as the upper estimate, its
+        point where given (overcommit shades towards it), and what a cap hit measured."""
+        upper = self.reserve[index]
+        point = self.jobs[index].point_bytes
+        point = upper if point is None or not self.policy.overcommit else min(point, upper)
+        estimate = Estimate(point, upper, EstimateSource.KNOWN, 1)
+        return with_need(estimate, self.need[index]) if self.need[index] else estimate
 
     def _offer(self, item: Waiting[int]) -> Placement[int]:
         placement = self.step.decide(item, self._slots())

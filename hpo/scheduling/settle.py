@@ -5,8 +5,8 @@ a whole report interval, or the later half of its first): from then on its reser
 process's cap, is that peak times ``1 + frac``. ``frac`` starts at :data:`DEFAULT_FRAC`; each
 settled trial that ends says how much it grew after settling (``settle_growth_frac``), and
 ``frac`` becomes half as much again as the largest growth seen, never below :data:`MIN_FRAC`. A
-settled trial that runs out of memory anyway means the rule does not hold for this study:
-settling stops for the rest of the run (trials keep their admitted reservations, as with
+settled trial that runs out of memory (or past its cap) anyway means the rule does not hold for
+this study: settling stops for the rest of the run (trials keep their admitted reservations, as with
 ``memory.settle=false``).
 """
 
@@ -52,7 +52,7 @@ class SettleModel:
         settled = attrs.get(Attr.SETTLE_PEAK_VRAM_MIB)
         if not settled or not self.enabled:
             return
-        if EndReason.of(attrs) is EndReason.OOM:
+        if EndReason.of(attrs) in (EndReason.OOM, EndReason.CAP_EXCEEDED):
             self.enabled = False
             logger.warning(
                 "a trial ran out of memory after it settled at %.0f MiB: trials no longer "

@@ -9,7 +9,9 @@ the scheduler it claims to. A decision takes, in order:
    (the memory gate's rule, :meth:`hpo.memory.MemoryGate.hold_back`; memory-aware only);
 2. the placement: on a device beside the memory protected for the first trial of the queue,
    unless it is expected to end before that one needs it
-   (:func:`~hpo.scheduling.backlog.place_next`);
+   (:func:`~hpo.scheduling.backlog.place_next`), reserving its estimate or, under safe
+   overcommit, the quantile of it the measured cost of a cap hit makes cheapest
+   (:meth:`AdmissionStep.reserve`, :mod:`hpo.scheduling.overcommit`);
 3. the RAM check: an admitted trial whose host RAM does not fit waits, unless nothing runs that
    could free any (it then starts alone, and the reason says so).
 
@@ -25,6 +27,7 @@ from dataclasses import replace
 from typing import Any
 
 from hpo.contract import Decision
+from hpo.memory import Estimate
 from hpo.scheduling.admission import AdmissionScheduler, Placement, Slot, W
 from hpo.scheduling.backlog import Backlog, Waiting, place_next
 from hpo.scheduling.durations import DurationModel
@@ -73,7 +76,7 @@ class AdmissionStep:
         if item.held is not None:
             return Placement(Decision.WAIT, item.held)
         duration = self.durations.predict(item.params)
-        placement = place_next(self.backlog, self.sched, item, slots, duration)
+        placement = place_next(self.backlog, self.sched, item, slots, duration, self.reserve)
         if placement.decision is not Decision.ADMIT or self._ram is None:
             return placement
         ram_ok, why = self._ram(item.params, placement.worker)
@@ -82,6 +85,13 @@ class AdmissionStep:
         if self.sched.books.running:  # a running trial's end may free it
             return Placement(Decision.WAIT, why)
         return replace(placement, reason=f"{placement.reason}; starts alone although it {why}")
+
+    def reserve(self, item: Waiting[Any]) -> Estimate | None:
+        """What ``item`` reserves: its estimate, or under safe overcommit the quantile of it
+        that a cap hit of its group, as measured, makes cheapest (:mod:`.overcommit`)."""
+        if not self.sched.overcommit:
+            return item.estimate
+        return self.sched.shade(item.estimate, self.durations.cap_hit_frac(item.params))
 
     def start(self, item: Waiting[Any], placement: Placement[W]) -> None:
         """``item`` starts as placed: its device memory is held until it is released (by its

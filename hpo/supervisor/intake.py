@@ -14,22 +14,24 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import optuna
 
 from hpo.contract import MEMORY_CONSTRAINT, Attr, Decision, EndReason
+from hpo.devices import MIB
 from hpo.execution.protocol import AskedTrial, Assignment, Proposal, Propose
-from hpo.memory import micro
+from hpo.memory import Verdict, micro
 from hpo.memory.sampling import pickled_gate
 from hpo.pruners import PatientHyperbandPruner
 from hpo.scheduling import Backlog, Waiting
+from hpo.scheduling.overcommit import with_need
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from hpo.execution.pool import WorkerPool
-    from hpo.memory import Verdict
     from hpo.supervisor.launcher import LaunchModels
     from hpo.supervisor.recorder import TrialRecorder
 
@@ -96,8 +98,9 @@ class Intake:
             self._recorder.interrupt([(start, {}, "stopped before it started")])
             return None
         at_least = int(trial.user_attrs.get(Attr.ACCUM_STEPS, 1))  # a retry after an OOM
+        need = float(trial.user_attrs.get(Attr.CAP_NEED_MIB, 0.0)) * MIB  # after a cap hit
         choice = self._choose(trial.params, at_least)
-        verdict = choice.verdict
+        verdict = _needing(choice.verdict, need)
         attrs = verdict.attrs()
         pruner = self._study.pruner
         if isinstance(pruner, PatientHyperbandPruner):  # for `hpo stats` by bracket
@@ -109,6 +112,7 @@ class Intake:
             number=trial.number,
             trial_id=trial_id,
             accum_steps=choice.steps,
+            need_bytes=need,
         )
         if verdict.decision is Decision.PRE_PRUNE:
             self._pre_prune(item, verdict, attrs)
@@ -138,10 +142,18 @@ class Intake:
         otherwise still wait to run alone; one now known never to fit is pre-pruned."""
         for item in list(self._backlog.items):
             choice = self._choose(item.trial.params, item.accum_steps)
-            verdict = choice.verdict
+            verdict = _needing(choice.verdict, item.need_bytes)
             if verdict.decision is Decision.PRE_PRUNE:
                 self._backlog.drop(item)
                 self._pre_prune(item, verdict, verdict.attrs())
             elif verdict.estimate != item.estimate or choice.steps != item.accum_steps:
                 item.estimate, item.reestimated = verdict.estimate, verdict.attrs()
                 item.params, item.accum_steps = choice.params, choice.steps
+
+
+def _needing(verdict: Verdict, need_bytes: float) -> Verdict:
+    """A re-queued cap hit's verdict: its estimate needs at least what its original measured
+    (:func:`~hpo.scheduling.overcommit.with_need`), so it reserves that much."""
+    if need_bytes <= 0 or verdict.decision is not Decision.ADMIT:
+        return verdict
+    return replace(verdict, estimate=with_need(verdict.estimate, need_bytes))

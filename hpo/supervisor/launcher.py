@@ -14,14 +14,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hpo.contract import Attr, EndReason
-from hpo.devices import Device
+from hpo.devices import MIB, Device
 from hpo.execution.protocol import Outcome, Proposal, Settled
+from hpo.memory.oom import hit_own_limit, needed_lower_bound
 from hpo.scheduling import AdmissionScheduler, Backlog, DurationModel, RamBudget
 from hpo.scheduling.settle import SettleModel
 from hpo.supervisor.dispatch import Dispatcher, RunningTrial
 from hpo.supervisor.intake import Intake
 from hpo.supervisor.liveness import owner_attrs
-from hpo.supervisor.retry import retry_after_oom
+from hpo.supervisor.retry import requeue_after_cap, retry_after_oom
 
 if TYPE_CHECKING:
     from hpo.config.settings import Settings
@@ -103,17 +104,44 @@ class Launcher:
     def ended(self, trial_number: int, outcome: Outcome | None = None) -> RunningTrial | None:
         """Trial ``trial_number`` ended (``outcome``: what its worker measured; None: nothing,
         it was killed): its reservations end, the models learn what it measured, and after an
-        OOM it is retried smaller where it can be. Its record (None: not started here)."""
+        OOM it is retried smaller where it can be; one its own overcommit cap refused ends
+        ``cap_exceeded`` and is re-queued at once. Its record (None: not started here)."""
         running = self.dispatch.release(trial_number)
         self.intake.slot_freed()
         if running is None or outcome is None:
             return running
+        need = self._cap_hit(outcome)
+        if need is not None:  # under its own overcommit cap: not an OOM of the configuration
+            outcome.end_reason = EndReason.CAP_EXCEEDED
         attrs = {Attr.END_REASON: outcome.end_reason.value, **running.ran_with, **outcome.attrs}
         if self.models.learn(running.params, attrs):
             self.intake.reestimate()
-        if outcome.end_reason is EndReason.OOM:  # more micro-batches, or opt-in a smaller batch
+        if need is not None:  # at once, reserving what it measured it needs
+            ckpt = running.assignment.checkpoint_dir
+            attrs = {**attrs, Attr.CHECKPOINT_DIR: ckpt} if ckpt else attrs
+            requeue_after_cap(
+                self._study, trial_number, running.params, attrs, need, self._settings
+            )
+        elif outcome.end_reason is EndReason.OOM:  # more micro-batches, or a smaller batch
             retry_after_oom(self._study, trial_number, running.params, attrs, self._settings)
         return running
+
+    def _cap_hit(self, outcome: Outcome) -> float | None:
+        """What a trial that ran out of memory needs, where it was its own cap under safe
+        overcommit that refused it and it fits what a trial may hold alone (a cap hit,
+        ``cap_exceeded``); None for any other end."""
+        models = self.models
+        if outcome.end_reason is not EndReason.OOM or not models.admission.overcommit:
+            return None
+        error = outcome.attrs.get(Attr.ERROR)
+        if not hit_own_limit(error):
+            return None
+        peak = outcome.attrs.get(Attr.PEAK_VRAM_MIB)  # none if its first allocation failed
+        need = needed_lower_bound(float(peak or 0.0) * MIB, error)
+        alone = models.gate.alone_bytes
+        if need is None or alone is None or need > alone:
+            return None
+        return need
 
     def waiting_ids(self) -> list[int]:
         """The storage ids of the asked trials that wait (they get heartbeats too)."""

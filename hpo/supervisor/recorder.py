@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# Ends that are no failure of the study: the user stopped it; a cap hit, re-queued at once
+_NOT_FAILURES = (EndReason.INTERRUPTED, EndReason.CAP_EXCEEDED)
+
 
 @dataclass
 class RunSummary:
@@ -96,7 +99,7 @@ class TrialRecorder:
             self._failures_in_a_row = 0
         logger.info("%s", self._progress_line(frozen, reason, attrs, message))
         self._after_end(frozen, reason)
-        if frozen.state == TrialState.FAIL and reason is not EndReason.INTERRUPTED:
+        if frozen.state == TrialState.FAIL and reason not in _NOT_FAILURES:
             self.count_failure(message or reason.value)
 
     @property
@@ -201,8 +204,8 @@ class TrialRecorder:
     def _after_end(self, trial: FrozenTrial, reason: EndReason, charged: bool = True) -> None:
         """Retry a failed trial if the policy says so; an uncharged retry (its supervisor died,
         not the trial) keeps the trial's attempt number and so its retry budget."""
-        retried = False
-        if trial.state == TrialState.FAIL:
+        retried = reason is EndReason.CAP_EXCEEDED  # the launcher re-queued it at once
+        if trial.state == TrialState.FAIL and not retried:
             decision = self._retry.decide(reason, trial, charged)
             if decision is RetryDecision.RETRY:
                 enqueue_retry(self.study, trial, charged)

@@ -8,7 +8,10 @@ supervisor of the study may pick it up. ``oom`` and ``error`` come from the para
 never retried as they are, but an OOM of an objective that accumulates gradients
 (``study.memory.accumulation``) is retried with the same parameters and twice the micro-batches
 (``retry_kind=accumulation``), and with ``memory.oom_retry_halved_batch`` one is retried once
-with half the batch size instead (``retry_kind=halved_batch``).
+with half the batch size instead (``retry_kind=halved_batch``). A trial that needed more than
+its own cap under safe overcommit (``cap_exceeded``) is re-queued at once with the same
+parameters and what it measured it needs (``retry_kind=cap_exceeded``, ``cap_need_mib``), which
+it then reserves; it uses up no retry budget and never counts as a failure of the study.
 """
 
 from __future__ import annotations
@@ -148,3 +151,37 @@ def retry_with_half_batch(
         "trial %d ran out of memory; retrying with batch_size=%s", number, smaller[BATCH_PARAM]
     )
     return True
+
+
+def requeue_after_cap(
+    study: optuna.Study,
+    number: int,
+    run_params: Mapping[str, Any],
+    attrs: Mapping[str, Any],
+    need_bytes: float,
+    settings: Settings,
+) -> None:
+    """Queue trial ``number``, which needed more than its cap (``cap_exceeded``), again at
+    once: the same parameters (as the sampler asked them, split as they ran), its checkpoint
+    directory, and ``need_bytes``, what it measured it needs, as its new reservation."""
+    steps = int(attrs.get(Attr.ACCUM_STEPS, 1))
+    batch = settings.study.batch_param
+    params = dict(run_params)
+    if steps > 1 and batch in params:
+        params[batch] = int(params[batch]) * steps  # as the sampler asked
+    more: dict[str, Any] = {
+        Attr.RETRY_OF: number,
+        Attr.RETRY_KIND: EndReason.CAP_EXCEEDED.value,
+        Attr.CAP_NEED_MIB: round(need_bytes / 2**20, 1),
+        Attr.ATTEMPT: int(attrs.get(Attr.ATTEMPT, 1)),
+    }
+    if steps > 1:
+        more[Attr.ACCUM_STEPS] = steps
+    if attrs.get(Attr.CHECKPOINT_DIR) is not None:
+        more[Attr.CHECKPOINT_DIR] = attrs[Attr.CHECKPOINT_DIR]
+    study.enqueue_trial(params, user_attrs=more)
+    logger.info(
+        "trial %d needed more than its cap (%.0f MiB); re-queued to reserve that",
+        number,
+        need_bytes / 2**20,
+    )

@@ -96,7 +96,11 @@ def open_study(
     gate = gate_factory(settings, devices)
     mem, space = settings.memory, settings.study
     admission = AdmissionScheduler(
-        devices, mem.device_margin_frac, context_bytes(devices), pack=mem.pack
+        devices,
+        mem.device_margin_frac,
+        context_bytes(devices),
+        pack=mem.pack,
+        overcommit=mem.overcommit,
     )
     ram = RamBudget(space.scaling, space.groups, mem.trial_ram_gib, mem.ram_margin_frac)
     durations = DurationModel(space.groups)

@@ -127,15 +127,17 @@ class Supervisor:
         except BaseException as e:
             stopped_by = f"the supervisor stopped: {type(e).__name__}: {e}"
             raise
-        finally:
-            self._signals.restore()
-            in_flight = [w for w in pool.workers if w.assignment is not None]
-            pool.shutdown()
-            procs.stop_being_subreaper()
-            if run is not None:
-                run.close(in_flight, stopped_by)
-                run.node.leave()
-            self._lock.release()
+        finally:  # a Ctrl-C while this cleans up only says "stop now": the trials are recorded
+            try:
+                in_flight = [w for w in pool.workers if w.assignment is not None]
+                pool.shutdown()
+                procs.stop_being_subreaper()
+                if run is not None:
+                    run.close(in_flight, stopped_by)
+                    run.node.leave()
+                self._lock.release()
+            finally:
+                self._signals.restore()
 
     def _worker_spec(self, par: int) -> WorkerSpec:
         threads = max(1, available_cpus() // par)
