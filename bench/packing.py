@@ -8,7 +8,7 @@ time scaled by ``--time-scale``) once per policy, on the same random sample of c
 - ``par1`` … ``par4``: memory-blind fixed PAR, as the seeds ran: a trial starts whenever a
   worker is idle, whatever else runs, so co-located trials can run out of memory and are lost;
 - ``aware``: hpo's admission (``memory.pack=true``, cap 8) with what its estimator learns,
-  under safe overcommit (``memory.overcommit=true``, the default);
+  under safe overcommit (``memory.overcommit=true``; off by default);
 - ``aware-upper``: the same reserving each upper estimate (``memory.overcommit=false``);
 - ``oracle``: the same admission told the true memory of every configuration;
 - ``learner``: the oracle from the moment hpo knows anything of a configuration's group (a
