@@ -106,6 +106,15 @@ def halved_batch(
     return {**params, BATCH_PARAM: half}
 
 
+def as_asked(run_params: Mapping[str, Any], batch: str, steps: int) -> dict[str, Any]:
+    """A trial's parameters as the sampler asked them: the batch it ran in ``steps``
+    micro-batches whole again."""
+    params = dict(run_params)
+    if steps > 1 and batch in params:
+        params[batch] = int(params[batch]) * steps
+    return params
+
+
 def retry_after_oom(
     study: optuna.Study,
     number: int,
@@ -120,7 +129,7 @@ def retry_after_oom(
     batch, most = study_settings.batch_param, study_settings.max_accum_steps
     steps = int(attrs.get(Attr.ACCUM_STEPS, 1))
     if most and batch in run_params:
-        params = {**run_params, batch: int(run_params[batch]) * steps}  # as the sampler asked
+        params = as_asked(run_params, batch, steps)
         if steps * 2 <= most and split(params, batch, steps * 2) is not None:
             more = {Attr.RETRY_OF: number, Attr.RETRY_KIND: "accumulation"}
             study.enqueue_trial(params, user_attrs={**more, Attr.ACCUM_STEPS: steps * 2})
@@ -165,10 +174,7 @@ def requeue_after_cap(
     once: the same parameters (as the sampler asked them, split as they ran), its checkpoint
     directory, and ``need_bytes``, what it measured it needs, as its new reservation."""
     steps = int(attrs.get(Attr.ACCUM_STEPS, 1))
-    batch = settings.study.batch_param
-    params = dict(run_params)
-    if steps > 1 and batch in params:
-        params[batch] = int(params[batch]) * steps  # as the sampler asked
+    params = as_asked(run_params, settings.study.batch_param, steps)
     more: dict[str, Any] = {
         Attr.RETRY_OF: number,
         Attr.RETRY_KIND: EndReason.CAP_EXCEEDED.value,
