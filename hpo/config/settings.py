@@ -279,7 +279,7 @@ def _memory(mem: Mapping[str, Any], study_memory: Mapping[str, Any]) -> MemorySe
         oom_retry_halved_batch=bool(mem["oom_retry_halved_batch"]),
         pack=bool(mem["pack"]),
         settle=bool(mem["settle"]),
-        overcommit=bool(mem.get("overcommit", True)),
+        overcommit=bool(mem["overcommit"]),
         max_bypass=int(mem["max_bypass"]),
         max_waiting=int(mem["max_waiting"]),
         max_par=int(mem["max_par"]),

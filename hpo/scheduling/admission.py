@@ -178,6 +178,17 @@ class AdmissionScheduler:
         overcommit: the caps add up to no more than the budget)."""
         return 0 if self.overcommit else self._margin_bytes[index]
 
+    def lone_bytes(self) -> int | None:
+        """The most a trial may hold alone on any device now (its lone cap): the budget, less
+        what processes outside hpo hold, plus the margin; None without device memory."""
+        books = self.books
+        caps = [
+            lone_cap(books.budget(i), d, books.margin_frac)
+            for i, d in enumerate(books.devices)
+            if d.has_memory
+        ]
+        return max(caps) if caps else None
+
     def shade(self, estimate: Estimate | None, cost_frac: float | None) -> Estimate | None:
         """What a trial with ``estimate`` reserves: under overcommit the quantile
         :func:`~hpo.scheduling.overcommit.shaded` picks for a cap hit costing ``cost_frac``

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hpo.config.space import describe
@@ -45,6 +45,7 @@ class RunningTrial:
     # how it runs, as recorded: its reservation (which tells the gate whether an OOM was its
     # own) and its micro-batches
     ran_with: dict[str, Any]
+    admitted_at: float = field(default_factory=time.monotonic)  # it holds memory from then
 
     @property
     def number(self) -> int:

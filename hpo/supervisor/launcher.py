@@ -9,6 +9,7 @@ records how a trial ended, except a pre-pruned one, and it never calls back into
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -114,6 +115,7 @@ class Launcher:
         if need is not None:  # under its own overcommit cap: not an OOM of the configuration
             outcome.end_reason = EndReason.CAP_EXCEEDED
         attrs = {Attr.END_REASON: outcome.end_reason.value, **running.ran_with, **outcome.attrs}
+        self.models.durations.held(time.monotonic() - running.admitted_at, attrs)
         if self.models.learn(running.params, attrs):
             self.intake.reestimate()
         if need is not None:  # at once, reserving what it measured it needs
@@ -128,8 +130,10 @@ class Launcher:
 
     def _cap_hit(self, outcome: Outcome) -> float | None:
         """What a trial that ran out of memory needs, where it was its own cap under safe
-        overcommit that refused it and it fits what a trial may hold alone (a cap hit,
-        ``cap_exceeded``); None for any other end."""
+        overcommit that refused it and it fits what a trial may hold alone on a device now (a
+        cap hit, ``cap_exceeded``); None for any other end. What processes outside hpo hold
+        comes off that: a trial that needs more than a lone trial may hold beside them is an
+        OOM (retried smaller), not a cap hit re-queued to hit the same lone cap again."""
         models = self.models
         if outcome.end_reason is not EndReason.OOM or not models.admission.overcommit:
             return None
@@ -138,7 +142,9 @@ class Launcher:
             return None
         peak = outcome.attrs.get(Attr.PEAK_VRAM_MIB)  # none if its first allocation failed
         need = needed_lower_bound(float(peak or 0.0) * MIB, error)
-        alone = models.gate.alone_bytes
+        alone = models.admission.lone_bytes()
+        if models.gate.alone_bytes is not None and alone is not None:
+            alone = min(alone, models.gate.alone_bytes)
         if need is None or alone is None or need > alone:
             return None
         return need
