@@ -8,7 +8,7 @@ time scaled by ``--time-scale``) once per policy, on the same random sample of c
 - ``par1`` … ``par4``: memory-blind fixed PAR, as the seeds ran: a trial starts whenever a
   worker is idle, whatever else runs, so co-located trials can run out of memory and are lost;
 - ``aware``: hpo's admission (``memory.pack=true``, cap 8) with what its estimator learns,
-  under safe overcommit (``memory.overcommit=true``; off by default);
+  under safe overcommit (``memory.overcommit=true``, the default);
 - ``aware-upper``: the same reserving each upper estimate (``memory.overcommit=false``);
 - ``oracle``: the same admission told the true memory of every configuration;
 - ``learner``: the oracle from the moment hpo knows anything of a configuration's group (a
@@ -51,11 +51,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench._oracle import TruthGate, true_upper
 from hpo.config import Settings, compose
-from hpo.contract import Decision
 from hpo.devices import GIB, MIB, Device, SimulatedGpu
 from hpo.errors import HpoError
-from hpo.memory import Estimate, EstimateSource, MemoryGate, Verdict, build_gate
+from hpo.memory import build_gate
 from hpo.sim import load_workload
 from hpo.sim.objective import GPU_SECONDS_ATTR
 from hpo.supervisor import Supervisor
@@ -64,46 +64,6 @@ POLICIES = ("par1", "par2", "par3", "par4", "aware", "aware-upper", "oracle")  #
 KNOWN = (*POLICIES, "learner")  # and the learner, a diagnostic asked for by name
 AWARE = ("aware", "aware-upper", "oracle", "learner")  # memory-aware admission
 AWARE_CAP = 8
-
-
-class TruthGate:
-    """The oracle's gate: skips what cannot fit alone by the workload's truth and estimates
-    every other trial by its true footprint (and its evaluation's, where it is a spike)."""
-
-    def __init__(self, inner: MemoryGate, workload: Any, cold: bool = False) -> None:
-        self._inner, self._wl, self._cold = inner, workload, cold
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "_inner":  # not set yet (unpickling in a worker): no recursion
-            raise AttributeError(name)
-        return getattr(self._inner, name)
-
-    def check(self, params: dict[str, Any]) -> Verdict:
-        if self._cold:  # the learner: hpo's own verdict while nothing is known of the group
-            verdict = self._inner.check(params)
-            if verdict.estimate is None:
-                return verdict
-        budget, alone = self._inner.budget_bytes, self._inner.alone_bytes
-        assert alone is not None  # the oracle runs on a card with memory
-        upper = true_upper(self._wl, params)
-        if upper > alone:  # hpo's own threshold: the most a lone trial may hold
-            why = f"cannot fit alone: {upper / MIB:.0f} MiB > {alone / MIB:.0f} MiB"
-            return Verdict(Decision.PRE_PRUNE, why, None, budget)
-        point = float(self._wl.footprint_bytes(params))
-        spike = (
-            float(self._wl.eval_extra_bytes(params)) if self._wl.family(params).eval_spike else 0
-        )
-        estimate = Estimate(
-            point, upper, EstimateSource.KNOWN, 0, spike_bytes=spike, spike_floor_bytes=spike
-        )
-        return Verdict(Decision.ADMIT, "oracle", estimate, budget)
-
-
-def true_upper(workload: Any, params: dict[str, Any]) -> float:
-    """The most a run of ``params`` holds by the workload: its peak with the worst noise, its
-    evaluation's extra memory, and the context."""
-    peak = workload.peak_bytes(params) * (1 + workload.noise_frac)
-    return peak + workload.eval_extra_bytes(params) + workload.device.context_gib * GIB
 
 
 class CardSampler(threading.Thread):

@@ -110,6 +110,23 @@ def test_durations_learn_what_a_cap_hit_loses() -> None:
     assert model.cap_hit_frac({"model": "a"}) == pytest.approx(0.2)  # its own group's
 
 
+def test_a_cap_hit_of_a_trial_with_no_start_up_still_costs_its_attempt_overhead() -> None:
+    """Every attempt holds its reservation from admission to its end reaching the supervisor,
+    beyond what its worker measures; a cap hit at its first step is not free."""
+    model = DurationModel(["model"])
+    done = {Attr.END_REASON: "complete", Attr.DURATION_S: 10.0}
+    hit = {Attr.END_REASON: "cap_exceeded", Attr.DURATION_S: 0.0}
+    model.observe({"model": "a"}, done)
+    model.observe({"model": "a"}, hit)
+    assert model.cap_hit_frac({"model": "a"}) == 0.0  # no overhead seen yet
+    model.held(12.0, done)  # 2 s beyond its 10 s
+    model.held(2.0, hit)  # 2 s beyond its 0 s
+    assert model.overhead_s() == pytest.approx(2.0)
+    assert model.cap_hit_frac({"model": "a"}) == pytest.approx(2.0 / 12.0)
+    model.held(0.5, {Attr.END_REASON: "complete"})  # no measured duration: says nothing
+    assert model.overhead_s() == pytest.approx(2.0)
+
+
 def _noisy_jobs(n: int) -> list[Job]:
     """Trials whose estimate spans ±10 % and whose runs land anywhere in it."""
     jobs = []

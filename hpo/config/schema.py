@@ -129,9 +129,8 @@ class MemoryConf:
     settle: bool = True  # a running trial whose peak stopped growing gives back the rest
     # safe overcommit: reserve a quantile of each estimate under a cap to match (the caps on a
     # card add up to at most its budget); a trial over its cap is re-queued (cap_exceeded).
-    # Off by default: it lost on workloads without start-up and hung beside another user's
-    # memory on the card (docs/memory.md)
-    overcommit: bool = False
+    # false: reserve each upper estimate (docs/memory.md says when that pays)
+    overcommit: bool = True
     max_bypass: int = 8  # times the oldest waiting trial may be overtaken before it goes first
     max_waiting: int = 8  # trials asked ahead that may wait for memory (backfill candidates)
     max_par: int = 8  # the most workers par=auto starts

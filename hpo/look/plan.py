@@ -37,7 +37,7 @@ trials that ran (and taking as long as that configuration, else its memory group
 
 **Policies.** ``parN`` is memory-blind fixed PAR; ``auto`` memory-aware admission reserving
 each upper estimate (``memory.overcommit=false``); ``auto-oc`` the same under safe overcommit
-(:mod:`hpo.scheduling.overcommit`, ``memory.overcommit=true``): each trial reserves a quantile
+(:mod:`hpo.scheduling.overcommit`, the default): each trial reserves a quantile
 between its estimate's point (``est_vram_mib``; a workload file's noise-free footprint) and its
 upper, and one whose peak exceeds that is a cap hit, asked again at once needing its peak. With
 both, the table ends with whether overcommit pays on this study.
