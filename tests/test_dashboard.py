@@ -36,7 +36,7 @@ def start_dashboard(cwd: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env=_env(),
+        env={**_env(), "PYTHONFAULTHANDLER": "1"},  # SIGABRT prints every thread's stack
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -48,8 +48,17 @@ def start_dashboard(cwd: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
 
 
 def stop(proc: subprocess.Popen[str]) -> int:
+    """Ctrl-C the dashboard and wait for it, reading what it printed meanwhile: its output
+    goes to a pipe only this reads, and a process blocked writing to a full pipe never exits."""
     proc.send_signal(signal.SIGINT)
-    return proc.wait(timeout=20)
+    try:
+        out, _ = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)  # where it hangs, in the failure's message
+        out, _ = proc.communicate()
+        why = f"the dashboard did not stop 20 s after Ctrl-C:\n{out[-6000:]}"
+        raise AssertionError(why) from None
+    return proc.returncode
 
 
 @pytest.fixture
