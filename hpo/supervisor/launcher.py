@@ -142,9 +142,7 @@ class Launcher:
             return None
         peak = outcome.attrs.get(Attr.PEAK_VRAM_MIB)  # none if its first allocation failed
         need = needed_lower_bound(float(peak or 0.0) * MIB, error)
-        alone = models.admission.lone_bytes()
-        if models.gate.alone_bytes is not None and alone is not None:
-            alone = min(alone, models.gate.alone_bytes)
+        alone = models.admission.lone_bytes()  # never above the gate's alone_bytes
         if need is None or alone is None or need > alone:
             return None
         return need
