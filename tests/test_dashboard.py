@@ -7,7 +7,7 @@ import re
 import shutil
 import signal
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -28,8 +28,11 @@ def need_browser() -> None:
     pytest.skip(missing)
 
 
-def start_dashboard(cwd: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
-    """Start ``hpo dashboard --port 0`` and return it with the study page's URL it prints."""
+def start_dashboard(
+    cwd: Path, *args: str, preexec: Callable[[], object] | None = None
+) -> tuple[subprocess.Popen[str], str]:
+    """Start ``hpo dashboard --port 0`` and return it with the study page's URL it prints;
+    ``preexec`` runs in the child before it starts (how it inherits its signals)."""
     proc = subprocess.Popen(
         look_cmd("dashboard", "--port", "0", *args),
         cwd=cwd,
@@ -37,6 +40,7 @@ def start_dashboard(cwd: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
         stderr=subprocess.STDOUT,
         text=True,
         env={**_env(), "PYTHONFAULTHANDLER": "1"},  # SIGABRT prints every thread's stack
+        preexec_fn=preexec,
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -47,18 +51,42 @@ def start_dashboard(cwd: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
     return proc, match.group(1)
 
 
-def stop(proc: subprocess.Popen[str]) -> int:
-    """Ctrl-C the dashboard and wait for it, reading what it printed meanwhile: its output
-    goes to a pipe only this reads, and a process blocked writing to a full pipe never exits."""
+def stop(proc: subprocess.Popen[str]) -> tuple[int, str]:
+    """Ctrl-C the dashboard and wait for it, reading what it printed meanwhile (its output goes
+    to a pipe only this reads, and a process blocked writing to a full pipe never exits): its
+    exit code and that output."""
     proc.send_signal(signal.SIGINT)
     try:
         out, _ = proc.communicate(timeout=20)
     except subprocess.TimeoutExpired:
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        signals = [line for line in status.splitlines() if line.startswith("Sig")]
         proc.send_signal(signal.SIGABRT)  # where it hangs, in the failure's message
         out, _ = proc.communicate()
-        why = f"the dashboard did not stop 20 s after Ctrl-C:\n{out[-6000:]}"
+        why = f"the dashboard did not stop 20 s after Ctrl-C ({signals}):\n{out[-6000:]}"
         raise AssertionError(why) from None
-    return proc.returncode
+    return proc.returncode, out
+
+
+@pytest.mark.parametrize(
+    "inherited",
+    [
+        lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # a shell's background job
+        lambda: signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}),
+    ],
+    ids=["sigint-ignored", "sigint-blocked"],
+)
+def test_ctrl_c_and_sigterm_stop_the_dashboard_whatever_it_inherited(
+    tmp_path: Path, inherited: Callable[[], object]
+) -> None:
+    """Started with SIGINT ignored or blocked, the dashboard once served on after a Ctrl-C
+    (and a full test run now and then hung stopping it); SIGTERM killed it (-15)."""
+    db = make_toy_study(tmp_path)
+    proc, _ = start_dashboard(tmp_path, "study=toy", f"storage.dir={db.parent}", preexec=inherited)
+    assert stop(proc)[0] == 0
+    proc, _ = start_dashboard(tmp_path, "study=toy", f"storage.dir={db.parent}", preexec=inherited)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 0
 
 
 @pytest.fixture
@@ -115,7 +143,7 @@ def test_dashboard_shows_trials_and_memory_attrs_in_chromium(
         )
         browser.save_screenshot(str(tmp_path / "trials.png"))  # type: ignore[attr-defined]
     finally:
-        assert stop(proc) == 0
+        assert stop(proc)[0] == 0
     assert re.search(r"\d+ Trials", text)
     assert "Complete" in text and "duration_s" in text
     for png in ("study.png", "trials.png"):

@@ -3,6 +3,7 @@ node, changed search spaces, retries a supervisor kill does not consume, a close
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,11 +13,10 @@ from pathlib import Path
 
 import optuna
 import psutil
-import pytest
 
 from hpo.contract import EndReason
 from hpo.supervisor.retry import RetryDecision, RetryPolicy
-from tests.conftest import CONF, run_hpo, start_hpo, user_attrs, wait_for
+from tests.conftest import CONF, _env, run_hpo, start_hpo, user_attrs, wait_for
 
 ORPHANS = """
 import subprocess, sys, optuna
@@ -134,22 +134,32 @@ def test_more_workers_than_cpus_is_said(tmp_path: Path) -> None:
     assert proc.returncode == 0 and f"par={par} on" in proc.stderr
 
 
-def test_a_worker_whose_memory_grows_after_each_trial_is_flagged(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    from hpo.execution.procs import RssTrend
+_TREND = """
+import json, logging, sys
+from hpo.execution.procs import RssTrend
+logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+trend = RssTrend(window=4, min_growth_mib=40.0)
+kept, flagged = [], []
+for number in range(6):
+    kept.append(bytearray(20 * 1024 * 1024))  # a leak: 20 MiB more after every trial
+    kept[-1][::4096] = b"x" * len(kept[-1][::4096])  # touched: resident, whatever the heap
+    flagged.append(trend.after_trial(number))
+steady = RssTrend(window=4, min_growth_mib=40.0)
+print(json.dumps([flagged, [steady.after_trial(n) for n in range(6)]]))
+"""
 
-    trend = RssTrend(window=4, min_growth_mib=40.0)
-    kept = []
-    flagged = []
-    for number in range(6):
-        kept.append(bytearray(20 * 1024 * 1024))  # a leak: 20 MiB more after every trial
-        kept[-1][::4096] = b"x" * len(kept[-1][::4096])  # touched: resident, whatever the heap
-        flagged.append(trend.after_trial(number))
+
+def test_a_worker_whose_memory_grows_after_each_trial_is_flagged() -> None:
+    """In a process of its own, as a worker is: in the test runner's, memory other tests'
+    threads free meanwhile could hide the growth."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _TREND], capture_output=True, text=True, env=_env(), timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    flagged, steady = json.loads(proc.stdout)
     assert flagged.count(True) == 1  # said once, when the window shows the growth
-    assert "RSS grew after each of its last 4 trials" in caplog.text
-    steady = RssTrend(window=4, min_growth_mib=40.0)
-    assert not any(steady.after_trial(n) for n in range(6))
+    assert "RSS grew after each of its last 4 trials" in proc.stderr
+    assert not any(steady)
 
 
 def test_a_leaking_worker_is_replaced_and_a_steady_one_kept(tmp_path: Path) -> None:

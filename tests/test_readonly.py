@@ -330,8 +330,8 @@ def test_dashboard_allow_writes_lets_the_browser_delete(toy_db: Path, tmp_path: 
     try:
         status, _ = http("DELETE", url.replace("/dashboard/studies/", "/api/studies/"))
     finally:
-        assert stop(proc) == 0
-    out = proc.stdout.read() if proc.stdout else ""
+        code, out = stop(proc)
+    assert code == 0
     assert status == 204
     assert "--allow-writes: the browser can change and delete the study" in out
     result = run_look(tmp_path, "stats", *study_args(db))

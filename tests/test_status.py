@@ -52,7 +52,7 @@ def test_status_and_dashboard_never_disturb_a_running_study(tmp_path: Path) -> N
                 assert len(json.load(response)["trials"]) >= 1
             polls += 1
     finally:
-        assert stop(dash) == 0
+        assert stop(dash)[0] == 0
     out = tune.communicate(timeout=60)[0]
     assert tune.returncode == 0, out
     assert polls >= 2 and saw_running and saw_eta

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import threading
 from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any
@@ -128,7 +129,20 @@ def serve(
         logger.warning(
             "dashboard listens on %s: anyone who can reach it can %s the study", host, what
         )
+    _stop_on_signals()
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
+
+
+def _stop_on_signals() -> None:
+    """Ctrl-C (SIGINT) or SIGTERM ends :func:`serve` cleanly, however the process was started:
+    one started with SIGINT ignored or blocked (as a shell's background job, or a child of one
+    that blocked it) would otherwise serve on after a Ctrl-C, or die on SIGTERM mid-request."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    stops = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
+    for sig in stops:
+        signal.signal(sig, signal.default_int_handler)
