@@ -13,13 +13,12 @@ Both use Optuna's default sampler (TPE). ``--trials 10`` gives a quick run.
 
 from __future__ import annotations
 
-import argparse
-import json
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
 from typing import Any
+
+from bench import _cost as cost
 
 RUN = """
 import datetime, sys, time, optuna, hpo
@@ -89,22 +88,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.optimize_cost", description=__doc__)
-    p.add_argument("--trials", type=int, default=100, help="trials per run (default 100)")
-    p.add_argument("--par", type=int, default=2, help="n_jobs and par (default 2)")
-    p.add_argument("--sleeps", default="0,1", help="objective durations in seconds")
-    p.add_argument("--json", default=None, help="write the results here")
-    args = p.parse_args(argv)
-    rows = []
-    for sleep in (float(s) for s in args.sleeps.split(",")):
-        for how in HOWS:
-            rows.append(measure(how, sleep, args.trials, args.par))
-            print(table(rows).splitlines()[-1], flush=True)
-    print(table(rows))
-    if args.json:
-        results = {"trials": args.trials, "par": args.par, "runs": rows}
-        Path(args.json).write_text(json.dumps(results, indent=2))
-    return 0
+    return cost.main("bench.optimize_cost", __doc__, 100, HOWS, measure, table, argv)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,6 @@ Both hpo commands include starting the supervisor and the workers and the SQLite
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import random
 import subprocess
@@ -29,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from bench import _cost as cost
 
 APP = """
 import time
@@ -174,22 +174,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.sweep_cost", description=__doc__)
-    p.add_argument("--trials", type=int, default=50, help="trials (jobs) per run (default 50)")
-    p.add_argument("--par", type=int, default=2, help="n_jobs and par (default 2)")
-    p.add_argument("--sleeps", default="0,1", help="objective durations in seconds")
-    p.add_argument("--json", default=None, help="write the results here")
-    args = p.parse_args(argv)
-    rows = []
-    for sleep in (float(s) for s in args.sleeps.split(",")):
-        for how in HOWS:
-            rows.append(measure(how, sleep, args.trials, args.par))
-            print(table(rows).splitlines()[-1], flush=True)
-    print(table(rows))
-    if args.json:
-        results = {"trials": args.trials, "par": args.par, "runs": rows}
-        Path(args.json).write_text(json.dumps(results, indent=2))
-    return 0
+    return cost.main("bench.sweep_cost", __doc__, 50, HOWS, measure, table, argv)
 
 
 if __name__ == "__main__":
